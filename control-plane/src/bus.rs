@@ -1,0 +1,165 @@
+//! The control plane's side of NATS: streams, job offers, code bundles in the
+//! object store, and core-NATS notices (cancel, run finished).
+//!
+//! NATS only delivers; Postgres decides. Every stream and bucket is (re)created
+//! idempotently, so a NATS server that lost its store heals on the next sweep.
+
+use async_nats::jetstream::{self, object_store, stream};
+use shared::protocol::{CancelNotice, CodeBundleRef, JobOffer};
+use shared::subjects;
+use std::time::Duration;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+#[error("NATS: {context}: {source}")]
+pub struct Error {
+    context: &'static str,
+    source: async_nats::Error,
+}
+
+fn nats<E: Into<async_nats::Error>>(context: &'static str) -> impl FnOnce(E) -> Error {
+    move |e| Error { context, source: e.into() }
+}
+
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl Bus {
+    pub async fn connect(url: &str) -> Result<Bus, Error> {
+        let client = async_nats::ConnectOptions::new()
+            .name("fastflow-control-plane")
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(nats("connect"))?;
+        let js = jetstream::new(client.clone());
+        let bus = Bus { client, js };
+        bus.ensure_streams().await?;
+        Ok(bus)
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Creates the jobs and logs streams and the code bucket if missing.
+    pub async fn ensure_streams(&self) -> Result<(), Error> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: subjects::JOBS_STREAM.into(),
+                subjects: vec!["jobs.>".into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(nats("create jobs stream"))?;
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: subjects::LOGS_STREAM.into(),
+                subjects: vec!["logs.>".into()],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                // Archived attempts are purged at once; this only bounds leftovers.
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                ..Default::default()
+            })
+            .await
+            .map_err(nats("create logs stream"))?;
+        self.code_store().await?;
+        Ok(())
+    }
+
+    async fn code_store(&self) -> Result<object_store::ObjectStore, Error> {
+        if let Ok(store) = self.js.get_object_store(subjects::CODE_BUCKET).await {
+            return Ok(store);
+        }
+        self.js
+            .create_object_store(object_store::Config {
+                bucket: subjects::CODE_BUCKET.into(),
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats("create code bucket"))
+    }
+
+    /// Offers an attempt to the runners of a pool. De-duplicated by NATS on
+    /// `run_id:attempt`, so re-offering is harmless.
+    pub async fn offer(&self, pool: &str, run_id: Uuid, attempt: i32) -> Result<(), Error> {
+        let payload = serde_json::to_vec(&JobOffer { run_id, attempt }).map_err(nats("encode offer"))?;
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .message_id(subjects::offer_msg_id(run_id, attempt));
+        self.js
+            .send_publish(subjects::job_offer(pool, run_id), publish)
+            .await
+            .map_err(nats("publish offer"))?
+            .await
+            .map_err(nats("offer acknowledgement"))?;
+        Ok(())
+    }
+
+    /// Whether the jobs stream still holds an offer for this run.
+    pub async fn has_offer(&self, pool: &str, run_id: Uuid) -> Result<bool, Error> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let stream = self.js.get_stream(subjects::JOBS_STREAM).await.map_err(nats("get jobs stream"))?;
+        match stream.get_last_raw_message_by_subject(&subjects::job_offer(pool, run_id)).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(nats("look up offer")(e)),
+        }
+    }
+
+    /// Makes sure runners can fetch this bundle; `load` supplies the bytes
+    /// (from Postgres) only when the object store lacks it.
+    pub async fn ensure_bundle<F, Fut>(&self, code: &CodeBundleRef, load: F) -> Result<bool, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Option<Vec<u8>>>,
+    {
+        let store = self.code_store().await?;
+        if store.info(&code.digest).await.is_ok() {
+            return Ok(true);
+        }
+        let Some(data) = load().await else { return Ok(false) };
+        store.put(code.digest.as_str(), &mut data.as_slice()).await.map_err(nats("upload code bundle"))?;
+        Ok(true)
+    }
+
+    /// Tells the runner holding an attempt to stop it (best effort; heartbeats repeat it).
+    pub async fn notify_cancel(&self, runner_id: &str, notice: &CancelNotice) -> Result<(), Error> {
+        let payload = serde_json::to_vec(notice).map_err(nats("encode cancel"))?;
+        self.client.publish(subjects::runner_cancel(runner_id), payload.into()).await.map_err(nats("publish cancel"))
+    }
+
+    /// Wakes every log stream following this run (best effort; they also poll).
+    pub async fn notify_finished(&self, run_id: Uuid) {
+        if let Err(e) = self.client.publish(subjects::run_finished(run_id), bytes::Bytes::new()).await {
+            tracing::warn!(%run_id, error = %e, "could not publish run-finished event");
+        }
+    }
+
+    pub async fn purge_log(&self, run_id: Uuid, attempt: i32) -> Result<(), Error> {
+        let stream = self.js.get_stream(subjects::LOGS_STREAM).await.map_err(nats("get logs stream"))?;
+        stream.purge().filter(subjects::log_subject(run_id, attempt)).await.map_err(nats("purge log"))?;
+        Ok(())
+    }
+
+    pub async fn health(&self) -> Result<(), Error> {
+        tokio::time::timeout(Duration::from_secs(2), self.client.flush())
+            .await
+            .map_err(nats("flush"))?
+            .map_err(nats("flush"))
+    }
+}

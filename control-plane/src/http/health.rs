@@ -1,0 +1,35 @@
+//! `GET /health`: the only endpoint meant to stay open without authentication.
+
+use super::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use std::future::Future;
+use std::time::Duration;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/health", get(health))
+}
+
+async fn check<E: std::fmt::Display>(f: impl Future<Output = Result<(), E>>) -> String {
+    match tokio::time::timeout(Duration::from_secs(3), f).await {
+        Ok(Ok(())) => "ok".into(),
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => "error: timed out".into(),
+    }
+}
+
+async fn health(State(app): State<AppState>) -> impl IntoResponse {
+    let (database, nats, object_store) =
+        tokio::join!(check(app.store.ping()), check(app.bus.health()), check(app.objects.health()));
+    let healthy = [&database, &nats, &object_store].iter().all(|c| *c == "ok");
+    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if healthy { "ok" } else { "unavailable" },
+        "checks": { "database": database, "nats": nats, "object_store": object_store },
+    });
+    (status, Json(body))
+}

@@ -1,0 +1,234 @@
+//! `/api/v1/runs/{id}/logs` (plain text) and `/logs/stream` (SSE).
+//!
+//! Any replica serves any run: a running attempt is followed in JetStream, a
+//! finished one is read from its archive. The SSE event id is the line number,
+//! so a client reconnecting with `Last-Event-ID` misses and repeats nothing.
+
+use super::error::ApiError;
+use super::{AppState, extract};
+use crate::logs::LogLine;
+use crate::logs::archived::ArchiveReader;
+use crate::logs::live::{self, SnapshotReader};
+use crate::store::runs::Run;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::{Stream, StreamExt};
+use shared::{RunStatus, subjects};
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How often a follower re-reads the run in case a finished event was missed.
+const STATUS_POLL: Duration = Duration::from_secs(3);
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/runs/{id}/logs", get(text)).route("/api/v1/runs/{id}/logs/stream", get(stream))
+}
+
+async fn load(app: &AppState, raw_id: &str) -> Result<Run, ApiError> {
+    let id = extract::run_id(raw_id)?;
+    app.store.get_run(id).await?.ok_or_else(|| ApiError::not_found(format!("run {id} not found")))
+}
+
+async fn text(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let run = load(&app, &id).await?;
+    let body = match (&run.log_key, run.status) {
+        (Some(key), _) => {
+            let reader = app.objects.get_stream(key, 0).await.map_err(ApiError::internal)?;
+            Body::from_stream(futures::stream::try_unfold(reader, |mut r| async move {
+                Ok::<_, crate::object_store::Error>(r.next_chunk().await?.map(|chunk| (chunk, r)))
+            }))
+        }
+        (None, RunStatus::Queued) => Body::empty(),
+        (None, _) => {
+            let reader = SnapshotReader::open(app.bus.jetstream(), run.id, run.attempt, run.fencing_token)
+                .await
+                .map_err(ApiError::internal)?;
+            Body::from_stream(futures::stream::try_unfold(reader, |mut r| async move {
+                let lines = r.next_lines().await?;
+                Ok::<_, live::Error>(lines.map(|lines| (join(&lines), r)))
+            }))
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+fn join(lines: &[LogLine]) -> Bytes {
+    let mut out = Vec::with_capacity(lines.iter().map(|l| l.bytes.len()).sum());
+    for line in lines {
+        out.extend_from_slice(&line.bytes);
+    }
+    out.into()
+}
+
+async fn stream(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let run = load(&app, &id).await?;
+    let last = extract::last_event_id(&headers)?;
+    let (tx, rx) = mpsc::channel::<Event>(256);
+    tokio::spawn(async move {
+        let run_id = run.id;
+        let mut follower = Follower { app, tx, next_line: last + 1 };
+        if let Err(e) = follower.follow(run).await {
+            tracing::warn!(%run_id, error = %e, "log stream ended with an error");
+            let data = serde_json::json!({ "message": e.to_string() }).to_string();
+            let _ = follower.tx.send(Event::default().event("error").data(data)).await;
+        }
+    });
+    let events = ReceiverStream::new(rx).map(Ok);
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Live(#[from] live::Error),
+    #[error(transparent)]
+    Archive(#[from] crate::logs::archived::Error),
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("run disappeared")]
+    Gone,
+}
+
+/// The client went away: stop quietly.
+struct Disconnected;
+
+struct Follower {
+    app: AppState,
+    tx: mpsc::Sender<Event>,
+    next_line: u64,
+}
+
+impl Follower {
+    async fn follow(&mut self, run: Run) -> Result<(), FollowError> {
+        // Subscribe before re-reading the run, so a finish in between is not missed.
+        let mut finished = self
+            .app
+            .bus
+            .client()
+            .subscribe(subjects::run_finished(run.id))
+            .await
+            .map_err(|e| FollowError::Nats(e.to_string()))?;
+        let mut run = self.reload(&run).await?;
+        loop {
+            let step = match run.status {
+                s if s.is_final() => return self.finish(&run).await,
+                RunStatus::Queued => self.wait_queued(&mut finished).await,
+                _ => self.follow_live(&run, &mut finished).await?,
+            };
+            if step.is_err() {
+                return Ok(());
+            }
+            run = self.reload(&run).await?;
+        }
+    }
+
+    async fn reload(&self, run: &Run) -> Result<Run, FollowError> {
+        self.app.store.get_run(run.id).await?.ok_or(FollowError::Gone)
+    }
+
+    async fn wait_queued(&self, finished: &mut async_nats::Subscriber) -> Result<(), Disconnected> {
+        tokio::select! {
+            _ = finished.next() => Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => Ok(()),
+            _ = self.tx.closed() => Err(Disconnected),
+        }
+    }
+
+    /// Streams the running attempt until it ends (or its state changes).
+    async fn follow_live(
+        &mut self,
+        run: &Run,
+        finished: &mut async_nats::Subscriber,
+    ) -> Result<Result<(), Disconnected>, FollowError> {
+        let mut messages = live::follow(self.app.bus.jetstream(), run.id, run.attempt).await?;
+        let mut poll = tokio::time::interval(STATUS_POLL);
+        poll.tick().await;
+        loop {
+            tokio::select! {
+                msg = messages.next() => match msg {
+                    Some(Ok(msg)) => {
+                        let lines = live::decode_batch(msg.headers.as_ref(), &msg.payload, run.fencing_token)?;
+                        if self.send_lines(lines).await.is_err() {
+                            return Ok(Err(Disconnected));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(run_id = %run.id, error = %e, "live log consumer interrupted; resuming");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        return Ok(Ok(()));
+                    }
+                    None => return Ok(Ok(())),
+                },
+                _ = finished.next() => return Ok(Ok(())),
+                _ = poll.tick() => {
+                    let now = self.reload(run).await?;
+                    if now.status != RunStatus::Running || now.fencing_token != run.fencing_token {
+                        return Ok(Ok(()));
+                    }
+                }
+                _ = self.tx.closed() => return Ok(Err(Disconnected)),
+            }
+        }
+    }
+
+    /// Sends the rest of a final run's log from its archive, then `end`.
+    async fn finish(&mut self, run: &Run) -> Result<(), FollowError> {
+        if let Some(key) = &run.log_key {
+            let mut reader = ArchiveReader::open(&self.app.objects, key, run.id, run.attempt, self.next_line).await?;
+            while let Some(line) = reader.next_line().await? {
+                if self.send_lines(vec![line]).await.is_err() {
+                    return Ok(());
+                }
+            }
+        } else if run.started_at.is_some() {
+            // Final without an archive (its runner was lost and archiving failed): what NATS still has.
+            let mut reader =
+                SnapshotReader::open(self.app.bus.jetstream(), run.id, run.attempt, run.fencing_token).await?;
+            while let Some(lines) = reader.next_lines().await? {
+                if self.send_lines(lines).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        let data = serde_json::to_string(run).unwrap_or_default();
+        let _ = self.tx.send(Event::default().event("end").data(data)).await;
+        Ok(())
+    }
+
+    async fn send_lines(&mut self, lines: Vec<LogLine>) -> Result<(), Disconnected> {
+        for line in lines {
+            if line.number < self.next_line {
+                continue;
+            }
+            let event = Event::default().event("log").id(line.number.to_string()).data(line_json(&line));
+            self.tx.send(event).await.map_err(|_| Disconnected)?;
+            self.next_line = line.number + 1;
+        }
+        Ok(())
+    }
+}
+
+fn line_json(line: &LogLine) -> String {
+    let mut bytes: &[u8] = &line.bytes;
+    if let Some(rest) = bytes.strip_suffix(b"\n") {
+        bytes = rest.strip_suffix(b"\r").unwrap_or(rest);
+    }
+    let ts = chrono::DateTime::from_timestamp_millis(line.ts_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    serde_json::json!({ "line": String::from_utf8_lossy(bytes), "stream": line.stream, "ts": ts }).to_string()
+}

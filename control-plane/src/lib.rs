@@ -1,0 +1,18 @@
+//! Fast-Flow control plane: HTTP API and SSE, run lifecycle, the runner-facing
+//! NATS API, log archiving and the sweeper. See ARCHITECTURE.md.
+
+pub mod app;
+pub mod bus;
+pub mod config;
+pub mod http;
+pub mod logs;
+pub mod object_store;
+pub mod pipelines;
+pub mod runner_api;
+pub mod runs;
+pub mod store;
+pub mod sweeper;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::Config;

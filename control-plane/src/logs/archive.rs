@@ -1,0 +1,69 @@
+//! Writing an attempt's whole log from JetStream to the object store.
+//! Memory stays bounded: lines stream through multipart uploads.
+
+use super::live::{self, SnapshotReader};
+use super::{encode_index_entry, index_key, log_key};
+use crate::object_store::{self, ObjectStore};
+use crate::store::runs::ArchivedLog;
+use async_nats::jetstream;
+use shared::protocol::{AttemptRef, LogTotals};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Live(#[from] live::Error),
+    #[error("object store: {0}")]
+    Objects(#[from] object_store::Error),
+}
+
+pub struct Archived {
+    pub log: ArchivedLog,
+    /// Lines the runner reported but the stream no longer had (a NATS store
+    /// lost them). Never expected; recorded so it cannot pass unnoticed.
+    pub missing_lines: u64,
+}
+
+/// Archives everything the stream holds for the attempt. `expected` is what
+/// the runner says it published, when it said so.
+pub async fn archive(
+    js: &jetstream::Context,
+    objects: &ObjectStore,
+    at: &AttemptRef,
+    expected: Option<LogTotals>,
+) -> Result<Archived, Error> {
+    let mut reader = SnapshotReader::open(js, at.run_id, at.attempt, at.fencing_token).await?;
+    let key = log_key(at.run_id, at.attempt);
+    let mut log = objects.begin_upload(&key).await?;
+    let mut index = objects.begin_upload(&index_key(at.run_id, at.attempt)).await?;
+    let copied = copy_lines(&mut reader, &mut log, &mut index).await;
+    if let Err(e) = copied {
+        log.abort().await;
+        index.abort().await;
+        return Err(e);
+    }
+    let size = log.finish().await?;
+    index.finish().await?;
+    let lines = reader.next_line() - 1;
+    let missing_lines = expected.map(|t| t.lines.saturating_sub(lines)).unwrap_or(0);
+    if missing_lines > 0 {
+        tracing::error!(run_id = %at.run_id, attempt = at.attempt, missing_lines, "archived log is incomplete");
+    }
+    Ok(Archived { log: ArchivedLog { key, size: size as i64 }, missing_lines })
+}
+
+async fn copy_lines(
+    reader: &mut SnapshotReader,
+    log: &mut object_store::Upload,
+    index: &mut object_store::Upload,
+) -> Result<(), Error> {
+    let mut entries = Vec::new();
+    while let Some(lines) = reader.next_lines().await? {
+        entries.clear();
+        for line in &lines {
+            log.write(&line.bytes).await?;
+            encode_index_entry(&mut entries, line);
+        }
+        index.write(&entries).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! Pipeline discovery in `PIPELINES_DIR` and the code bundles shipped to runners.
+//!
+//! A pipeline is a folder `<name>/` holding either `main.py` (run with `uv run`
+//! in the worker image, with `--with-requirements` when `requirements.txt`
+//! exists) or a `pipeline.toml` that sets `image` and `command`. The folder is
+//! mounted read-only at `/app` in the job container.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use shared::protocol::CodeBundleRef;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const MANIFEST: &str = "pipeline.toml";
+const MAX_BUNDLE_BYTES: u64 = 64 * 1024 * 1024;
+/// Folder entries never shipped to runners.
+const IGNORED: &[&str] = &["__pycache__", ".git", ".venv", "node_modules"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("pipeline `{0}` not found")]
+    NotFound(String),
+    #[error("pipeline `{name}` is misconfigured: {message}")]
+    Invalid { name: String, message: String },
+    #[error("cannot read pipeline `{name}`: {source}")]
+    Io { name: String, source: std::io::Error },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Pipeline {
+    pub name: String,
+    pub description: Option<String>,
+    pub image: String,
+    pub command: Vec<String>,
+    pub has_requirements: bool,
+    pub timeout_seconds: Option<u64>,
+    #[serde(skip)]
+    pub env: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub is_python: bool,
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+/// The optional `pipeline.toml`. Unknown keys are errors, so typos surface.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    description: Option<String>,
+    image: Option<String>,
+    command: Option<Vec<String>>,
+    timeout_seconds: Option<u64>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// Pipeline names: `^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`.
+pub fn valid_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric())
+        && name.len() <= 64
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    dir: PathBuf,
+    worker_image: String,
+}
+
+impl Catalog {
+    pub fn new(dir: PathBuf, worker_image: String) -> Catalog {
+        Catalog { dir, worker_image }
+    }
+
+    /// Every valid pipeline, sorted by name. Misconfigured ones are logged and left out.
+    pub fn list(&self) -> Result<Vec<Pipeline>, Error> {
+        let io = |source| Error::Io { name: self.dir.display().to_string(), source };
+        let mut names: Vec<String> = std::fs::read_dir(&self.dir)
+            .map_err(io)?
+            .filter_map(|entry| entry.ok())
+            .filter(|entry| entry.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| valid_name(name))
+            .collect();
+        names.sort();
+        let mut pipelines = Vec::new();
+        for name in names {
+            match self.get(&name) {
+                Ok(p) => pipelines.push(p),
+                Err(Error::NotFound(_)) => {}
+                Err(e) => tracing::warn!(pipeline = %name, error = %e, "skipping pipeline"),
+            }
+        }
+        Ok(pipelines)
+    }
+
+    /// Loads one pipeline. The caller has validated `name`.
+    pub fn get(&self, name: &str) -> Result<Pipeline, Error> {
+        let dir = self.dir.join(name);
+        let has_main = dir.join("main.py").is_file();
+        let manifest_path = dir.join(MANIFEST);
+        let manifest = if manifest_path.is_file() {
+            let text = std::fs::read_to_string(&manifest_path)
+                .map_err(|source| Error::Io { name: name.to_owned(), source })?;
+            toml::from_str::<Manifest>(&text)
+                .map_err(|e| Error::Invalid { name: name.to_owned(), message: format!("{MANIFEST}: {e}") })?
+        } else if has_main {
+            Manifest::default()
+        } else {
+            return Err(Error::NotFound(name.to_owned()));
+        };
+        self.build(name, dir, has_main, manifest)
+    }
+
+    fn build(&self, name: &str, dir: PathBuf, has_main: bool, m: Manifest) -> Result<Pipeline, Error> {
+        let invalid = |message: String| Error::Invalid { name: name.to_owned(), message };
+        let has_requirements = dir.join("requirements.txt").is_file();
+        let (command, is_python) = match m.command {
+            Some(cmd) if cmd.is_empty() || cmd[0].is_empty() => {
+                return Err(invalid("`command` must name a program".into()));
+            }
+            Some(cmd) => (cmd, false),
+            None if has_main => (python_command(has_requirements), true),
+            None => return Err(invalid("needs a main.py or a `command` in pipeline.toml".into())),
+        };
+        if let Some(image) = &m.image
+            && image.trim().is_empty()
+        {
+            return Err(invalid("`image` must not be empty".into()));
+        }
+        if m.timeout_seconds == Some(0) {
+            return Err(invalid("`timeout_seconds` must be at least 1".into()));
+        }
+        for key in m.env.keys() {
+            if let Err(message) = check_env_name(key) {
+                return Err(invalid(format!("env `{key}`: {message}")));
+            }
+        }
+        Ok(Pipeline {
+            name: name.to_owned(),
+            description: m.description,
+            image: m.image.unwrap_or_else(|| self.worker_image.clone()),
+            command,
+            has_requirements,
+            timeout_seconds: m.timeout_seconds,
+            env: m.env,
+            is_python,
+            dir,
+        })
+    }
+}
+
+fn python_command(has_requirements: bool) -> Vec<String> {
+    let mut cmd = vec!["uv", "run", "--no-project"];
+    if has_requirements {
+        cmd.extend(["--with-requirements", "/app/requirements.txt"]);
+    }
+    cmd.push("/app/main.py");
+    cmd.into_iter().map(String::from).collect()
+}
+
+/// Environment variable names a job may set. Names that change how the
+/// container's programs load or reach infrastructure are refused.
+pub fn check_env_name(name: &str) -> Result<(), &'static str> {
+    let mut bytes = name.bytes();
+    let well_formed = matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name.len() <= 128;
+    if !well_formed {
+        return Err("must match [A-Za-z_][A-Za-z0-9_]* (at most 128 characters)");
+    }
+    let upper = name.to_ascii_uppercase();
+    let reserved = ["PATH", "HOME", "HOSTNAME", "UV_CACHE_DIR"].contains(&upper.as_str())
+        || ["LD_", "DOCKER_", "NATS_"].iter().any(|p| upper.starts_with(p));
+    if reserved {
+        return Err("is reserved (PATH, HOME, HOSTNAME, UV_CACHE_DIR, LD_*, DOCKER_*, NATS_*)");
+    }
+    Ok(())
+}
+
+/// A pipeline folder packed as a deterministic tar, named by its sha256.
+pub struct Bundle {
+    pub reference: CodeBundleRef,
+    pub data: Vec<u8>,
+}
+
+/// Packs the folder: regular files only, sorted, with fixed owners and times,
+/// so the same content always yields the same digest.
+pub fn bundle(pipeline: &Pipeline) -> Result<Bundle, Error> {
+    let io = |source| Error::Io { name: pipeline.name.clone(), source };
+    let mut files = Vec::new();
+    collect_files(&pipeline.dir, Path::new(""), &mut files).map_err(io)?;
+    files.sort();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut total = 0u64;
+    for rel in files {
+        let full = pipeline.dir.join(&rel);
+        let meta = std::fs::metadata(&full).map_err(io)?;
+        total += meta.len();
+        if total > MAX_BUNDLE_BYTES {
+            return Err(Error::Invalid {
+                name: pipeline.name.clone(),
+                message: format!("folder is larger than {} MiB", MAX_BUNDLE_BYTES >> 20),
+            });
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_size(meta.len());
+        header.set_mode(if is_executable(&meta) { 0o755 } else { 0o644 });
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        let file = std::fs::File::open(&full).map_err(io)?;
+        builder.append_data(&mut header, &rel, file).map_err(io)?;
+    }
+    let data = builder.into_inner().map_err(io)?;
+    let digest = hex::encode(Sha256::digest(&data));
+    Ok(Bundle { reference: CodeBundleRef { digest, size: data.len() as u64 }, data })
+}
+
+fn collect_files(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(root.join(rel))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if IGNORED.iter().any(|i| name == *i) || name.to_string_lossy().ends_with(".pyc") {
+            continue;
+        }
+        let kind = entry.file_type()?;
+        let path = rel.join(&name);
+        if kind.is_dir() {
+            collect_files(root, &path, out)?;
+        } else if kind.is_file() {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn is_executable(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o111 != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog(dir: &Path) -> Catalog {
+        Catalog::new(dir.to_path_buf(), "worker:1".into())
+    }
+
+    fn write(dir: &Path, rel: &str, text: &str) {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(path, text).expect("write");
+    }
+
+    fn tmp() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ff-pipelines-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        dir
+    }
+
+    #[test]
+    fn names_follow_the_documented_pattern() {
+        assert!(valid_name("hello") && valid_name("a_b-C9") && valid_name(&"a".repeat(64)));
+        assert!(!valid_name("") && !valid_name("-x") && !valid_name("bad.name") && !valid_name(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn discovers_python_and_manifest_pipelines() {
+        let dir = tmp();
+        write(&dir, "py/main.py", "print(1)");
+        write(&dir, "py/requirements.txt", "six");
+        write(
+            &dir,
+            "sh/pipeline.toml",
+            "image = \"busybox\"\ncommand = [\"sh\", \"-c\", \"true\"]\ntimeout_seconds = 5\n",
+        );
+        write(&dir, "broken/pipeline.toml", "imag = \"typo\"");
+        write(&dir, "empty/readme.txt", "not a pipeline");
+        let list = catalog(&dir).list().expect("list");
+        let names: Vec<_> = list.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["py", "sh"]);
+        assert_eq!(list[0].image, "worker:1");
+        assert!(list[0].has_requirements && list[0].is_python);
+        assert!(list[0].command.contains(&"--with-requirements".to_string()));
+        assert_eq!(list[1].command, ["sh", "-c", "true"]);
+        assert_eq!(list[1].timeout_seconds, Some(5));
+        let err = catalog(&dir).get("broken").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("unknown field") && err.contains("imag"), "{err}");
+        assert!(matches!(catalog(&dir).get("empty"), Err(Error::NotFound(_))));
+        assert!(matches!(catalog(&dir).get("nope"), Err(Error::NotFound(_))));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn bundles_are_deterministic_and_skip_caches() {
+        let dir = tmp();
+        write(&dir, "p/main.py", "print(1)");
+        write(&dir, "p/lib/util.py", "x = 1");
+        let p = catalog(&dir).get("p").expect("pipeline");
+        let a = bundle(&p).expect("bundle");
+        write(&dir, "p/__pycache__/main.cpython-311.pyc", "junk");
+        let b = bundle(&p).expect("bundle");
+        assert_eq!(a.reference, b.reference);
+        write(&dir, "p/lib/util.py", "x = 2");
+        let c = bundle(&p).expect("bundle");
+        assert_ne!(a.reference.digest, c.reference.digest);
+        let mut archive = tar::Archive::new(c.data.as_slice());
+        let paths: Vec<String> = archive
+            .entries()
+            .expect("entries")
+            .filter_map(|e| e.ok()?.path().ok().map(|p| p.display().to_string()))
+            .collect();
+        assert_eq!(paths, ["lib/util.py", "main.py"]);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn reserved_env_names_are_refused() {
+        assert!(check_env_name("GREETING").is_ok() && check_env_name("_x1").is_ok());
+        for bad in ["PATH", "LD_PRELOAD", "docker_host", "NATS_URL", "1X", "A-B", ""] {
+            assert!(check_env_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The NATS request/reply API runners talk to: claim, exit report, heartbeat.
+//! Every replica subscribes in one queue group, so each request is handled once.
+
+use crate::app::App;
+use crate::runs;
+use futures::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use shared::protocol::{ClaimReply, ClaimRequest, ExitReply, ExitReport, Heartbeat, HeartbeatReply};
+use shared::subjects;
+use std::future::Future;
+use tokio_util::sync::CancellationToken;
+
+pub async fn serve(app: App, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = app.bus.client().clone();
+    let mut claims = client.queue_subscribe(subjects::CLAIM, subjects::CONTROL_PLANE_QUEUE.into()).await?;
+    let mut exits = client.queue_subscribe(subjects::EXIT, subjects::CONTROL_PLANE_QUEUE.into()).await?;
+    let mut heartbeats = client.queue_subscribe(subjects::HEARTBEAT, subjects::CONTROL_PLANE_QUEUE.into()).await?;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            Some(msg) = claims.next() => spawn_reply(&app, msg, handle_claim),
+            Some(msg) = exits.next() => spawn_reply(&app, msg, handle_exit),
+            Some(msg) = heartbeats.next() => spawn_reply(&app, msg, handle_heartbeat),
+            else => return Ok(()),
+        }
+    }
+}
+
+/// Decodes a request, runs its handler in its own task and sends the reply.
+fn spawn_reply<Req, Rep, F, Fut>(app: &App, msg: async_nats::Message, handler: F)
+where
+    Req: DeserializeOwned + Send + 'static,
+    Rep: Serialize + Send,
+    F: FnOnce(App, Req) -> Fut + Send + 'static,
+    Fut: Future<Output = Option<Rep>> + Send,
+{
+    let app = app.clone();
+    tokio::spawn(async move {
+        let Some(reply_to) = msg.reply.clone() else { return };
+        let request: Req = match serde_json::from_slice(&msg.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(subject = %msg.subject, error = %e, "malformed runner request");
+                return;
+            }
+        };
+        let client = app.bus.client().clone();
+        // `None`: no answer, the runner times out and retries (transient failure).
+        let Some(reply) = handler(app, request).await else { return };
+        match serde_json::to_vec(&reply) {
+            Ok(body) => {
+                if let Err(e) = client.publish(reply_to, body.into()).await {
+                    tracing::warn!(error = %e, "could not send reply to runner");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not encode reply"),
+        }
+    });
+}
+
+async fn handle_claim(app: App, req: ClaimRequest) -> Option<ClaimReply> {
+    match runs::claim(&app, req.run_id, req.attempt, &req.runner_id).await {
+        Ok(reply) => Some(reply),
+        Err(e) => {
+            tracing::warn!(run_id = %req.run_id, error = %e, "claim failed");
+            None
+        }
+    }
+}
+
+async fn handle_exit(app: App, report: ExitReport) -> Option<ExitReply> {
+    Some(runs::finish(&app, &report).await)
+}
+
+async fn handle_heartbeat(app: App, hb: Heartbeat) -> Option<HeartbeatReply> {
+    if let Err(e) = app.store.record_heartbeat(&hb).await {
+        tracing::warn!(runner_id = %hb.runner_id, error = %e, "could not record heartbeat");
+        return None;
+    }
+    let renewed = match app.store.renew_leases(&hb.runner_id, &hb.running, app.config.lease).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(runner_id = %hb.runner_id, error = %e, "could not renew leases");
+            return None;
+        }
+    };
+    let mut reply = HeartbeatReply::default();
+    for held in &hb.running {
+        match renewed.iter().find(|r| &r.attempt == held) {
+            Some(state) if state.cancel_requested => reply.cancel.push(held.clone()),
+            Some(_) => {}
+            None => reply.stale.push(held.clone()),
+        }
+    }
+    Some(reply)
+}

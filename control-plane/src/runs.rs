@@ -1,0 +1,356 @@
+//! The run lifecycle: submit, claim, finish, cancel, expire. HTTP handlers, the
+//! runner API and the sweeper call these; the SQL lives in `store::runs`.
+
+use crate::app::App;
+use crate::logs::archive;
+use crate::pipelines::{self, Pipeline};
+use crate::store::runs::{NewRun, Outcome, Run};
+use crate::{bus, store};
+use serde::{Deserialize, Serialize};
+use shared::protocol::{
+    AttemptRef, CancelNotice, ClaimReply, CodeBundleRef, ExitOutcome, ExitReply, ExitReport, JobSpec,
+};
+use shared::{FailureReason, RunStatus, subjects};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+const MAX_PARAMS: usize = 64;
+const MAX_PARAM_VALUE_BYTES: usize = 32 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "invalid pipeline name `{0}`: use letters, digits, `_` and `-` (at most 64, starting with a letter or digit)"
+    )]
+    InvalidPipelineName(String),
+    #[error(transparent)]
+    Pipeline(#[from] pipelines::Error),
+    #[error("{message}")]
+    InvalidParam { field: String, message: String },
+    #[error("run {0} not found")]
+    RunNotFound(Uuid),
+    #[error("run {} already finished with status {}", .0.id, .0.status)]
+    AlreadyFinished(Box<Run>),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("internal task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// What a run executes, frozen when the run is created so later edits of the
+/// pipeline folder do not change a queued run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobTemplate {
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub code: Option<CodeBundleRef>,
+    pub mount_uv_cache: bool,
+    pub timeout_seconds: Option<u64>,
+}
+
+impl JobTemplate {
+    fn into_job(self, run: &Run) -> JobSpec {
+        JobSpec {
+            run_id: run.id,
+            attempt: run.attempt,
+            fencing_token: run.fencing_token,
+            pipeline_name: run.pipeline_name.clone(),
+            image: self.image,
+            command: self.command,
+            env: self.env,
+            code: self.code,
+            mount_uv_cache: self.mount_uv_cache,
+            timeout_seconds: self.timeout_seconds,
+        }
+    }
+}
+
+/// Checks run parameters: a JSON object of string values with safe names.
+pub fn validate_params(params: &serde_json::Value) -> Result<BTreeMap<String, String>, Error> {
+    let invalid = |field: &str, message: String| Error::InvalidParam { field: field.to_owned(), message };
+    let Some(map) = params.as_object() else {
+        return Err(invalid("params", "`params` must be an object of string values".into()));
+    };
+    if map.len() > MAX_PARAMS {
+        return Err(invalid("params", format!("at most {MAX_PARAMS} parameters")));
+    }
+    let mut out = BTreeMap::new();
+    for (key, value) in map {
+        let field = format!("params.{key}");
+        pipelines::check_env_name(key).map_err(|m| invalid(&field, format!("parameter name `{key}` {m}")))?;
+        let Some(text) = value.as_str() else {
+            return Err(invalid(&field, format!("parameter `{key}` must be a string")));
+        };
+        if text.len() > MAX_PARAM_VALUE_BYTES || text.contains('\0') {
+            return Err(invalid(&field, format!("parameter `{key}` must be at most 32 KiB without NUL bytes")));
+        }
+        out.insert(key.clone(), text.to_owned());
+    }
+    Ok(out)
+}
+
+/// Loads a pipeline by (unvalidated) name off the async runtime.
+pub async fn load_pipeline(app: &App, name: &str) -> Result<Pipeline, Error> {
+    if !pipelines::valid_name(name) {
+        return Err(Error::InvalidPipelineName(name.to_owned()));
+    }
+    let catalog = app.catalog.clone();
+    let name = name.to_owned();
+    Ok(tokio::task::spawn_blocking(move || catalog.get(&name)).await??)
+}
+
+/// Creates a queued run and offers it to the runners.
+pub async fn submit(app: &App, pipeline_name: &str, params: BTreeMap<String, String>) -> Result<Run, Error> {
+    let pipeline = load_pipeline(app, pipeline_name).await?;
+    let for_bundle = pipeline.clone();
+    let bundle = tokio::task::spawn_blocking(move || pipelines::bundle(&for_bundle)).await??;
+    app.store.save_bundle(&bundle.reference.digest, &bundle.data).await?;
+
+    let mut env = pipeline.env.clone();
+    if pipeline.is_python {
+        env.insert("PYTHONUNBUFFERED".into(), "1".into());
+    }
+    env.extend(params.clone());
+    let template = JobTemplate {
+        image: pipeline.image.clone(),
+        command: pipeline.command.clone(),
+        env,
+        code: Some(bundle.reference),
+        mount_uv_cache: pipeline.is_python,
+        timeout_seconds: pipeline.timeout_seconds,
+    };
+    let run = app
+        .store
+        .insert_run(NewRun {
+            id: Uuid::now_v7(),
+            pipeline_name: &pipeline.name,
+            params: serde_json::to_value(&params).unwrap_or_default(),
+            spec: serde_json::to_value(&template).unwrap_or_default(),
+        })
+        .await?;
+    // A failed publish is not fatal: the run is stored, the sweeper re-offers it.
+    if let Err(e) = app.bus.offer(subjects::DEFAULT_POOL, run.id, run.attempt).await {
+        tracing::warn!(run_id = %run.id, error = %e, "offer not published yet; the sweeper will retry");
+    }
+    tracing::info!(run_id = %run.id, pipeline = %run.pipeline_name, "run queued");
+    Ok(run)
+}
+
+/// Cancels a queued run at once, or asks the runner of a running one to stop it.
+pub async fn cancel(app: &App, id: Uuid) -> Result<Run, Error> {
+    if let Some(run) = app.store.cancel_queued(id).await? {
+        tracing::info!(run_id = %id, "queued run cancelled");
+        app.bus.notify_finished(id).await;
+        return Ok(run);
+    }
+    if let Some(run) = app.store.request_cancel(id).await? {
+        if let Some(runner) = &run.runner_id {
+            let notice = CancelNotice { attempt: run.attempt_ref() };
+            if let Err(e) = app.bus.notify_cancel(runner, &notice).await {
+                tracing::warn!(run_id = %id, error = %e, "cancel notice not sent; the next heartbeat carries it");
+            }
+        }
+        tracing::info!(run_id = %id, "cancellation requested");
+        return Ok(run);
+    }
+    match app.store.get_run(id).await? {
+        None => Err(Error::RunNotFound(id)),
+        Some(run) if run.status.is_final() => Err(Error::AlreadyFinished(Box::new(run))),
+        // It moved from queued to running between the two updates: try again.
+        Some(_) => Box::pin(cancel(app, id)).await,
+    }
+}
+
+/// A runner's claim: one conditional update decides; the code bundle is made
+/// available before the grant so the runner can always fetch it.
+pub async fn claim(app: &App, run_id: Uuid, attempt: i32, runner_id: &str) -> Result<ClaimReply, Error> {
+    let refused = |reason: String| Ok(ClaimReply::Refused { reason });
+    let Some(run) = app.store.get_run(run_id).await? else { return refused("unknown run".into()) };
+    if run.status != RunStatus::Queued || run.attempt != attempt {
+        return refused(format!("run is {} (attempt {})", run.status, run.attempt));
+    }
+    let template: JobTemplate = match serde_json::from_value(run.spec.clone()) {
+        Ok(t) => t,
+        Err(e) => return Err(store::Error::Corrupt(format!("run {run_id} spec: {e}")).into()),
+    };
+    if let Some(code) = &template.code {
+        let store = app.store.clone();
+        let digest = code.digest.clone();
+        let available =
+            app.bus.ensure_bundle(code, || async move { store.load_bundle(&digest).await.ok().flatten() }).await;
+        match available {
+            Ok(true) => {}
+            Ok(false) => tracing::error!(%run_id, digest = %code.digest, "code bundle missing from the database"),
+            Err(e) => return refused(format!("code bundle unavailable: {e}")),
+        }
+    }
+    match app.store.claim(run_id, attempt, runner_id, app.config.lease).await? {
+        Some(run) => {
+            tracing::info!(%run_id, runner_id, "run claimed");
+            Ok(ClaimReply::Granted { job: template.into_job(&run) })
+        }
+        None => refused("run was claimed or cancelled meanwhile".into()),
+    }
+}
+
+fn outcome_of(report: &ExitReport, cancel_requested: bool) -> Outcome {
+    let failed = |reason, exit_code, error_message| Outcome {
+        status: RunStatus::Failed,
+        reason: Some(reason),
+        exit_code,
+        error_message,
+    };
+    match &report.outcome {
+        ExitOutcome::SetupError { message } => failed(FailureReason::SetupError, None, Some(message.clone())),
+        ExitOutcome::Exited { exit_code } if cancel_requested => Outcome {
+            status: RunStatus::Cancelled,
+            reason: Some(FailureReason::Cancelled),
+            exit_code: Some(*exit_code),
+            error_message: None,
+        },
+        ExitOutcome::Exited { exit_code } if report.timed_out => failed(FailureReason::Timeout, Some(*exit_code), None),
+        ExitOutcome::Exited { exit_code: 0 } => {
+            Outcome { status: RunStatus::Success, reason: None, exit_code: Some(0), error_message: None }
+        }
+        ExitOutcome::Exited { exit_code } => failed(FailureReason::ExitCode, Some(*exit_code), None),
+    }
+}
+
+/// A runner's exit report: archive the log, then record the final status.
+/// Idempotent, so a runner may repeat a report whose answer it did not get.
+pub async fn finish(app: &App, report: &ExitReport) -> ExitReply {
+    let at = &report.attempt;
+    let run = match app.store.get_run(at.run_id).await {
+        Ok(Some(run)) => run,
+        Ok(None) => return ExitReply::Rejected { reason: "unknown run".into() },
+        Err(e) => return ExitReply::RetryLater { reason: e.to_string() },
+    };
+    if run.attempt != at.attempt || run.fencing_token != at.fencing_token {
+        return ExitReply::Rejected { reason: "stale fencing token".into() };
+    }
+    if run.status.is_final() {
+        return ExitReply::Accepted;
+    }
+    let archived = match archive::archive(app.bus.jetstream(), &app.objects, at, Some(report.log)).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(run_id = %at.run_id, error = %e, "archiving failed; runner will retry");
+            return ExitReply::RetryLater { reason: format!("archiving the log failed: {e}") };
+        }
+    };
+    let mut outcome = outcome_of(report, run.cancel_requested_at.is_some());
+    if archived.missing_lines > 0 && outcome.error_message.is_none() {
+        outcome.error_message = Some(format!("{} log lines were lost in transit", archived.missing_lines));
+    }
+    match app.store.finish(at, &outcome, Some(&archived.log)).await {
+        Ok(Some(run)) => tracing::info!(run_id = %run.id, status = %run.status, "run finished"),
+        // Finalised meanwhile (lease expired): keep the archive we just wrote.
+        Ok(None) => {
+            if let Err(e) = app.store.set_archived_log(at, &archived.log).await {
+                return ExitReply::RetryLater { reason: e.to_string() };
+            }
+        }
+        Err(e) => return ExitReply::RetryLater { reason: e.to_string() },
+    }
+    after_final(app, at).await;
+    ExitReply::Accepted
+}
+
+/// Housekeeping once an attempt is final and archived.
+async fn after_final(app: &App, at: &AttemptRef) {
+    if let Err(e) = app.bus.purge_log(at.run_id, at.attempt).await {
+        tracing::warn!(run_id = %at.run_id, error = %e, "could not purge the live log");
+    }
+    app.bus.notify_finished(at.run_id).await;
+}
+
+/// Finalises runs whose runner stopped renewing its lease, archiving what
+/// their log holds.
+pub async fn expire_leases(app: &App) -> Result<usize, Error> {
+    let expired = app.store.expire_leases(100).await?;
+    for run in &expired {
+        tracing::warn!(run_id = %run.id, runner_id = ?run.runner_id, status = %run.status, "lease expired");
+        let at = run.attempt_ref();
+        match archive::archive(app.bus.jetstream(), &app.objects, &at, None).await {
+            Ok(archived) => {
+                if let Err(e) = app.store.set_archived_log(&at, &archived.log).await {
+                    tracing::warn!(run_id = %run.id, error = %e, "could not record the archive");
+                }
+            }
+            Err(e) => tracing::warn!(run_id = %run.id, error = %e, "could not archive the log of a lost run"),
+        }
+        after_final(app, &at).await;
+    }
+    Ok(expired.len())
+}
+
+/// Re-offers queued runs whose offer is gone from NATS (lost message, wiped store).
+pub async fn reoffer_stale(app: &App) -> Result<usize, ReofferError> {
+    let stale = app.store.stale_queued(app.config.reoffer_after, 500).await?;
+    let mut count = 0;
+    for (run_id, attempt) in stale {
+        if !app.bus.has_offer(subjects::DEFAULT_POOL, run_id).await? {
+            app.bus.offer(subjects::DEFAULT_POOL, run_id, attempt).await?;
+            tracing::info!(%run_id, attempt, "re-offered a queued run");
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReofferError {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    Bus(#[from] bus::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn params_must_be_an_object_of_safe_strings() {
+        let ok = validate_params(&json!({"NAME": "Ada", "_x": ""})).expect("valid");
+        assert_eq!(ok.get("NAME").map(String::as_str), Some("Ada"));
+        for (bad, field) in [
+            (json!([1]), "params"),
+            (json!({"1X": "v"}), "params.1X"),
+            (json!({"PATH": "/tmp"}), "params.PATH"),
+            (json!({"LD_PRELOAD": "x.so"}), "params.LD_PRELOAD"),
+            (json!({"N": 3}), "params.N"),
+        ] {
+            match validate_params(&bad) {
+                Err(Error::InvalidParam { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{bad}: expected InvalidParam, got {other:?}"),
+            }
+        }
+    }
+
+    fn report(outcome: ExitOutcome, timed_out: bool) -> ExitReport {
+        ExitReport {
+            attempt: AttemptRef { run_id: Uuid::nil(), attempt: 1, fencing_token: 1 },
+            runner_id: "r".into(),
+            outcome,
+            log: Default::default(),
+            timed_out,
+        }
+    }
+
+    #[test]
+    fn outcomes_map_to_statuses() {
+        let o = outcome_of(&report(ExitOutcome::Exited { exit_code: 0 }, false), false);
+        assert_eq!((o.status, o.reason), (RunStatus::Success, None));
+        let o = outcome_of(&report(ExitOutcome::Exited { exit_code: 3 }, false), false);
+        assert_eq!((o.status, o.reason, o.exit_code), (RunStatus::Failed, Some(FailureReason::ExitCode), Some(3)));
+        let o = outcome_of(&report(ExitOutcome::Exited { exit_code: 143 }, false), true);
+        assert_eq!((o.status, o.reason), (RunStatus::Cancelled, Some(FailureReason::Cancelled)));
+        let o = outcome_of(&report(ExitOutcome::Exited { exit_code: 137 }, true), false);
+        assert_eq!(o.reason, Some(FailureReason::Timeout));
+        let o = outcome_of(&report(ExitOutcome::SetupError { message: "no image".into() }, false), false);
+        assert_eq!((o.reason, o.error_message.as_deref()), (Some(FailureReason::SetupError), Some("no image")));
+    }
+}

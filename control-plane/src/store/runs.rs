@@ -1,0 +1,343 @@
+//! Runs and their status transitions. Every transition is one statement guarded
+//! by the state it expects (`where status = …`), so concurrent replicas and
+//! stale runners can never move a run backwards or twice.
+
+use super::{Error, Store};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use shared::protocol::AttemptRef;
+use shared::{FailureReason, RunStatus};
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, Row};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The columns every run query returns, in `Run::from_row`'s terms.
+macro_rules! run_columns {
+    () => {
+        "id, pipeline_name, status, attempt, trigger, params, spec, runner_id, fencing_token,
+         cancel_requested_at, exit_code, failure_reason, error_message, log_key, log_size_bytes,
+         created_at, started_at, finished_at"
+    };
+}
+
+/// A run as stored; serialises to the public JSON shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub id: Uuid,
+    pub pipeline_name: String,
+    pub status: RunStatus,
+    pub attempt: i32,
+    pub trigger: String,
+    pub params: serde_json::Value,
+    pub runner_id: Option<String>,
+    pub exit_code: Option<i64>,
+    pub failure_reason: Option<FailureReason>,
+    pub error_message: Option<String>,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub log_size_bytes: i64,
+    #[serde(skip)]
+    pub spec: serde_json::Value,
+    #[serde(skip)]
+    pub fencing_token: i64,
+    #[serde(skip)]
+    pub log_key: Option<String>,
+}
+
+impl Run {
+    pub fn attempt_ref(&self) -> AttemptRef {
+        AttemptRef { run_id: self.id, attempt: self.attempt, fencing_token: self.fencing_token }
+    }
+}
+
+impl<'r> FromRow<'r, PgRow> for Run {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let status: String = row.try_get("status")?;
+        let reason: Option<String> = row.try_get("failure_reason")?;
+        let decode = |e: shared::status::ParseError| sqlx::Error::Decode(Box::new(e));
+        Ok(Run {
+            id: row.try_get("id")?,
+            pipeline_name: row.try_get("pipeline_name")?,
+            status: status.parse().map_err(decode)?,
+            attempt: row.try_get("attempt")?,
+            trigger: row.try_get("trigger")?,
+            params: row.try_get("params")?,
+            spec: row.try_get("spec")?,
+            runner_id: row.try_get("runner_id")?,
+            fencing_token: row.try_get("fencing_token")?,
+            cancel_requested_at: row.try_get("cancel_requested_at")?,
+            exit_code: row.try_get("exit_code")?,
+            failure_reason: reason.map(|r| r.parse()).transpose().map_err(decode)?,
+            error_message: row.try_get("error_message")?,
+            log_key: row.try_get("log_key")?,
+            log_size_bytes: row.try_get("log_size_bytes")?,
+            created_at: row.try_get("created_at")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+        })
+    }
+}
+
+pub struct NewRun<'a> {
+    pub id: Uuid,
+    pub pipeline_name: &'a str,
+    pub params: serde_json::Value,
+    pub spec: serde_json::Value,
+}
+
+#[derive(Debug, Default)]
+pub struct RunFilter {
+    pub pipeline: Option<String>,
+    pub status: Option<RunStatus>,
+    /// Keyset position: runs strictly older than this (created_at, id).
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+/// How an attempt ended, as decided from the runner's report.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: RunStatus,
+    pub reason: Option<FailureReason>,
+    pub exit_code: Option<i64>,
+    pub error_message: Option<String>,
+}
+
+/// Where an attempt's archived log lives.
+#[derive(Debug, Clone)]
+pub struct ArchivedLog {
+    pub key: String,
+    pub size: i64,
+}
+
+/// A lease renewal's answer for one attempt.
+pub struct LeaseState {
+    pub attempt: AttemptRef,
+    pub cancel_requested: bool,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl Store {
+    pub async fn insert_run(&self, new: NewRun<'_>) -> Result<Run, Error> {
+        let run = sqlx::query_as::<_, Run>(concat!(
+            "insert into runs (id, pipeline_name, status, params, spec) values ($1, $2, 'queued', $3, $4)
+             returning ",
+            run_columns!()
+        ))
+        .bind(new.id)
+        .bind(new.pipeline_name)
+        .bind(new.params)
+        .bind(new.spec)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(run)
+    }
+
+    pub async fn get_run(&self, id: Uuid) -> Result<Option<Run>, Error> {
+        let run = sqlx::query_as::<_, Run>(concat!("select ", run_columns!(), " from runs where id = $1"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(run)
+    }
+
+    /// Newest first, keyset-paginated on (created_at, id).
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, Error> {
+        let (before_ts, before_id) = filter.before.unzip();
+        let runs = sqlx::query_as::<_, Run>(concat!(
+            "select ",
+            run_columns!(),
+            " from runs
+             where ($1::text is null or pipeline_name = $1)
+               and ($2::text is null or status = $2)
+               and ($3::timestamptz is null or (created_at, id) < ($3, $4))
+             order by created_at desc, id desc
+             limit $5"
+        ))
+        .bind(filter.pipeline.as_deref())
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(before_ts)
+        .bind(before_id)
+        .bind(filter.limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(runs)
+    }
+
+    /// The claim: succeeds for exactly one caller while the attempt is queued,
+    /// handing out a fresh fencing token and a lease.
+    pub async fn claim(&self, id: Uuid, attempt: i32, runner_id: &str, lease: Duration) -> Result<Option<Run>, Error> {
+        let run = sqlx::query_as::<_, Run>(concat!(
+            "update runs set status = 'running', runner_id = $3, fencing_token = fencing_token + 1,
+                 lease_expires_at = now() + make_interval(secs => $4), started_at = now()
+             where id = $1 and attempt = $2 and status = 'queued'
+             returning ",
+            run_columns!()
+        ))
+        .bind(id)
+        .bind(attempt)
+        .bind(runner_id)
+        .bind(secs(lease))
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(run)
+    }
+
+    /// Extends the leases of the attempts a runner still holds; attempts it no
+    /// longer holds are simply absent from the answer.
+    pub async fn renew_leases(
+        &self,
+        runner_id: &str,
+        held: &[AttemptRef],
+        lease: Duration,
+    ) -> Result<Vec<LeaseState>, Error> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = held.iter().map(|a| a.run_id).collect();
+        let attempts: Vec<i32> = held.iter().map(|a| a.attempt).collect();
+        let tokens: Vec<i64> = held.iter().map(|a| a.fencing_token).collect();
+        let rows: Vec<(Uuid, i32, i64, bool)> = sqlx::query_as(
+            "update runs r set lease_expires_at = now() + make_interval(secs => $5)
+             from unnest($2::uuid[], $3::int[], $4::bigint[]) as h(id, attempt, token)
+             where r.id = h.id and r.attempt = h.attempt and r.fencing_token = h.token
+               and r.status = 'running' and r.runner_id = $1
+             returning r.id, r.attempt, r.fencing_token, r.cancel_requested_at is not null",
+        )
+        .bind(runner_id)
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&tokens)
+        .bind(secs(lease))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(run_id, attempt, fencing_token, cancel_requested)| LeaseState {
+                attempt: AttemptRef { run_id, attempt, fencing_token },
+                cancel_requested,
+            })
+            .collect())
+    }
+
+    /// Records the end of a running attempt held with this token.
+    pub async fn finish(
+        &self,
+        at: &AttemptRef,
+        outcome: &Outcome,
+        log: Option<&ArchivedLog>,
+    ) -> Result<Option<Run>, Error> {
+        let run = sqlx::query_as::<_, Run>(concat!(
+            "update runs set status = $4, failure_reason = $5, exit_code = $6, error_message = $7,
+                 log_key = $8, log_size_bytes = coalesce($9, log_size_bytes),
+                 finished_at = now(), lease_expires_at = null
+             where id = $1 and attempt = $2 and fencing_token = $3 and status = 'running'
+             returning ",
+            run_columns!()
+        ))
+        .bind(at.run_id)
+        .bind(at.attempt)
+        .bind(at.fencing_token)
+        .bind(outcome.status.as_str())
+        .bind(outcome.reason.map(|r| r.as_str()))
+        .bind(outcome.exit_code)
+        .bind(outcome.error_message.as_deref())
+        .bind(log.map(|l| l.key.as_str()))
+        .bind(log.map(|l| l.size))
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(run)
+    }
+
+    /// Attaches an archive to a run that was finalised without one (a lost runner).
+    pub async fn set_archived_log(&self, at: &AttemptRef, log: &ArchivedLog) -> Result<(), Error> {
+        sqlx::query(
+            "update runs set log_key = $4, log_size_bytes = $5
+             where id = $1 and attempt = $2 and fencing_token = $3 and log_key is null",
+        )
+        .bind(at.run_id)
+        .bind(at.attempt)
+        .bind(at.fencing_token)
+        .bind(&log.key)
+        .bind(log.size)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Cancels a run that no runner holds yet; it will never start.
+    pub async fn cancel_queued(&self, id: Uuid) -> Result<Option<Run>, Error> {
+        let run = sqlx::query_as::<_, Run>(concat!(
+            "update runs set status = 'cancelled', failure_reason = 'cancelled',
+                 cancel_requested_at = now(), finished_at = now()
+             where id = $1 and status = 'queued'
+             returning ",
+            run_columns!()
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(run)
+    }
+
+    /// Marks a running run for cancellation; its runner stops it and reports.
+    pub async fn request_cancel(&self, id: Uuid) -> Result<Option<Run>, Error> {
+        let run = sqlx::query_as::<_, Run>(concat!(
+            "update runs set cancel_requested_at = coalesce(cancel_requested_at, now())
+             where id = $1 and status = 'running'
+             returning ",
+            run_columns!()
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(run)
+    }
+
+    /// Queued runs created before `older_than` ago: candidates for a re-offer.
+    pub async fn stale_queued(&self, older_than: Duration, limit: i64) -> Result<Vec<(Uuid, i32)>, Error> {
+        let rows = sqlx::query_as(
+            "select id, attempt from runs
+             where status = 'queued' and created_at < now() - make_interval(secs => $1)
+             order by created_at limit $2",
+        )
+        .bind(secs(older_than))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
+    }
+
+    /// Finalises running attempts whose lease ran out (their runner is gone):
+    /// `cancelled` if a cancel was pending, else `failed` / `lost`. Rows locked by
+    /// another replica are skipped, so each run is finalised exactly once.
+    pub async fn expire_leases(&self, limit: i64) -> Result<Vec<Run>, Error> {
+        // `r.*`: the CTE also has an `id`, so unqualified columns would be ambiguous.
+        let runs = sqlx::query_as::<_, Run>(
+            "with expired as (
+                 select id from runs
+                 where status = 'running' and lease_expires_at < now()
+                 order by lease_expires_at limit $1
+                 for update skip locked)
+             update runs r set
+                 status = case when r.cancel_requested_at is null then 'failed' else 'cancelled' end,
+                 failure_reason = case when r.cancel_requested_at is null then 'lost' else 'cancelled' end,
+                 error_message = case when r.cancel_requested_at is null
+                     then 'runner ' || coalesce(r.runner_id, '?') || ' stopped renewing its lease'
+                     else null end,
+                 finished_at = now(), lease_expires_at = null
+             from expired where r.id = expired.id
+             returning r.*",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(runs)
+    }
+}

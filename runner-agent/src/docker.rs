@@ -1,0 +1,440 @@
+//! The runner's only door to the Docker engine.
+//!
+//! Architecture invariant: no other module of the runner names `bollard`. Everything the runner
+//! needs from the engine (pull, create/attach/start, wait, stop, remove, list by label) is a
+//! method here, and engine failures arrive as [`Error`], sorted by what the caller does next.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bollard::ClientVersion;
+use bollard::container::LogOutput;
+use bollard::errors::Error as EngineError;
+use bollard::models::{ContainerCreateBody, CreateImageInfo, HostConfig, Mount, MountType};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
+    WaitContainerOptions,
+};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+/// Where the engine listens when `DOCKER_HOST` is not set (bollard's own default).
+const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+/// bollard's default per-request timeout; it bounds the wait for response headers only.
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+/// Extra time a stop request may take beyond the grace period (SIGKILL, teardown).
+const STOP_SLACK: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The image is neither local nor pullable: the run fails, retrying will not help.
+    #[error("image {image} is not available: {message}")]
+    ImageUnavailable { image: String, message: String },
+    /// The container spec was rejected (bad mount, bad path): the run fails.
+    #[error("invalid container spec: {message}")]
+    InvalidSpec { message: String },
+    /// A container with this name exists already, e.g. left over from a crashed runner.
+    #[error("container name {name} is already in use: {message}")]
+    NameConflict { name: String, message: String },
+    /// The container does not exist (any more).
+    #[error("container {0} not found")]
+    NotFound(String),
+    /// The engine ended a wait without an exit status (engine restart, dropped connection).
+    #[error("waiting for container {0} ended without an exit status")]
+    WaitInterrupted(String),
+    /// Anything else from the engine: unreachable, internal errors. Usually worth a retry.
+    #[error("docker engine: {0}")]
+    Engine(#[from] EngineError),
+}
+
+/// A cheap, cloneable handle to one Docker engine.
+#[derive(Clone, Debug)]
+pub struct Docker {
+    inner: bollard::Docker,
+}
+
+/// What to run. Built by the executor from a job step.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    /// Empty means the image's default command.
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub labels: HashMap<String, String>,
+    pub mounts: Vec<BindMount>,
+    pub working_dir: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct BindMount {
+    pub host_path: PathBuf,
+    pub container_path: String,
+    pub read_only: bool,
+}
+
+/// A started container and its output, attached before the start so nothing is missed.
+pub struct Started {
+    pub container_id: String,
+    pub output: OutputStream,
+}
+
+/// Stdout and stderr chunks in the order the engine sent them; ends when the container's
+/// output ends. It must be drained: the engine blocks the container's writes while it is not.
+pub type OutputStream = Pin<Box<dyn Stream<Item = Result<Output, Error>> + Send>>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Stdout(Bytes),
+    Stderr(Bytes),
+}
+
+impl Docker {
+    /// Connects to `DOCKER_HOST` (or the local socket) and settles on an API version both sides
+    /// speak, since the engine may be older than bollard's default.
+    pub async fn connect() -> Result<Docker, Error> {
+        let inner = bollard::Docker::connect_with_defaults()?;
+        match inner.negotiate_version().await {
+            Ok(inner) => Ok(Docker { inner }),
+            Err(err) => Self::connect_at_server_maximum(err).await,
+        }
+    }
+
+    /// Older engines (20.10) reject bollard's versioned `/version` request with "client version
+    /// X is too new. Maximum supported API version is Y", so `negotiate_version` cannot work;
+    /// reconnect at the version that message names instead.
+    async fn connect_at_server_maximum(err: EngineError) -> Result<Docker, Error> {
+        let Some(version) = max_version_from_error(&err) else {
+            return Err(err.into());
+        };
+        let host = docker_host();
+        let inner = if host.starts_with("unix://") {
+            bollard::Docker::connect_with_unix(&host, REQUEST_TIMEOUT_SECS, &version)?
+        } else if host.starts_with("tcp://") || host.starts_with("http://") {
+            bollard::Docker::connect_with_http(&host, REQUEST_TIMEOUT_SECS, &version)?
+        } else {
+            return Err(err.into());
+        };
+        tracing::debug!(api_version = %version, "docker engine is older than bollard's default");
+        Ok(Docker { inner: inner.negotiate_version().await? })
+    }
+
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.inner.ping().await?;
+        Ok(())
+    }
+
+    /// Makes sure `image` is present locally, pulling it if needed. Pull progress goes to
+    /// `progress` as one line per layer status change, for the job's log.
+    pub async fn ensure_image(&self, image: &str, progress: &mpsc::Sender<String>) -> Result<(), Error> {
+        match self.inner.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(err) if status_of(&err) == Some(404) => self.pull(image, progress).await,
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn pull(&self, image: &str, progress: &mpsc::Sender<String>) -> Result<(), Error> {
+        let reference = with_default_tag(image);
+        let options = CreateImageOptionsBuilder::new().from_image(&reference).build();
+        let mut events = self.inner.create_image(Some(options), None, None);
+        let mut lines = PullLines::default();
+        while let Some(event) = events.next().await {
+            let line = match event {
+                Ok(info) => lines.line_for(&info),
+                Err(err) => {
+                    let err = pull_error(image, err);
+                    // Best effort: the job log should show why, the caller gets the error too.
+                    let _ = progress.send(format!("pull failed: {err}")).await;
+                    return Err(err);
+                }
+            };
+            if let Some(line) = line {
+                // A dropped receiver only means nobody watches the progress; keep pulling.
+                let _ = progress.send(line).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the container, attaches to its stdout and stderr, then starts it. Attaching
+    /// first is what makes the output of even an instantly exiting container complete.
+    pub async fn start(&self, spec: &ContainerSpec) -> Result<Started, Error> {
+        let container_id = self.create(spec).await?;
+        match self.attach_and_start(&container_id).await {
+            Ok(output) => Ok(Started { container_id, output }),
+            Err(err) => {
+                // Do not leak a created-but-never-started container.
+                if let Err(cleanup) = self.remove(&container_id).await {
+                    tracing::warn!(container_id, error = %cleanup, "removing unstarted container failed");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, Error> {
+        let options = CreateContainerOptionsBuilder::new().name(&spec.name).build();
+        let body = create_body(spec)?;
+        match self.inner.create_container(Some(options), body).await {
+            Ok(created) => Ok(created.id),
+            Err(err) => Err(create_error(spec, err)),
+        }
+    }
+
+    async fn attach_and_start(&self, container_id: &str) -> Result<OutputStream, Error> {
+        let options = AttachContainerOptionsBuilder::new().stream(true).stdout(true).stderr(true).build();
+        // Dropping `input` is fine: stdin is not attached and the read half keeps the connection.
+        let attached = self.inner.attach_container(container_id, Some(options)).await?;
+        self.inner.start_container(container_id, None::<StartContainerOptions>).await?;
+        Ok(output_stream(attached.output))
+    }
+
+    /// Waits until the container is not running and returns its exit code.
+    pub async fn wait(&self, container_id: &str) -> Result<i64, Error> {
+        let mut responses = self.inner.wait_container(container_id, None::<WaitContainerOptions>);
+        match responses.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            // bollard turns every non-zero exit code into this error; for us it is a result.
+            Some(Err(EngineError::DockerContainerWaitError { code, error })) => {
+                if !error.is_empty() {
+                    tracing::warn!(container_id, error, "engine reported an error on wait");
+                }
+                Ok(code)
+            }
+            Some(Err(err)) if status_of(&err) == Some(404) => Err(Error::NotFound(container_id.to_owned())),
+            Some(Err(err)) => Err(err.into()),
+            None => Err(Error::WaitInterrupted(container_id.to_owned())),
+        }
+    }
+
+    /// SIGTERM, then SIGKILL once `grace` has passed. Stopped or vanished containers are fine.
+    pub async fn stop(&self, container_id: &str, grace: Duration) -> Result<(), Error> {
+        let options = StopContainerOptionsBuilder::new().t(whole_seconds(grace)).build();
+        // The engine answers only once the container is down, which can take the whole grace
+        // period: the default request timeout must not cut that short.
+        let engine = self.inner.clone().with_timeout(grace + STOP_SLACK);
+        match engine.stop_container(container_id, Some(options)).await {
+            // 304 (already stopped) counts as success in bollard; 404 means already removed.
+            Ok(()) => Ok(()),
+            Err(err) if status_of(&err) == Some(404) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Removes the container, running or not, with its anonymous volumes.
+    pub async fn remove(&self, container_id: &str) -> Result<(), Error> {
+        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        match self.inner.remove_container(container_id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(err) if status_of(&err) == Some(404) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Ids of all containers, running or not, labelled `key=value`.
+    pub async fn containers_with_label(&self, key: &str, value: &str) -> Result<Vec<String>, Error> {
+        let filters = HashMap::from([("label", vec![format!("{key}={value}")])]);
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let containers = self.inner.list_containers(Some(options)).await?;
+        Ok(containers.into_iter().filter_map(|c| c.id).collect())
+    }
+}
+
+/// The same variable, with the same default, that `connect_with_defaults` reads.
+fn docker_host() -> String {
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_HOST.to_owned())
+}
+
+fn status_of(err: &EngineError) -> Option<u16> {
+    match err {
+        EngineError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn max_version_from_error(err: &EngineError) -> Option<ClientVersion> {
+    let EngineError::DockerResponseServerError { message, .. } = err else {
+        return None;
+    };
+    let (_, version) = message.split_once("Maximum supported API version is ")?;
+    let (major, minor) = version.trim().split_once('.')?;
+    Some(ClientVersion { major_version: major.parse().ok()?, minor_version: minor.parse().ok()? })
+}
+
+/// Docker pulls every tag of a repository when the reference has none; the CLI adds
+/// `:latest`, and so do we.
+fn with_default_tag(image: &str) -> String {
+    let last_component = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || last_component.contains(':') { image.to_owned() } else { format!("{image}:latest") }
+}
+
+/// Server-side failures are about the image (no registry, no such repository, denied);
+/// transport failures are about the engine and stay `Engine`.
+fn pull_error(image: &str, err: EngineError) -> Error {
+    let message = match err {
+        EngineError::DockerStreamError { error } => error,
+        EngineError::DockerResponseServerError { message, .. } => message,
+        other => return Error::Engine(other),
+    };
+    Error::ImageUnavailable { image: image.to_owned(), message }
+}
+
+fn create_error(spec: &ContainerSpec, err: EngineError) -> Error {
+    match err {
+        EngineError::DockerResponseServerError { status_code: 404, message } => {
+            Error::ImageUnavailable { image: spec.image.clone(), message }
+        }
+        EngineError::DockerResponseServerError { status_code: 409, message } => {
+            Error::NameConflict { name: spec.name.clone(), message }
+        }
+        EngineError::DockerResponseServerError { status_code: 400, message } => Error::InvalidSpec { message },
+        other => Error::Engine(other),
+    }
+}
+
+fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, Error> {
+    let env = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mounts = spec.mounts.iter().map(mount).collect::<Result<_, _>>()?;
+    let host_config = HostConfig {
+        // docker-init as PID 1 forwards SIGTERM; a bare PID 1 would ignore it and only die
+        // from the SIGKILL at the end of the grace period.
+        init: Some(true),
+        auto_remove: Some(false),
+        mounts: Some(mounts),
+        ..Default::default()
+    };
+    Ok(ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+        env: Some(env),
+        labels: Some(spec.labels.clone()),
+        working_dir: spec.working_dir.clone(),
+        tty: Some(false),
+        open_stdin: Some(false),
+        attach_stdin: Some(false),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        host_config: Some(host_config),
+        ..Default::default()
+    })
+}
+
+fn mount(bind: &BindMount) -> Result<Mount, Error> {
+    // A lossy conversion would silently mount some other path.
+    let Some(source) = bind.host_path.to_str() else {
+        return Err(Error::InvalidSpec { message: format!("host path {} is not UTF-8", bind.host_path.display()) });
+    };
+    Ok(Mount {
+        target: Some(bind.container_path.clone()),
+        source: Some(source.to_owned()),
+        typ: Some(MountType::BIND),
+        read_only: Some(bind.read_only),
+        ..Default::default()
+    })
+}
+
+type AttachStream = Pin<Box<dyn Stream<Item = Result<LogOutput, EngineError>> + Send>>;
+
+fn output_stream(attached: AttachStream) -> OutputStream {
+    Box::pin(attached.filter_map(|item| async move {
+        match item {
+            Ok(LogOutput::StdOut { message }) => Some(Ok(Output::Stdout(message))),
+            Ok(LogOutput::StdErr { message }) => Some(Ok(Output::Stderr(message))),
+            // Without a TTY the engine always frames its output; an unframed rest only appears
+            // when the connection ends mid-frame. Deliver it rather than drop bytes.
+            Ok(LogOutput::Console { message }) => Some(Ok(Output::Stdout(message))),
+            Ok(LogOutput::StdIn { .. }) => None,
+            Err(err) => Some(Err(Error::Engine(err))),
+        }
+    }))
+}
+
+/// Docker takes whole seconds; round up so the container gets at least `grace`.
+fn whole_seconds(grace: Duration) -> i32 {
+    let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+    i32::try_from(secs).unwrap_or(i32::MAX)
+}
+
+/// Turns the engine's chatty pull events (many per second per layer) into one line per
+/// layer status change.
+#[derive(Default)]
+struct PullLines {
+    seen: HashSet<(String, String)>,
+}
+
+impl PullLines {
+    fn line_for(&mut self, info: &CreateImageInfo) -> Option<String> {
+        let status = info.status.as_deref()?;
+        let id = info.id.clone().unwrap_or_default();
+        if !self.seen.insert((id.clone(), status.to_owned())) {
+            return None;
+        }
+        let total = info.progress_detail.as_ref().and_then(|d| d.total);
+        Some(match (id.is_empty(), total) {
+            (true, _) => status.to_owned(),
+            (false, Some(total)) if total > 0 => format!("{id}: {status} ({})", megabytes(total)),
+            (false, _) => format!("{id}: {status}"),
+        })
+    }
+}
+
+fn megabytes(bytes: i64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1_000_000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::ProgressDetail;
+
+    #[test]
+    fn default_tag_is_added_only_when_missing() {
+        assert_eq!(with_default_tag("busybox"), "busybox:latest");
+        assert_eq!(with_default_tag("busybox:1.36"), "busybox:1.36");
+        assert_eq!(with_default_tag("localhost:5000/x"), "localhost:5000/x:latest");
+        assert_eq!(with_default_tag("x@sha256:abc"), "x@sha256:abc");
+    }
+
+    #[test]
+    fn server_maximum_version_is_read_from_the_rejection() {
+        let err = EngineError::DockerResponseServerError {
+            status_code: 400,
+            message: "client version 1.53 is too new. Maximum supported API version is 1.41".to_owned(),
+        };
+        let version = max_version_from_error(&err).map(|v| v.to_string());
+        assert_eq!(version.as_deref(), Some("1.41"));
+    }
+
+    #[test]
+    fn grace_rounds_up_to_whole_seconds() {
+        assert_eq!(whole_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(whole_seconds(Duration::from_secs(3)), 3);
+        assert_eq!(whole_seconds(Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn pull_lines_are_deduplicated_per_layer_and_status() {
+        let event = |id: &str, status: &str, current| CreateImageInfo {
+            id: Some(id.to_owned()),
+            status: Some(status.to_owned()),
+            progress_detail: Some(ProgressDetail { current: Some(current), total: Some(2_500_000) }),
+            ..Default::default()
+        };
+        let mut lines = PullLines::default();
+        let got: Vec<_> = [
+            event("abc", "Downloading", 1),
+            event("abc", "Downloading", 2),
+            event("def", "Downloading", 1),
+            event("abc", "Download complete", 3),
+        ]
+        .iter()
+        .filter_map(|e| lines.line_for(e))
+        .collect();
+        assert_eq!(got, ["abc: Downloading (2.5 MB)", "def: Downloading (2.5 MB)", "abc: Download complete (2.5 MB)"]);
+    }
+}

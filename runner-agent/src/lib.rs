@@ -1,0 +1,12 @@
+//! Fast-Flow runner agent: claims runs over NATS, executes each in a fresh
+//! Docker container, streams its output, reports its exit. See ARCHITECTURE.md.
+
+pub mod active;
+pub mod agent;
+pub mod claimer;
+pub mod code_cache;
+pub mod config;
+pub mod docker;
+pub mod execution;
+pub mod heartbeat;
+pub mod log_pump;

@@ -1,0 +1,205 @@
+//! Turns a container's output into numbered lines and publishes them to
+//! JetStream in batches (≤ 64 KiB or 100 ms), waiting for publish acks.
+//!
+//! Lines keep their exact bytes (with the `\n`); a line longer than the record
+//! limit is cut into several records, so the concatenation of all records is
+//! byte-exact and memory stays bounded whatever the container prints.
+
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use bytes::Bytes;
+use shared::log_batch::{self, FENCING_TOKEN_HEADER, FIRST_LINE_HEADER};
+use shared::protocol::{AttemptRef, LogTotals};
+use shared::{LogStream, subjects};
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const BATCH_BYTES: usize = 64 * 1024;
+const BATCH_WINDOW: Duration = Duration::from_millis(100);
+/// Longest record: lines longer than this are split.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Publishes awaiting their ack before the pump waits for the oldest.
+const MAX_IN_FLIGHT: usize = 32;
+const PUBLISH_ATTEMPTS: u32 = 30;
+
+#[derive(Debug, thiserror::Error)]
+#[error("publishing log lines failed: {0}")]
+pub struct Error(String);
+
+struct Pending {
+    first_line: u64,
+    payload: Bytes,
+    ack: PublishAckFuture,
+}
+
+pub struct LogPump {
+    js: jetstream::Context,
+    subject: String,
+    msg_id_prefix: String,
+    token: String,
+    max_line: usize,
+    /// Unfinished line per stream (stdout, stderr).
+    partial: [Vec<u8>; 2],
+    batch: Vec<u8>,
+    batch_first_line: u64,
+    batch_opened: Option<Instant>,
+    ready: VecDeque<(u64, Bytes)>,
+    in_flight: VecDeque<Pending>,
+    next_line: u64,
+    totals: LogTotals,
+}
+
+impl LogPump {
+    /// `max_payload` is the server's message size limit; records stay below it.
+    pub fn new(js: jetstream::Context, at: &AttemptRef, max_payload: usize) -> LogPump {
+        LogPump {
+            js,
+            subject: subjects::log_subject(at.run_id, at.attempt),
+            msg_id_prefix: format!("{}:{}:", at.run_id, at.attempt),
+            token: at.fencing_token.to_string(),
+            max_line: MAX_LINE_BYTES.min(max_payload.saturating_sub(4096)).max(1024),
+            partial: [Vec::new(), Vec::new()],
+            batch: Vec::with_capacity(BATCH_BYTES),
+            batch_first_line: 1,
+            batch_opened: None,
+            ready: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            next_line: 1,
+            totals: LogTotals::default(),
+        }
+    }
+
+    /// Adds output of one stream; complete lines become records.
+    pub fn feed(&mut self, stream: LogStream, mut data: &[u8]) {
+        let slot = usize::from(stream == LogStream::Stderr);
+        while !data.is_empty() {
+            let room = self.max_line - self.partial[slot].len();
+            let window = &data[..data.len().min(room)];
+            match window.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    self.take_line(slot, stream, &window[..=i]);
+                    data = &data[i + 1..];
+                }
+                None if window.len() == room => {
+                    // The line reached the record limit without a newline: cut it here.
+                    self.take_line(slot, stream, window);
+                    data = &data[window.len()..];
+                }
+                None => {
+                    self.partial[slot].extend_from_slice(window);
+                    data = &[];
+                }
+            }
+        }
+    }
+
+    fn take_line(&mut self, slot: usize, stream: LogStream, tail: &[u8]) {
+        if self.partial[slot].is_empty() {
+            self.push_record(stream, tail);
+        } else {
+            let mut line = std::mem::take(&mut self.partial[slot]);
+            line.extend_from_slice(tail);
+            self.push_record(stream, &line);
+            line.clear();
+            self.partial[slot] = line;
+        }
+    }
+
+    /// A line of Fast-Flow's own (pull progress, setup errors).
+    pub fn system_line(&mut self, text: &str) {
+        let mut line = text.trim_end().as_bytes().to_vec();
+        line.push(b'\n');
+        self.push_record(LogStream::System, &line);
+    }
+
+    fn push_record(&mut self, stream: LogStream, bytes: &[u8]) {
+        if !self.batch.is_empty() && self.batch.len() + log_batch::record_size(bytes.len()) > BATCH_BYTES {
+            self.seal_batch();
+        }
+        if self.batch.is_empty() {
+            self.batch_first_line = self.next_line;
+            self.batch_opened = Some(Instant::now());
+        }
+        let ts_ms = chrono::Utc::now().timestamp_millis();
+        log_batch::push_record(&mut self.batch, stream, ts_ms, bytes);
+        self.next_line += 1;
+        self.totals.lines += 1;
+        self.totals.bytes += bytes.len() as u64;
+    }
+
+    fn seal_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let payload = Bytes::from(std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_BYTES)));
+        self.ready.push_back((self.batch_first_line, payload));
+        self.batch_opened = None;
+    }
+
+    /// When the open batch must be sent even if it is not full.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.batch_opened.map(|t| t + BATCH_WINDOW)
+    }
+
+    /// Sends sealed batches, and the open one if its window has passed.
+    pub async fn publish(&mut self) -> Result<(), Error> {
+        if self.deadline().is_some_and(|d| d <= Instant::now()) {
+            self.seal_batch();
+        }
+        while let Some((first_line, payload)) = self.ready.pop_front() {
+            let ack = self.send(first_line, payload.clone()).await?;
+            self.in_flight.push_back(Pending { first_line, payload, ack });
+            while self.in_flight.len() > MAX_IN_FLIGHT {
+                self.settle_oldest().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends everything, including unfinished lines, and waits for every ack.
+    pub async fn finish(mut self) -> Result<LogTotals, Error> {
+        for slot in 0..2 {
+            let rest = std::mem::take(&mut self.partial[slot]);
+            if !rest.is_empty() {
+                let stream = if slot == 0 { LogStream::Stdout } else { LogStream::Stderr };
+                self.push_record(stream, &rest);
+            }
+        }
+        self.seal_batch();
+        self.publish().await?;
+        while !self.in_flight.is_empty() {
+            self.settle_oldest().await?;
+        }
+        Ok(self.totals)
+    }
+
+    async fn send(&self, first_line: u64, payload: Bytes) -> Result<PublishAckFuture, Error> {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(format!("{}{first_line}", self.msg_id_prefix))
+            .header(FIRST_LINE_HEADER, first_line.to_string().as_str())
+            .header(FENCING_TOKEN_HEADER, self.token.as_str());
+        self.js.send_publish(self.subject.clone(), publish).await.map_err(|e| Error(e.to_string()))
+    }
+
+    /// Waits for the oldest ack; re-publishes (de-duplicated by message id) on failure.
+    async fn settle_oldest(&mut self) -> Result<(), Error> {
+        let Some(pending) = self.in_flight.pop_front() else { return Ok(()) };
+        if pending.ack.await.is_ok() {
+            return Ok(());
+        }
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=PUBLISH_ATTEMPTS {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+            match self.send(pending.first_line, pending.payload.clone()).await {
+                Ok(ack) => match ack.await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => tracing::warn!(attempt, error = %e, "log batch not acknowledged; retrying"),
+                },
+                Err(e) => tracing::warn!(attempt, error = %e, "log batch not sent; retrying"),
+            }
+        }
+        Err(Error(format!("batch starting at line {} was never acknowledged", pending.first_line)))
+    }
+}

@@ -1,0 +1,41 @@
+use runner_agent::config::Config;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("runner-agent: configuration error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let first = CancellationToken::new();
+    let second = CancellationToken::new();
+    let (f, s) = (first.clone(), second.clone());
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: draining (send it again to stop running jobs)");
+        f.cancel();
+        wait_for_signal().await;
+        s.cancel();
+    });
+    runner_agent::agent::run(config, first, second).await
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

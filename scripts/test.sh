@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite: brings up Postgres, NATS JetStream, the S3 server and the
+# Docker engine (scripts/dev-deps.sh), builds everything, runs unit, integration
+# and end-to-end tests against those real services. Exits non-zero on any failure.
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh -p tests hello  # extra arguments go to `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies (scripts/dev-deps.sh up)"
+scripts/dev-deps.sh up
+# shellcheck disable=SC1091
+source "${FASTFLOW_DEV_DIR:-/var/tmp/fastflow-dev}/env.sh"
+
+# A target directory outside the clone, so repeated runs (and CI) reuse the build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fastflow-target}"
+export FASTFLOW_BIN_DIR="$CARGO_TARGET_DIR/debug"
+# Two cores: more parallel end-to-end tests only make each of them slower.
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-3}"
+
+step "build (target dir: $CARGO_TARGET_DIR)"
+start=$(date +%s)
+cargo build --locked --workspace --bins --tests
+echo "built in $(( $(date +%s) - start )) s"
+
+step "tests"
+if [ "$#" -gt 0 ]; then
+  cargo test --locked "$@"
+else
+  cargo test --locked --workspace
+fi

@@ -1,0 +1,129 @@
+//! Messages exchanged over NATS between runners and the control plane (JSON).
+//!
+//! Every write a runner makes about a run after claiming it carries the run's
+//! fencing token; the control plane refuses stale tokens.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// Published on the jobs stream: "this attempt of this run wants a runner".
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobOffer {
+    pub run_id: Uuid,
+    pub attempt: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    pub run_id: Uuid,
+    pub attempt: i32,
+    pub runner_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ClaimReply {
+    Granted {
+        job: JobSpec,
+    },
+    /// The run is no longer claimable (already claimed, cancelled, finished, unknown).
+    Refused {
+        reason: String,
+    },
+}
+
+/// A content-addressed bundle (tar) of the pipeline's folder, stored in the
+/// [`crate::subjects::CODE_BUCKET`] object store under its sha256 digest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CodeBundleRef {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// Everything a runner needs to execute one attempt; frozen when the run is created.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobSpec {
+    pub run_id: Uuid,
+    pub attempt: i32,
+    pub fencing_token: i64,
+    pub pipeline_name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Mounted read-only at `/app` when present.
+    pub code: Option<CodeBundleRef>,
+    /// Mount the runner's uv cache (Python pipelines).
+    pub mount_uv_cache: bool,
+    pub timeout_seconds: Option<u64>,
+}
+
+/// Identifies one attempt as held by one runner.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct AttemptRef {
+    pub run_id: Uuid,
+    pub attempt: i32,
+    pub fencing_token: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExitOutcome {
+    /// The container ran and exited with this code (also after a stop signal).
+    Exited { exit_code: i64 },
+    /// The container could not be started (image missing, code unavailable, …).
+    SetupError { message: String },
+}
+
+/// Totals of what the runner published for one attempt, so the control plane can
+/// verify that the archive it writes is complete.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct LogTotals {
+    pub lines: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExitReport {
+    pub attempt: AttemptRef,
+    pub runner_id: String,
+    pub outcome: ExitOutcome,
+    pub log: LogTotals,
+    /// The runner stopped the container because its timeout passed.
+    #[serde(default)]
+    pub timed_out: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ExitReply {
+    /// Final status recorded and the log archived: the container may be removed.
+    Accepted,
+    /// The token is stale or the run is unknown: forget the attempt.
+    Rejected { reason: String },
+    /// Something transient failed (archive, database): report again later.
+    RetryLater { reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub runner_id: String,
+    pub version: String,
+    pub pool: String,
+    pub slots: u32,
+    pub running: Vec<AttemptRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct HeartbeatReply {
+    /// Attempts whose cancellation was requested: stop them.
+    pub cancel: Vec<AttemptRef>,
+    /// Attempts this runner no longer holds (token stale or run final): stop and forget them.
+    pub stale: Vec<AttemptRef>,
+}
+
+/// Core-NATS notice sent to the runner holding an attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CancelNotice {
+    pub attempt: AttemptRef,
+}

@@ -1,0 +1,51 @@
+//! NATS names used by both sides. Subjects are built only here.
+
+use uuid::Uuid;
+
+/// WorkQueue stream holding one offer per queued attempt.
+pub const JOBS_STREAM: &str = "FASTFLOW_JOBS";
+/// Stream holding live log batches until the attempt is archived.
+pub const LOGS_STREAM: &str = "FASTFLOW_LOGS";
+/// JetStream object store bucket of content-addressed pipeline code bundles.
+pub const CODE_BUCKET: &str = "fastflow-code";
+/// Queue group of the control-plane replicas for runner requests.
+pub const CONTROL_PLANE_QUEUE: &str = "control-plane";
+
+pub const CLAIM: &str = "ff.claim";
+pub const EXIT: &str = "ff.exit";
+pub const HEARTBEAT: &str = "ff.heartbeat";
+
+/// The only pool until runner labels exist.
+pub const DEFAULT_POOL: &str = "default";
+
+pub fn job_offer(pool: &str, run_id: Uuid) -> String {
+    format!("jobs.{pool}.{run_id}")
+}
+
+pub fn job_offers_of_pool(pool: &str) -> String {
+    format!("jobs.{pool}.*")
+}
+
+/// Durable consumer shared by every runner of a pool.
+pub fn pool_consumer(pool: &str) -> String {
+    format!("runners-{pool}")
+}
+
+pub fn log_subject(run_id: Uuid, attempt: i32) -> String {
+    format!("logs.{run_id}.{attempt}")
+}
+
+/// Core-NATS notice to one runner that a run must stop.
+pub fn runner_cancel(runner_id: &str) -> String {
+    format!("ff.runner.{runner_id}.cancel")
+}
+
+/// Core-NATS event published by the control plane when a run reaches a final status.
+pub fn run_finished(run_id: Uuid) -> String {
+    format!("ff.events.run.{run_id}.finished")
+}
+
+/// Message id for JetStream de-duplication of offers.
+pub fn offer_msg_id(run_id: Uuid, attempt: i32) -> String {
+    format!("{run_id}:{attempt}")
+}

@@ -1,0 +1,68 @@
+//! Assertions shared by several test files.
+
+use crate::api::Run;
+use crate::expected::log_lines;
+use crate::sse::SseTranscript;
+
+/// The three views of a finished run's log agree: `GET …/logs`, the S3 archive
+/// (byte for byte), and the SSE stream (ids 1..n in order; its stdout/stderr lines
+/// are the log's lines; its `end` carries the final run).
+pub fn assert_logs_agree(run: &Run, http_log: &[u8], archive: &[u8], sse: &SseTranscript) {
+    assert!(
+        http_log == archive,
+        "GET logs ({} bytes) and the S3 archive ({} bytes) of run {} differ:\nHTTP: {:?}\nS3:   {:?}",
+        http_log.len(),
+        archive.len(),
+        run.id,
+        String::from_utf8_lossy(http_log),
+        String::from_utf8_lossy(archive)
+    );
+    let ids = sse.ids();
+    let expected_ids: Vec<u64> = (1..=ids.len() as u64).collect();
+    assert_eq!(ids, expected_ids, "SSE log ids of run {} are not 1..n in order", run.id);
+    assert_eq!(
+        sse.output_lines(),
+        log_lines(archive),
+        "SSE stdout/stderr lines of run {} differ from its archived log",
+        run.id
+    );
+    assert_eq!(Run::from_json(&sse.end), *run, "the SSE `end` event of run {} is not the final run", run.id);
+}
+
+/// How many times `needle` occurs in `haystack` (non-overlapping).
+pub fn count_occurrences(haystack: &[u8], needle: &[u8]) -> usize {
+    assert!(!needle.is_empty());
+    let mut count = 0;
+    let mut i = 0;
+    while i + needle.len() <= haystack.len() {
+        if &haystack[i..i + needle.len()] == needle {
+            count += 1;
+            i += needle.len();
+        } else {
+            i += 1;
+        }
+    }
+    count
+}
+
+/// Asserts a final run finished normally with the given status and reason.
+pub fn assert_finished(run: &Run, status: &str, failure_reason: Option<&str>) {
+    assert_eq!(run.status, status, "unexpected final status: {run:#?}");
+    assert_eq!(run.failure_reason.as_deref(), failure_reason, "unexpected failure_reason: {run:#?}");
+    assert!(run.finished_at.is_some(), "finished_at not set: {run:#?}");
+    for ts in [Some(&run.created_at), run.started_at.as_ref(), run.finished_at.as_ref()].into_iter().flatten() {
+        assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "timestamp {ts:?} is not RFC 3339: {run:#?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_occurrences;
+
+    #[test]
+    fn counts_non_overlapping_occurrences() {
+        assert_eq!(count_occurrences(b"ran a\nran ab\n", b"ran a"), 2);
+        assert_eq!(count_occurrences(b"aaaa", b"aa"), 2);
+        assert_eq!(count_occurrences(b"", b"x"), 0);
+    }
+}

@@ -1,0 +1,458 @@
+//! `TestEnv`: one isolated Fast-Flow deployment per test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::api::{ControlPlaneClient, Run};
+use crate::config::{DevEnv, workspace_root};
+use crate::docker;
+use crate::nats::NatsServer;
+use crate::postgres::TestDatabase;
+use crate::process::{ChildProcess, free_port, log_tail};
+use crate::s3::{self, Digest};
+use crate::sse::SseStream;
+use crate::wait::poll_until;
+
+/// Python dependencies are cached across tests (and test runs) in this host dir.
+const UV_CACHE_DIR: &str = "/var/tmp/fastflow-dev/uv-cache-tests";
+/// Lines of each process log printed when a test fails.
+const LOG_TAIL_LINES: usize = 80;
+
+/// How many of each process to start.
+#[derive(Debug, Clone)]
+pub struct TestEnvOptions {
+    pub control_planes: usize,
+    pub runners: usize,
+    /// RUNNER_CONCURRENCY of every runner.
+    pub runner_concurrency: usize,
+}
+
+impl Default for TestEnvOptions {
+    fn default() -> Self {
+        Self { control_planes: 1, runners: 1, runner_concurrency: 4 }
+    }
+}
+
+impl TestEnvOptions {
+    pub fn control_planes(mut self, n: usize) -> Self {
+        self.control_planes = n;
+        self
+    }
+
+    pub fn runners(mut self, n: usize) -> Self {
+        self.runners = n;
+        self
+    }
+
+    pub fn runner_concurrency(mut self, n: usize) -> Self {
+        self.runner_concurrency = n;
+        self
+    }
+}
+
+struct ControlPlane {
+    client: ControlPlaneClient,
+    process: ChildProcess,
+}
+
+struct Runner {
+    id: String,
+    process: ChildProcess,
+}
+
+/// A private deployment: nats-server, database, bucket, pipelines folder, control
+/// planes and runners. Dropping it kills every process and removes what it made.
+pub struct TestEnv {
+    pub dev: DevEnv,
+    /// The test's temp dir (kept when the test fails).
+    pub dir: PathBuf,
+    pub bucket: String,
+    pub pipelines_dir: PathBuf,
+    options: TestEnvOptions,
+    tag: String,
+    nats: NatsServer,
+    db: TestDatabase,
+    s3: aws_sdk_s3::Client,
+    control_planes: Vec<ControlPlane>,
+    runners: Vec<Runner>,
+}
+
+impl TestEnv {
+    pub async fn start(options: TestEnvOptions) -> Self {
+        let dev = DevEnv::from_env();
+        let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let dir = std::env::temp_dir().join("fastflow-tests").join(format!("{}-{tag}", test_name()));
+        std::fs::create_dir_all(dir.join("logs")).expect("cannot create the test dir");
+
+        let pipelines_dir = dir.join("pipelines");
+        copy_dir(&workspace_root().join("pipelines"), &pipelines_dir);
+        copy_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/pipelines"), &pipelines_dir);
+        std::fs::create_dir_all(UV_CACHE_DIR).unwrap_or_else(|e| panic!("cannot create {UV_CACHE_DIR}: {e}"));
+
+        let nats = NatsServer::start(&dev.nats_server_bin, &dir.join("nats")).await;
+        let db = TestDatabase::create(&dev.pg_admin_url, &dev.database_url).await;
+        let s3 = s3::client(&dev);
+        let bucket = format!("t-{}", uuid::Uuid::new_v4().simple());
+
+        let mut env = Self {
+            dev,
+            dir,
+            bucket,
+            pipelines_dir,
+            options: options.clone(),
+            tag,
+            nats,
+            db,
+            s3,
+            control_planes: Vec::new(),
+            runners: Vec::new(),
+        };
+        // Start all replicas at once: concurrent migrations are part of the contract.
+        for i in 0..options.control_planes {
+            env.spawn_control_plane(i);
+        }
+        for i in 0..options.control_planes {
+            env.wait_control_plane_ready(i).await;
+        }
+        for _ in 0..options.runners {
+            env.start_runner().await;
+        }
+        env
+    }
+
+    /// Client for control-plane replica `i`.
+    pub fn cp(&self, i: usize) -> &ControlPlaneClient {
+        &self.control_planes.get(i).unwrap_or_else(|| panic!("there is no control plane #{i}")).client
+    }
+
+    /// RUNNER_ID of runner `i`.
+    pub fn runner_id(&self, i: usize) -> &str {
+        &self.runners[i].id
+    }
+
+    /// Starts one more runner and waits until the control plane lists it; returns its index.
+    pub async fn start_runner(&mut self) -> usize {
+        let i = self.runners.len();
+        let id = format!("runner-{i}-{}", self.tag);
+        let data_dir = self.dir.join(format!("runner-{i}"));
+        std::fs::create_dir_all(&data_dir).expect("cannot create runner data dir");
+        let mut command = Command::new(self.dev.binary("runner-agent"));
+        command
+            .env("NATS_URL", self.nats.url())
+            .env("RUNNER_ID", &id)
+            .env("RUNNER_CONCURRENCY", self.options.runner_concurrency.to_string())
+            .env("RUNNER_DATA_DIR", &data_dir)
+            .env("UV_CACHE_DIR", UV_CACHE_DIR)
+            .env("RUST_LOG", rust_log());
+        let log = self.dir.join("logs").join(format!("runner-{i}.log"));
+        let process = ChildProcess::spawn(&format!("runner-agent #{i} ({id})"), command, &log);
+        self.runners.push(Runner { id, process });
+        self.wait_runner_registered(i).await;
+        i
+    }
+
+    /// kill -9 of runner `i` (its containers are left behind, as in a crash).
+    pub fn kill_runner(&mut self, i: usize) {
+        self.runners[i].process.kill();
+    }
+
+    /// kill -9 of the test's nats-server.
+    pub fn kill_nats(&mut self) {
+        self.nats.kill();
+    }
+
+    /// Restarts nats-server on the same port with an empty JetStream store.
+    pub async fn restart_nats_with_empty_store(&mut self) {
+        self.nats.restart_with_empty_store().await;
+    }
+
+    /// Starts `name` on control plane 0 and returns the created run (asserts 201).
+    pub async fn run_pipeline(&self, name: &str, params: &[(&str, &str)]) -> Run {
+        let body = (!params.is_empty()).then(|| {
+            let params: serde_json::Map<String, Value> =
+                params.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+            json!({ "params": params })
+        });
+        let run = self.cp(0).create_run(name, body.as_ref()).await.run(StatusCode::CREATED);
+        assert_eq!(run.pipeline_name, name, "created run names another pipeline: {run:?}");
+        run
+    }
+
+    /// `GET /api/v1/runs/{id}` on control plane 0 (asserts 200).
+    pub async fn get_run(&self, run_id: &str) -> Run {
+        self.cp(0).get_run(run_id).await.run(StatusCode::OK)
+    }
+
+    /// Polls the run every 100 ms until `predicate` holds; panics after `timeout`.
+    pub async fn wait_for_status(&self, run_id: &str, predicate: impl Fn(&Run) -> bool, timeout: Duration) -> Run {
+        let predicate = &predicate;
+        poll_until(
+            &format!("run {run_id} to reach the expected state"),
+            timeout,
+            Duration::from_millis(100),
+            || async move {
+                let run = self.get_run(run_id).await;
+                if predicate(&run) { Ok(run) } else { Err(format!("{run:?}")) }
+            },
+        )
+        .await
+    }
+
+    /// Waits until the run is success, failed or cancelled.
+    pub async fn wait_final(&self, run_id: &str, timeout: Duration) -> Run {
+        self.wait_for_status(run_id, Run::is_final, timeout).await
+    }
+
+    /// `GET …/logs` on control plane 0, asserting 200 text/plain.
+    pub async fn logs(&self, run_id: &str) -> Bytes {
+        let response = self.cp(0).get_logs(run_id).await;
+        assert_eq!(
+            response.status,
+            StatusCode::OK,
+            "GET logs of {run_id}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
+        assert!(
+            response.content_type.as_deref().is_some_and(|c| c.starts_with("text/plain")),
+            "GET logs of {run_id}: content-type {:?} is not text/plain",
+            response.content_type
+        );
+        response.body
+    }
+
+    /// Polls `GET …/logs` until it contains `needle`; returns the log then.
+    pub async fn wait_for_log(&self, run_id: &str, needle: &str, timeout: Duration) -> Bytes {
+        poll_until(
+            &format!("the log of run {run_id} to contain {needle:?}"),
+            timeout,
+            Duration::from_millis(100),
+            || async move {
+                let log = self.logs(run_id).await;
+                if contains(&log, needle.as_bytes()) {
+                    Ok(log)
+                } else {
+                    Err(format!("log so far: {:?}", String::from_utf8_lossy(&log)))
+                }
+            },
+        )
+        .await
+    }
+
+    /// The SSE log stream of a run on control plane 0.
+    pub async fn stream_logs(&self, run_id: &str, last_event_id: Option<u64>) -> SseStream {
+        self.cp(0).stream_logs(run_id, last_event_id).await
+    }
+
+    /// An object of the test's bucket, `None` when it does not exist.
+    pub async fn s3_get(&self, key: &str) -> Option<Bytes> {
+        s3::get(&self.s3, &self.bucket, key).await
+    }
+
+    /// Length + SHA-256 of an object of the test's bucket, streamed.
+    pub async fn s3_digest(&self, key: &str) -> Option<Digest> {
+        s3::digest(&self.s3, &self.bucket, key).await
+    }
+
+    /// The archived log of `attempt` of a run.
+    pub async fn archived_log(&self, run_id: &str, attempt: i64) -> Bytes {
+        let key = format!("runs/{run_id}/{attempt}.log");
+        self.s3_get(&key).await.unwrap_or_else(|| panic!("S3 object {}/{key} does not exist", self.bucket))
+    }
+
+    pub async fn docker_containers_with_label(&self, run_id: &str) -> Vec<String> {
+        docker::docker_containers_with_label(run_id).await
+    }
+
+    pub async fn docker_created_count(&self, run_id: &str, since: &str) -> usize {
+        docker::docker_created_count(run_id, since).await
+    }
+
+    fn spawn_control_plane(&mut self, i: usize) {
+        let port = free_port();
+        let mut command = Command::new(self.dev.binary("control-plane"));
+        command
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", &self.db.url)
+            .env("NATS_URL", self.nats.url())
+            .env("S3_ENDPOINT", &self.dev.s3_endpoint)
+            .env("S3_BUCKET", &self.bucket)
+            .env("S3_REGION", &self.dev.s3_region)
+            .env("AWS_ACCESS_KEY_ID", &self.dev.aws_access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &self.dev.aws_secret_access_key)
+            .env("PIPELINES_DIR", &self.pipelines_dir)
+            .env("WORKER_BASE_IMAGE", &self.dev.worker_base_image)
+            .env("RUST_LOG", rust_log());
+        let log = self.dir.join("logs").join(format!("control-plane-{i}.log"));
+        let process = ChildProcess::spawn(&format!("control-plane #{i}"), command, &log);
+        self.control_planes
+            .push(ControlPlane { client: ControlPlaneClient::new(format!("http://127.0.0.1:{port}")), process });
+    }
+
+    async fn wait_control_plane_ready(&mut self, i: usize) {
+        let url = format!("{}/health", self.control_planes[i].client.base_url);
+        let http = reqwest::Client::new();
+        let cp = &mut self.control_planes[i];
+        let ready = poll_until(
+            &format!("control plane #{i} to answer /health with 200 and all checks ok"),
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || {
+                let exited = cp.process.exit_status();
+                let request = http.get(&url).timeout(Duration::from_secs(5)).send();
+                async move {
+                    if let Some(status) = exited {
+                        return Ok(Err(status));
+                    }
+                    let response = request.await.map_err(|e| e.to_string())?;
+                    let status = response.status();
+                    let text = response.text().await.unwrap_or_default();
+                    if status == StatusCode::OK { Ok(Ok(text)) } else { Err(format!("HTTP {status}: {text}")) }
+                }
+            },
+        )
+        .await;
+        let text = ready.unwrap_or_else(|status| {
+            panic!(
+                "control plane #{i} exited during start-up ({status}); its log:\n{}",
+                self.control_planes[i].process.log_tail(LOG_TAIL_LINES)
+            )
+        });
+        let body: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("/health body is not JSON ({e}): {text}"));
+        assert_eq!(
+            body,
+            json!({"status": "ok", "checks": {"database": "ok", "nats": "ok", "object_store": "ok"}}),
+            "unexpected /health body of control plane #{i}"
+        );
+    }
+
+    async fn wait_runner_registered(&mut self, i: usize) {
+        let client = self.cp(0).clone();
+        let runner = &mut self.runners[i];
+        let id = runner.id.clone();
+        let registered = poll_until(
+            &format!("runner {id} to appear in GET /api/v1/runners"),
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                let exited = runner.process.exit_status();
+                let client = client.clone();
+                let id = id.clone();
+                async move {
+                    if let Some(status) = exited {
+                        return Ok(Err(status));
+                    }
+                    let response = client.list_runners().await;
+                    let found =
+                        response.body.as_array().is_some_and(|runners| runners.iter().any(|r| r["id"] == id.as_str()));
+                    if response.status == StatusCode::OK && found {
+                        Ok(Ok(()))
+                    } else {
+                        Err(format!("HTTP {}: {}", response.status, response.text))
+                    }
+                }
+            },
+        )
+        .await;
+        if let Err(status) = registered {
+            panic!(
+                "runner-agent #{i} exited during start-up ({status}); its log:\n{}",
+                self.runners[i].process.log_tail(LOG_TAIL_LINES)
+            );
+        }
+    }
+
+    fn print_process_logs(&self) {
+        let mut logs: Vec<(String, PathBuf)> = vec![("nats-server".to_string(), self.nats.process.log_path.clone())];
+        logs.extend(self.control_planes.iter().map(|cp| (cp.process.name.clone(), cp.process.log_path.clone())));
+        logs.extend(self.runners.iter().map(|r| (r.process.name.clone(), r.process.log_path.clone())));
+        for (name, path) in logs {
+            eprintln!(
+                "\n----- last {LOG_TAIL_LINES} lines of {name} ({}) -----\n{}",
+                path.display(),
+                log_tail(&path, LOG_TAIL_LINES)
+            );
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        for runner in &mut self.runners {
+            runner.process.kill();
+        }
+        for cp in &mut self.control_planes {
+            cp.process.kill();
+        }
+        self.nats.kill();
+        if failed || std::env::var_os("TEST_LOG").is_some() {
+            self.print_process_logs();
+        }
+
+        // Async cleanup on a thread of its own: Drop may run inside or outside a runtime.
+        let labels: Vec<String> = self.runners.iter().map(|r| format!("fastflow-runner-id={}", r.id)).collect();
+        let db = self.db.clone();
+        let s3 = self.s3.clone();
+        let bucket = self.bucket.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cannot build cleanup runtime");
+            runtime.block_on(async move {
+                for label in &labels {
+                    docker::remove_containers_with_label(label).await;
+                }
+                if let Err(e) = db.drop_database().await {
+                    eprintln!("warning: could not drop test database {}: {e}", db.name);
+                }
+                if let Err(e) = s3::delete_bucket(&s3, &bucket).await {
+                    eprintln!("warning: could not delete test bucket {bucket}: {e}");
+                }
+            });
+        });
+        let _ = cleanup.join();
+
+        if failed {
+            eprintln!("test files kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn rust_log() -> String {
+    std::env::var("FASTFLOW_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_string())
+}
+
+/// libtest names each test's thread after the test.
+fn test_name() -> String {
+    let name = std::thread::current().name().unwrap_or("test").rsplit("::").next().unwrap_or("test").to_string();
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).take(60).collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("cannot create {}: {e}", to.display()));
+    let entries = std::fs::read_dir(from).unwrap_or_else(|e| panic!("cannot read {}: {e}", from.display()));
+    for entry in entries {
+        let entry = entry.expect("cannot read dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("no file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .unwrap_or_else(|e| panic!("cannot copy {} to {}: {e}", entry.path().display(), target.display()));
+        }
+    }
+}
+
+/// Whether `haystack` contains `needle` as a byte substring.
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
