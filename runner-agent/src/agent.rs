@@ -62,7 +62,7 @@ pub async fn run(
     claimer::run(executor, slots.clone(), first_signal).await;
 
     tracing::info!(running = active.len(), "draining: no new claims; waiting for running attempts");
-    let all = u32::try_from(config.concurrency).unwrap_or(u32::MAX);
+    let all = config.concurrency;
     tokio::select! {
         _ = slots.acquire_many(all) => {}
         _ = second_signal.cancelled() => {

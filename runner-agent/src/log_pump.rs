@@ -37,9 +37,7 @@ pub struct LogPump {
     subject: String,
     msg_id_prefix: String,
     token: String,
-    max_line: usize,
-    /// Unfinished line per stream (stdout, stderr).
-    partial: [Vec<u8>; 2],
+    splitter: LineSplitter,
     batch: Vec<u8>,
     batch_first_line: u64,
     batch_opened: Option<Instant>,
@@ -57,8 +55,7 @@ impl LogPump {
             subject: subjects::log_subject(at.run_id, at.attempt),
             msg_id_prefix: format!("{}:{}:", at.run_id, at.attempt),
             token: at.fencing_token.to_string(),
-            max_line: MAX_LINE_BYTES.min(max_payload.saturating_sub(4096)).max(1024),
-            partial: [Vec::new(), Vec::new()],
+            splitter: LineSplitter::new(MAX_LINE_BYTES.min(max_payload.saturating_sub(4096)).max(1024)),
             batch: Vec::with_capacity(BATCH_BYTES),
             batch_first_line: 1,
             batch_opened: None,
@@ -70,39 +67,10 @@ impl LogPump {
     }
 
     /// Adds output of one stream; complete lines become records.
-    pub fn feed(&mut self, stream: LogStream, mut data: &[u8]) {
-        let slot = usize::from(stream == LogStream::Stderr);
-        while !data.is_empty() {
-            let room = self.max_line - self.partial[slot].len();
-            let window = &data[..data.len().min(room)];
-            match window.iter().position(|&b| b == b'\n') {
-                Some(i) => {
-                    self.take_line(slot, stream, &window[..=i]);
-                    data = &data[i + 1..];
-                }
-                None if window.len() == room => {
-                    // The line reached the record limit without a newline: cut it here.
-                    self.take_line(slot, stream, window);
-                    data = &data[window.len()..];
-                }
-                None => {
-                    self.partial[slot].extend_from_slice(window);
-                    data = &[];
-                }
-            }
-        }
-    }
-
-    fn take_line(&mut self, slot: usize, stream: LogStream, tail: &[u8]) {
-        if self.partial[slot].is_empty() {
-            self.push_record(stream, tail);
-        } else {
-            let mut line = std::mem::take(&mut self.partial[slot]);
-            line.extend_from_slice(tail);
-            self.push_record(stream, &line);
-            line.clear();
-            self.partial[slot] = line;
-        }
+    pub fn feed(&mut self, stream: LogStream, data: &[u8]) {
+        let mut splitter = std::mem::take(&mut self.splitter);
+        splitter.feed(stream, data, |stream, line| self.push_record(stream, line));
+        self.splitter = splitter;
     }
 
     /// A line of Fast-Flow's own (pull progress, setup errors).
@@ -158,13 +126,8 @@ impl LogPump {
 
     /// Sends everything, including unfinished lines, and waits for every ack.
     pub async fn finish(mut self) -> Result<LogTotals, Error> {
-        for slot in 0..2 {
-            let rest = std::mem::take(&mut self.partial[slot]);
-            if !rest.is_empty() {
-                let stream = if slot == 0 { LogStream::Stdout } else { LogStream::Stderr };
-                self.push_record(stream, &rest);
-            }
-        }
+        let mut splitter = std::mem::take(&mut self.splitter);
+        splitter.finish(|stream, rest| self.push_record(stream, rest));
         self.seal_batch();
         self.publish().await?;
         while !self.in_flight.is_empty() {
@@ -201,5 +164,95 @@ impl LogPump {
             }
         }
         Err(Error(format!("batch starting at line {} was never acknowledged", pending.first_line)))
+    }
+}
+
+/// Splits a stream of output chunks into lines, per output stream, keeping
+/// every byte. A line reaching `max_line` bytes without a newline is cut there.
+#[derive(Default)]
+pub struct LineSplitter {
+    max_line: usize,
+    /// Unfinished line per stream (stdout, stderr).
+    partial: [Vec<u8>; 2],
+}
+
+impl LineSplitter {
+    pub fn new(max_line: usize) -> LineSplitter {
+        LineSplitter { max_line: max_line.max(1), partial: [Vec::new(), Vec::new()] }
+    }
+
+    pub fn feed(&mut self, stream: LogStream, mut data: &[u8], mut emit: impl FnMut(LogStream, &[u8])) {
+        let slot = usize::from(stream == LogStream::Stderr);
+        while !data.is_empty() {
+            let room = self.max_line - self.partial[slot].len();
+            let window = &data[..data.len().min(room)];
+            let (taken, complete) = match window.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (window.len(), window.len() == room),
+            };
+            if !complete {
+                self.partial[slot].extend_from_slice(window);
+            } else if self.partial[slot].is_empty() {
+                emit(stream, &window[..taken]);
+            } else {
+                self.partial[slot].extend_from_slice(&window[..taken]);
+                emit(stream, &self.partial[slot]);
+                self.partial[slot].clear();
+            }
+            data = &data[taken..];
+        }
+    }
+
+    /// Emits what is left of unfinished lines (output that did not end in a newline).
+    pub fn finish(&mut self, mut emit: impl FnMut(LogStream, &[u8])) {
+        for (slot, stream) in [(0, LogStream::Stdout), (1, LogStream::Stderr)] {
+            if !self.partial[slot].is_empty() {
+                emit(stream, &self.partial[slot]);
+                self.partial[slot].clear();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(max_line: usize, chunks: &[(LogStream, &[u8])]) -> Vec<(LogStream, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut splitter = LineSplitter::new(max_line);
+        for (stream, chunk) in chunks {
+            splitter.feed(*stream, chunk, |s, l| out.push((s, l.to_vec())));
+        }
+        splitter.finish(|s, l| out.push((s, l.to_vec())));
+        out
+    }
+
+    #[test]
+    fn lines_keep_their_bytes_across_chunks_and_streams() {
+        use LogStream::{Stderr, Stdout};
+        let out =
+            split(100, &[(Stdout, b"he"), (Stderr, b"err\npart"), (Stdout, b"llo\nworld\n\n"), (Stdout, b"tail")]);
+        let expect: Vec<(LogStream, Vec<u8>)> = vec![
+            (Stderr, b"err\n".to_vec()),
+            (Stdout, b"hello\n".to_vec()),
+            (Stdout, b"world\n".to_vec()),
+            (Stdout, b"\n".to_vec()),
+            (Stdout, b"tail".to_vec()),
+            (Stderr, b"part".to_vec()),
+        ];
+        assert_eq!(out, expect);
+    }
+
+    #[test]
+    fn long_lines_are_cut_and_nothing_is_lost() {
+        let data: Vec<u8> = (0..2500u32).map(|i| if i % 1000 == 999 { b'\n' } else { b'a' + (i % 26) as u8 }).collect();
+        for chunk in [1usize, 7, 64, 300, 5000] {
+            let chunks: Vec<(LogStream, &[u8])> = data.chunks(chunk).map(|c| (LogStream::Stdout, c)).collect();
+            let out = split(256, &chunks);
+            assert!(out.iter().all(|(_, l)| l.len() <= 256), "chunk size {chunk}");
+            let joined: Vec<u8> = out.into_iter().flat_map(|(_, l)| l).collect();
+            assert_eq!(joined, data, "chunk size {chunk}");
+        }
     }
 }

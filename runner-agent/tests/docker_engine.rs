@@ -224,6 +224,7 @@ async fn missing_image_is_reported_as_unavailable() {
     assert!(!message.is_empty());
     assert!(err.to_string().contains(image), "message lacks the image: {err}");
     assert!(!lines.is_empty(), "no progress or error line was sent");
+    eprintln!("reported: {err}\nprogress lines: {lines:?}");
 }
 
 #[tokio::test]
@@ -245,7 +246,7 @@ async fn labelled_containers_are_found_and_removed() {
     let id = started.container_id;
 
     let found = docker.containers_with_label(TEST_LABEL, &cleanup.run).await.expect("list");
-    assert_eq!(found, [id.clone()]);
+    assert_eq!(found, vec![id.clone()]);
     let by_role = docker.containers_with_label("fastflow.role", "labels-test").await;
     assert!(by_role.expect("list").contains(&id));
     let other = docker.containers_with_label(TEST_LABEL, "no-such-run").await.expect("list");
