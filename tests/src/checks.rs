@@ -50,9 +50,18 @@ pub fn assert_finished(run: &Run, status: &str, failure_reason: Option<&str>) {
     assert_eq!(run.status, status, "unexpected final status: {run:#?}");
     assert_eq!(run.failure_reason.as_deref(), failure_reason, "unexpected failure_reason: {run:#?}");
     assert!(run.finished_at.is_some(), "finished_at not set: {run:#?}");
-    for ts in [Some(&run.created_at), run.started_at.as_ref(), run.finished_at.as_ref()].into_iter().flatten() {
-        assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "timestamp {ts:?} is not RFC 3339: {run:#?}");
-    }
+    let times: Vec<_> = [Some(&run.created_at), run.started_at.as_ref(), run.finished_at.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|ts| {
+            chrono::DateTime::parse_from_rfc3339(ts)
+                .unwrap_or_else(|e| panic!("timestamp {ts:?} is not RFC 3339 ({e}): {run:#?}"))
+        })
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "timestamps out of order (created <= started <= finished): {run:#?}"
+    );
 }
 
 #[cfg(test)]

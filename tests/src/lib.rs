@@ -9,6 +9,11 @@
 //! The shared services come from `scripts/dev-deps.sh up`, which writes
 //! `/var/tmp/fastflow-dev/env.sh`; see [`DevEnv`] for the variables it must export.
 //!
+//! Run with `scripts/test.sh -p tests`, or by hand:
+//! `scripts/dev-deps.sh up && source /var/tmp/fastflow-dev/env.sh && cargo build --workspace --bins && cargo test -p tests`.
+//! The product binaries are taken from `$FASTFLOW_BIN_DIR`, else from the profile
+//! dir of the test executable (`<target>/debug`).
+//!
 //! Process logs are written to files in the test's temp dir and printed (last
 //! lines of each) only when the test fails, or always when `TEST_LOG` is set.
 

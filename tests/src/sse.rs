@@ -255,6 +255,28 @@ impl SseStream {
         }
     }
 
+    /// Reads until a `:` comment (keep-alive) arrives; events read meanwhile are
+    /// kept for [`Self::next_event`]. Panics after `timeout` or at end of stream.
+    pub async fn wait_for_comment(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let before = self.parser.comments;
+        while self.parser.comments == before {
+            assert!(!self.eof, "{} ended while waiting for a keep-alive comment", self.what);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, self.body.next()).await {
+                Err(_) => panic!("no keep-alive comment within {timeout:?} on {}", self.what),
+                Ok(Some(Ok(chunk))) => self.queue.extend(self.parser.feed(&chunk)),
+                Ok(Some(Err(e))) => panic!("reading SSE stream {} failed: {e}", self.what),
+                Ok(None) => self.eof = true,
+            }
+        }
+    }
+
+    /// Events received but not yet returned by [`Self::next_event`].
+    pub fn buffered_events(&self) -> impl Iterator<Item = &SseEvent> {
+        self.queue.iter()
+    }
+
     /// Keep-alive comments seen so far.
     pub fn comments_seen(&self) -> usize {
         self.parser.comments

@@ -20,6 +20,16 @@ use crate::wait::poll_until;
 
 /// Python dependencies are cached across tests (and test runs) in this host dir.
 const UV_CACHE_DIR: &str = "/var/tmp/fastflow-dev/uv-cache-tests";
+/// Variables of the test process (from env.sh) that a runner-agent must not need.
+const RUNNER_MUST_NOT_SEE: &[&str] = &[
+    "DATABASE_URL",
+    "FASTFLOW_PG_ADMIN_URL",
+    "S3_ENDPOINT",
+    "S3_BUCKET",
+    "S3_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+];
 /// Lines of each process log printed when a test fails.
 const LOG_TAIL_LINES: usize = 80;
 
@@ -142,13 +152,19 @@ impl TestEnv {
         let data_dir = self.dir.join(format!("runner-{i}"));
         std::fs::create_dir_all(&data_dir).expect("cannot create runner data dir");
         let mut command = Command::new(self.dev.binary("runner-agent"));
+        // The runner talks to NATS only: hide the shared services' addresses that
+        // the test process itself was given, so a shortcut would fail here.
+        for name in RUNNER_MUST_NOT_SEE {
+            command.env_remove(name);
+        }
         command
             .env("NATS_URL", self.nats.url())
             .env("RUNNER_ID", &id)
             .env("RUNNER_CONCURRENCY", self.options.runner_concurrency.to_string())
             .env("RUNNER_DATA_DIR", &data_dir)
             .env("UV_CACHE_DIR", UV_CACHE_DIR)
-            .env("RUST_LOG", rust_log());
+            .env("RUST_LOG", rust_log())
+            .env("NO_COLOR", "1");
         let log = self.dir.join("logs").join(format!("runner-{i}.log"));
         let process = ChildProcess::spawn(&format!("runner-agent #{i} ({id})"), command, &log);
         self.runners.push(Runner { id, process });
@@ -286,7 +302,8 @@ impl TestEnv {
             .env("AWS_SECRET_ACCESS_KEY", &self.dev.aws_secret_access_key)
             .env("PIPELINES_DIR", &self.pipelines_dir)
             .env("WORKER_BASE_IMAGE", &self.dev.worker_base_image)
-            .env("RUST_LOG", rust_log());
+            .env("RUST_LOG", rust_log())
+            .env("NO_COLOR", "1");
         let log = self.dir.join("logs").join(format!("control-plane-{i}.log"));
         let process = ChildProcess::spawn(&format!("control-plane #{i}"), command, &log);
         self.control_planes

@@ -83,3 +83,19 @@ async fn a_200_mb_log_with_a_10_mib_line_is_archived_and_served_byte_exactly() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(served, expected, "GET logs differs from what the job printed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_log_stream_stays_open_with_keep_alive_comments() {
+    // No runner: the run stays queued and its stream has nothing to say.
+    let env = TestEnv::start(TestEnvOptions::default().runners(0)).await;
+    let run = env.run_pipeline("quick", &[("FASTFLOW_MARK", "idle")]).await;
+
+    let mut stream = env.stream_logs(&run.id, None).await;
+    stream.wait_for_comment(Duration::from_secs(40)).await;
+    assert!(
+        stream.buffered_events().all(|e| e.event == "log"),
+        "an idle stream of a queued run sent a non-log event: {:?}",
+        stream.buffered_events().collect::<Vec<_>>()
+    );
+    assert_eq!(env.get_run(&run.id).await.status, "queued");
+}

@@ -97,3 +97,18 @@ async fn a_queued_run_lost_with_the_nats_store_is_offered_again() {
     let again = env.get_run(&run.id).await;
     assert_eq!(again.status, "success", "{again:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_runner_dies_ends_as_lost_with_its_log_so_far() {
+    let mut env = TestEnv::start(TestEnvOptions::default()).await;
+    let created = env.run_pipeline("slow", &[]).await;
+    env.wait_for_log(&created.id, "tick 2/60", RUN).await;
+
+    // kill -9: no exit report, no more heartbeats; the lease must run out.
+    env.kill_runner(0);
+    let run = env.wait_for_status(&created.id, |r| r.is_final(), Duration::from_secs(120)).await;
+    assert_finished(&run, "failed", Some("lost"));
+    let log = String::from_utf8_lossy(&env.logs(&run.id).await).into_owned();
+    assert!(log.contains("tick 1/60\ntick 2/60\n"), "log kept after the loss: {log:?}");
+    assert!(!log.contains("tick 60/60"), "log: {log:?}");
+}

@@ -1,0 +1,165 @@
+//! The control plane's HTTP API, as the benchmark uses it.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::digest::{Digest, DigestBuilder};
+use crate::sse::SseStream;
+
+/// Any single request (not a stream) that takes longer is an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct Api {
+    pub base_url: String,
+    http: reqwest::Client,
+}
+
+/// The fields of a run the benchmark reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Run {
+    pub id: String,
+    pub status: String,
+    #[serde(default)]
+    pub failure_reason: Option<String>,
+    #[serde(default)]
+    pub error_message: Option<String>,
+    #[serde(default)]
+    pub log_size_bytes: i64,
+}
+
+impl Run {
+    pub fn is_final(&self) -> bool {
+        matches!(self.status.as_str(), "success" | "failed" | "cancelled")
+    }
+
+    /// An error naming why the run did not succeed.
+    pub fn expect_success(&self) -> anyhow::Result<()> {
+        if self.status != "success" {
+            bail!("run {} ended {} ({:?}: {:?})", self.id, self.status, self.failure_reason, self.error_message);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct Page {
+    items: Vec<Run>,
+}
+
+impl Api {
+    pub fn new(base_url: String) -> anyhow::Result<Self> {
+        // Loopback only: never route through a proxy from the environment.
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(256)
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Self { base_url, http })
+    }
+
+    pub async fn health_ok(&self) -> bool {
+        let request = self.http.get(format!("{}/health", self.base_url)).timeout(Duration::from_secs(5));
+        request.send().await.is_ok_and(|r| r.status().is_success())
+    }
+
+    pub async fn runner_ids(&self) -> anyhow::Result<Vec<String>> {
+        let url = format!("{}/api/v1/runners", self.base_url);
+        let body: Value = self.get_json(&url).await?;
+        let ids = body
+            .as_array()
+            .or_else(|| body.get("items").and_then(Value::as_array))
+            .map(|runners| runners.iter().filter_map(|r| r.get("id")?.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        Ok(ids)
+    }
+
+    /// `POST /api/v1/pipelines/{name}/run`; the created run.
+    pub async fn create_run(&self, pipeline: &str, params: &[(&str, String)]) -> anyhow::Result<Run> {
+        let params: serde_json::Map<String, Value> = params.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let url = format!("{}/api/v1/pipelines/{pipeline}/run", self.base_url);
+        let response = self
+            .http
+            .post(&url)
+            .json(&json!({ "params": params }))
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        let status = response.status();
+        let text = response.text().await.with_context(|| format!("POST {url}: reading the body"))?;
+        if status.as_u16() != 201 {
+            bail!("POST {url}: HTTP {status}: {text}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("POST {url}: unexpected body {text}"))
+    }
+
+    pub async fn get_run(&self, id: &str) -> anyhow::Result<Run> {
+        self.get_json(&format!("{}/api/v1/runs/{id}", self.base_url)).await
+    }
+
+    /// One page of `GET /api/v1/runs` with the given query string.
+    pub async fn list_runs(&self, query: &str) -> anyhow::Result<Vec<Run>> {
+        let page: Page = self.get_json(&format!("{}/api/v1/runs?{query}", self.base_url)).await?;
+        Ok(page.items)
+    }
+
+    /// One timed `GET` whose body is read and dropped; `Ok(status)` or a transport error.
+    pub async fn get_status(&self, path_and_query: &str) -> Result<u16, reqwest::Error> {
+        let response =
+            self.http.get(format!("{}{path_and_query}", self.base_url)).timeout(REQUEST_TIMEOUT).send().await?;
+        let status = response.status().as_u16();
+        response.bytes().await?;
+        Ok(status)
+    }
+
+    /// Follows the run's SSE log stream until `end`; returns the final run.
+    pub async fn wait_end(&self, id: &str) -> anyhow::Result<Run> {
+        let mut stream = self.stream_logs(id).await?;
+        while let Some(event) = stream.next_event().await? {
+            if event.event == "end" {
+                return serde_json::from_str(&event.data).with_context(|| format!("end event of {id}: {}", event.data));
+            }
+        }
+        bail!("the log stream of run {id} ended without an `end` event")
+    }
+
+    pub async fn stream_logs(&self, id: &str) -> anyhow::Result<SseStream> {
+        let url = format!("{}/api/v1/runs/{id}/logs/stream", self.base_url);
+        let response = self.http.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+        if !response.status().is_success() {
+            bail!("GET {url}: HTTP {}", response.status());
+        }
+        Ok(SseStream::new(response))
+    }
+
+    /// Length and SHA-256 of `GET …/logs`, streamed.
+    pub async fn logs_digest(&self, id: &str) -> anyhow::Result<Digest> {
+        let url = format!("{}/api/v1/runs/{id}/logs", self.base_url);
+        let response = self.http.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+        if !response.status().is_success() {
+            bail!("GET {url}: HTTP {}", response.status());
+        }
+        let mut body = response.bytes_stream();
+        let mut digest = DigestBuilder::default();
+        while let Some(chunk) = body.next().await {
+            digest.update(&chunk.with_context(|| format!("GET {url}: reading the body"))?);
+        }
+        Ok(digest.finish())
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> anyhow::Result<T> {
+        let response =
+            self.http.get(url).timeout(REQUEST_TIMEOUT).send().await.with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        let text = response.text().await.with_context(|| format!("GET {url}: reading the body"))?;
+        if !status.is_success() {
+            bail!("GET {url}: HTTP {status}: {text}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("GET {url}: unexpected body {text}"))
+    }
+}

@@ -1,0 +1,77 @@
+//! The floor: the same container a runner would run, created, attached, started, waited
+//! for and removed directly through the Docker API, with the runner's own Docker module
+//! (so the floor makes exactly the engine calls the product makes, and nothing else).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use runner_agent::docker::{BindMount, ContainerSpec, Docker, Output};
+
+use crate::digest::{Digest, DigestBuilder};
+
+pub const BUSYBOX: &str = "fastflow-busybox:latest";
+
+#[derive(Clone)]
+pub struct Floor {
+    docker: Docker,
+    /// Mounted read-only at /app, as the runner mounts a pipeline's code.
+    code_dir: PathBuf,
+}
+
+/// What one floor container did.
+pub struct FloorRun {
+    pub elapsed: Duration,
+    pub output: Digest,
+}
+
+impl Floor {
+    pub async fn connect(code_dir: &Path) -> anyhow::Result<Self> {
+        let docker = Docker::connect().await.context("cannot connect to the Docker engine")?;
+        docker.ping().await.context("the Docker engine does not answer")?;
+        Ok(Self { docker, code_dir: code_dir.to_path_buf() })
+    }
+
+    /// Runs `command` in busybox: create + attach + start, drain the output while waiting,
+    /// remove. The elapsed time covers all of it.
+    pub async fn run(&self, command: &[&str], env: &[(&str, String)]) -> anyhow::Result<FloorRun> {
+        let name = format!("fastflow-bench-floor-{}", uuid::Uuid::new_v4().simple());
+        let spec = ContainerSpec {
+            name,
+            image: BUSYBOX.into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            labels: HashMap::from([("fastflow-bench".to_owned(), "floor".to_owned())]),
+            mounts: vec![BindMount {
+                host_path: self.code_dir.clone(),
+                container_path: "/app".into(),
+                read_only: true,
+            }],
+            working_dir: Some("/app".into()),
+        };
+        let started = Instant::now();
+        let container = self.docker.start(&spec).await.context("floor: starting the container")?;
+        let id = container.container_id.clone();
+        let drain = async {
+            let mut output = container.output;
+            let mut digest = DigestBuilder::default();
+            while let Some(chunk) = output.next().await {
+                match chunk.context("floor: reading the output")? {
+                    Output::Stdout(bytes) | Output::Stderr(bytes) => digest.update(&bytes),
+                }
+            }
+            anyhow::Ok(digest.finish())
+        };
+        let (output, exit) = tokio::join!(drain, self.docker.wait(&id));
+        let removed = self.docker.remove(&id).await;
+        let elapsed = started.elapsed();
+        let exit = exit.context("floor: waiting for the container")?;
+        removed.context("floor: removing the container")?;
+        if exit != 0 {
+            bail!("floor container exited {exit}");
+        }
+        Ok(FloorRun { elapsed, output: output? })
+    }
+}

@@ -1,0 +1,186 @@
+//! The result rows, as a Markdown table (stdout) and JSON (`bench/results/<date>.json`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::stats::Summary;
+
+pub const DISTRIBUTED: &str = "distributed";
+pub const SINGLE_NODE: &str = "single-node";
+pub const SINGLE_NODE_NA: &str = "n/a (single-node mode not built yet)";
+
+/// One measured figure of one scenario in one configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub scenario: String,
+    pub configuration: String,
+    pub metric: String,
+    pub unit: String,
+    pub value: Option<Summary>,
+    pub floor: Option<Summary>,
+    /// Fast-Flow's median over the floor's median (for rates: floor over Fast-Flow is
+    /// not used; the ratio is always value / floor).
+    pub ratio: Option<f64>,
+    pub goal: String,
+    pub met: Option<bool>,
+    pub note: String,
+}
+
+impl Row {
+    pub fn new(scenario: &str, metric: &str, unit: &str) -> Self {
+        Self {
+            scenario: scenario.into(),
+            configuration: DISTRIBUTED.into(),
+            metric: metric.into(),
+            unit: unit.into(),
+            value: None,
+            floor: None,
+            ratio: None,
+            goal: String::new(),
+            met: None,
+            note: String::new(),
+        }
+    }
+
+    pub fn value(mut self, value: Option<Summary>) -> Self {
+        self.value = value;
+        self
+    }
+
+    /// Sets the floor and the ratio value / floor of the medians.
+    pub fn floor(mut self, floor: Option<Summary>) -> Self {
+        self.ratio = match (&self.value, &floor) {
+            (Some(v), Some(f)) if f.median != 0.0 => Some(v.median / f.median),
+            _ => None,
+        };
+        self.floor = floor;
+        self
+    }
+
+    /// The goal, and whether the median meets it (`check` gets the row).
+    pub fn goal(mut self, goal: &str, check: impl Fn(&Row) -> Option<bool>) -> Self {
+        self.goal = goal.into();
+        self.met = check(&self);
+        self
+    }
+
+    pub fn note(mut self, note: impl Into<String>) -> Self {
+        self.note = note.into();
+        self
+    }
+
+    /// The row for a scenario that could not be measured.
+    pub fn failed(scenario: &str, error: &anyhow::Error) -> Self {
+        Row::new(scenario, "(not measured)", "").note(format!("error: {error:#}"))
+    }
+
+    /// The single-node counterpart of a scenario, which does not exist yet.
+    pub fn single_node(scenario: &str) -> Self {
+        let mut row = Row::new(scenario, "all", "");
+        row.configuration = SINGLE_NODE.into();
+        row.note = SINGLE_NODE_NA.into();
+        row
+    }
+}
+
+#[derive(Serialize)]
+pub struct Report<'a> {
+    pub started_at: String,
+    pub profile: &'a str,
+    pub machine: Machine,
+    pub duration_seconds: f64,
+    pub rows: &'a [Row],
+}
+
+#[derive(Serialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub mem_total_mib: u64,
+    pub kernel: String,
+    pub load_average_at_start: String,
+}
+
+impl Machine {
+    pub fn probe() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name").map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+            .unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_total_mib = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map(|kib| kib / 1024)
+            .unwrap_or_default();
+        Self {
+            nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpu_model,
+            mem_total_mib,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+            load_average_at_start: std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string(),
+        }
+    }
+}
+
+pub fn markdown(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| Scenario | Config | Metric | Fast-Flow median [min–max] (reps) | Floor median [min–max] | Ratio | Goal | Met | Note |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for row in rows {
+        let met = match row.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "",
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            row.scenario,
+            row.configuration,
+            row.metric,
+            cell(row.value.as_ref(), &row.unit),
+            cell(row.floor.as_ref(), &row.unit),
+            row.ratio.map(|r| format!("{r:.2}")).unwrap_or_default(),
+            row.goal,
+            met,
+            row.note.replace('|', "\\|").replace('\n', " "),
+        ));
+    }
+    out
+}
+
+fn cell(summary: Option<&Summary>, unit: &str) -> String {
+    match summary {
+        None => String::new(),
+        Some(s) if s.repetitions <= 1 => format!("{} {unit}", num(s.median)),
+        Some(s) => format!("{} [{}–{}] {unit} ({})", num(s.median), num(s.min), num(s.max), s.repetitions),
+    }
+}
+
+fn num(x: f64) -> String {
+    if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// Writes the JSON next to earlier results; returns its path.
+pub fn write_json(dir: &Path, profile: &str, report: &Report<'_>) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let suffix = if profile == "full" { String::new() } else { format!("-{profile}") };
+    let name = format!("{}{suffix}.json", chrono::Utc::now().format("%Y-%m-%dT%H-%M-%SZ"));
+    let path = dir.join(name);
+    let json = serde_json::to_vec_pretty(report).context("cannot serialise the report")?;
+    std::fs::write(&path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}

@@ -1,0 +1,48 @@
+//! Idle memory: VmRSS of the runner and the control plane right after start, after half
+//! of `idle_runs` trivial runs and after all of them (each after 3 s idle).
+
+use std::time::Duration;
+
+use crate::report::Row;
+use crate::rss::rss_mib;
+use crate::stats::Summary;
+
+use super::{Ctx, run_batch};
+
+const SCENARIO: &str = "Idle memory";
+const SETTLE: Duration = Duration::from_secs(3);
+
+pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+    ctx.deployment.restart_runner(8).await?;
+    let runs = ctx.profile.idle_runs;
+    let mut samples = vec![(0, sample(ctx).await)];
+    for batch in [runs / 2, runs - runs / 2] {
+        run_batch(ctx.api(), "trivial", batch, Duration::from_secs(60 + batch as u64 * 5)).await?;
+        ctx.deployment.check_alive()?;
+        let done = samples.last().map(|s| s.0).unwrap_or(0) + batch;
+        samples.push((done, sample(ctx).await));
+    }
+    let mut rows = Vec::new();
+    for (done, (runner, control_plane)) in &samples {
+        let when = if *done == 0 { "after start".to_string() } else { format!("after {done} runs") };
+        rows.push(
+            Row::new(SCENARIO, &format!("runner {when}"), "MiB")
+                .value(runner.map(Summary::single))
+                .goal("≤ 15 MiB", |r| r.value.as_ref().map(|v| v.median <= 15.0)),
+        );
+        rows.push(
+            Row::new(SCENARIO, &format!("control plane {when}"), "MiB")
+                .value(control_plane.map(Summary::single))
+                .goal("≤ 40 MiB", |r| r.value.as_ref().map(|v| v.median <= 40.0)),
+        );
+    }
+    Ok(rows)
+}
+
+/// (runner, control plane) VmRSS after the processes settled.
+async fn sample(ctx: &Ctx) -> (Option<f64>, Option<f64>) {
+    tokio::time::sleep(SETTLE).await;
+    let runner = ctx.deployment.runner_pid().and_then(rss_mib);
+    let control_plane = ctx.deployment.control_plane_pid().and_then(rss_mib);
+    (runner, control_plane)
+}

@@ -1,0 +1,124 @@
+//! One module per scenario of issue 5. Each takes the shared [`Ctx`] and returns its rows.
+
+pub mod api_read;
+pub mod dispatch;
+pub mod idle_memory;
+pub mod latency;
+pub mod log_latency;
+pub mod log_throughput;
+pub mod sse_fanout;
+pub mod throughput;
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use futures::StreamExt;
+
+use crate::api::{Api, Run};
+use crate::deploy::Deployment;
+use crate::floor::Floor;
+
+/// How big each scenario is: `full` is the issue's sizes, `quick` a CI smoke run.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: &'static str,
+    pub latency_reps: usize,
+    pub latency_runs: usize,
+    pub throughput_runs: usize,
+    pub throughput_parallelism: Vec<usize>,
+    /// (lines per second, seconds) per live-log rate.
+    pub log_rates: Vec<(u32, u32)>,
+    pub log_latency_reps: usize,
+    pub log_bytes: u64,
+    pub api_seed_runs: u64,
+    pub api_rate: u32,
+    pub api_seconds: u32,
+    pub idle_runs: usize,
+    pub fanout_clients: usize,
+    pub fanout_lines: u32,
+    pub dispatch_runs: usize,
+}
+
+impl Profile {
+    pub fn full() -> Self {
+        Self {
+            name: "full",
+            latency_reps: 3,
+            latency_runs: 20,
+            throughput_runs: 200,
+            throughput_parallelism: vec![1, 4, 8],
+            log_rates: vec![(10, 10), (10_000, 5)],
+            log_latency_reps: 3,
+            log_bytes: 1 << 30,
+            api_seed_runs: 100_000,
+            api_rate: 2_000,
+            api_seconds: 30,
+            idle_runs: 1_000,
+            fanout_clients: 200,
+            fanout_lines: 5_000,
+            dispatch_runs: 2_000,
+        }
+    }
+
+    pub fn quick() -> Self {
+        Self {
+            name: "quick",
+            latency_reps: 2,
+            latency_runs: 2,
+            throughput_runs: 8,
+            throughput_parallelism: vec![4],
+            log_rates: vec![(10, 1), (10_000, 1)],
+            log_latency_reps: 1,
+            log_bytes: 16 << 20,
+            api_seed_runs: 1_000,
+            api_rate: 200,
+            api_seconds: 2,
+            idle_runs: 8,
+            fanout_clients: 10,
+            fanout_lines: 300,
+            dispatch_runs: 100,
+        }
+    }
+}
+
+pub struct Ctx {
+    pub profile: Profile,
+    pub deployment: Deployment,
+    pub floor: Floor,
+}
+
+impl Ctx {
+    pub fn api(&self) -> &Api {
+        &self.deployment.api
+    }
+}
+
+/// Submits `runs` runs of `pipeline` (at most 16 POSTs in flight), waits until none is
+/// queued or running, checks they all succeeded; returns the time from the first POST to
+/// the moment the last was seen final.
+pub async fn run_batch(api: &Api, pipeline: &str, runs: usize, timeout: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let created: Vec<anyhow::Result<Run>> =
+        futures::stream::iter(0..runs).map(|_| api.create_run(pipeline, &[])).buffer_unordered(16).collect().await;
+    let ids: Vec<String> = created.into_iter().map(|r| r.map(|run| run.id)).collect::<anyhow::Result<_>>()?;
+    loop {
+        let queued = api.list_runs("status=queued&limit=1").await?;
+        let running = api.list_runs("status=running&limit=1").await?;
+        if queued.is_empty() && running.is_empty() {
+            break;
+        }
+        if started.elapsed() > timeout {
+            bail!("{runs} runs of {pipeline} not finished after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    let finished = api.list_runs(&format!("pipeline={pipeline}&limit=500")).await?;
+    for id in &ids {
+        match finished.iter().find(|r| &r.id == id) {
+            Some(run) => run.expect_success()?,
+            None => api.get_run(id).await?.expect_success()?,
+        }
+    }
+    Ok(elapsed)
+}
