@@ -50,6 +50,13 @@ impl Floor {
                 read_only: true,
             }],
             working_dir: Some("/app".into()),
+            // The product's default limits, so the floor pays the same cgroup set-up.
+            limits: runner_agent::docker::Limits {
+                memory_bytes: Some(2048 * 1024 * 1024),
+                nano_cpus: Some(2_000_000_000),
+                pids: Some(1024),
+                cap_add: Vec::new(),
+            },
         };
         let started = Instant::now();
         let container = self.docker.start(&spec).await.context("floor: starting the container")?;

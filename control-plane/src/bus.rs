@@ -94,13 +94,16 @@ impl Bus {
             .map_err(nats("create code bucket"))
     }
 
-    /// Offers an attempt to the runners of a pool. De-duplicated by NATS on
-    /// `run_id:attempt`, so re-offering is harmless.
-    pub async fn offer(&self, pool: &str, run_id: Uuid, attempt: i32) -> Result<(), Error> {
+    /// Offers an attempt to the runners of a pool. The first offer is
+    /// de-duplicated by NATS on `run_id:attempt`; a re-offer passes a `nonce` so
+    /// the de-duplication window does not swallow it (extra offers are harmless:
+    /// the claim succeeds once).
+    pub async fn offer(&self, pool: &str, run_id: Uuid, attempt: i32, nonce: Option<&str>) -> Result<(), Error> {
         let payload = serde_json::to_vec(&JobOffer { run_id, attempt }).map_err(nats("encode offer"))?;
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(payload.into())
-            .message_id(subjects::offer_msg_id(run_id, attempt));
+        let publish = jetstream::message::PublishMessage::build().payload(payload.into()).message_id(match nonce {
+            None => subjects::offer_msg_id(run_id, attempt),
+            Some(nonce) => format!("{}:{nonce}", subjects::offer_msg_id(run_id, attempt)),
+        });
         self.js
             .send_publish(subjects::job_offer(pool, run_id), publish)
             .await

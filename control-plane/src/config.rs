@@ -15,6 +15,15 @@ pub enum Error {
     Missing { name: &'static str, message: &'static str },
 }
 
+/// What happens to a new run when a concurrency limit is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConcurrencyPolicy {
+    /// It waits `queued` until a slot frees.
+    Queue,
+    /// The start is refused with 429.
+    Reject,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub bind_addr: SocketAddr,
@@ -29,6 +38,16 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// How old a queued run must be before the sweeper checks its offer.
     pub reoffer_after: Duration,
+    /// Runs executing at once across all runners (`MAX_CONCURRENT_RUNS`; `None`: unlimited).
+    pub max_concurrent_runs: Option<i64>,
+    pub concurrency_policy: ConcurrencyPolicy,
+    /// Limits for every job unless its pipeline sets its own.
+    pub default_resources: shared::protocol::Resources,
+    /// The runners' SIGTERM → SIGKILL grace (`RUNNER_STOP_GRACE_SECONDS`), used to
+    /// judge when a timed-out job is overdue.
+    pub stop_grace: Duration,
+    /// Timeout for jobs whose pipeline sets none (`CONTAINER_TIMEOUT`; none by default).
+    pub default_timeout: Option<u64>,
 }
 
 /// Reads a variable through a lookup function (the process environment in `main`,
@@ -49,6 +68,16 @@ impl Source<'_> {
             None => Ok(default),
             Some(value) => {
                 value.trim().parse().map_err(|_| Error::Invalid { name, value, message: format!("expected {what}") })
+            }
+        }
+    }
+
+    fn optional_seconds(&self, name: &'static str) -> Result<Option<u64>, Error> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(_) => {
+                let secs: u64 = self.parsed(name, 0, "a whole number of seconds")?;
+                Ok((secs > 0).then_some(secs))
             }
         }
     }
@@ -104,8 +133,61 @@ impl Config {
             lease: src.seconds("RUN_LEASE_SECONDS", 30)?,
             sweep_interval: src.seconds("SWEEP_INTERVAL_SECONDS", 5)?,
             reoffer_after: src.seconds("REOFFER_AFTER_SECONDS", 10)?,
+            default_resources: default_resources(src)?,
+            max_concurrent_runs: {
+                let max: i64 = src.parsed("MAX_CONCURRENT_RUNS", 10, "a number of runs (0: unlimited)")?;
+                if max < 0 {
+                    return Err(Error::Invalid {
+                        name: "MAX_CONCURRENT_RUNS",
+                        value: max.to_string(),
+                        message: "must be 0 or more".into(),
+                    });
+                }
+                (max > 0).then_some(max)
+            },
+            concurrency_policy: match src.string("CONCURRENCY_POLICY", "queue").as_str() {
+                "queue" => ConcurrencyPolicy::Queue,
+                "reject" => ConcurrencyPolicy::Reject,
+                other => {
+                    return Err(Error::Invalid {
+                        name: "CONCURRENCY_POLICY",
+                        value: other.into(),
+                        message: "expected `queue` or `reject`".into(),
+                    });
+                }
+            },
+            default_timeout: src.optional_seconds("CONTAINER_TIMEOUT")?,
+            stop_grace: Duration::from_secs(src.parsed(
+                "RUNNER_STOP_GRACE_SECONDS",
+                10,
+                "a whole number of seconds",
+            )?),
         })
     }
+}
+
+/// `CONTAINER_MEMORY_MB` (2048), `CONTAINER_CPUS` (2), `CONTAINER_PIDS_LIMIT` (1024);
+/// `0` lifts a limit.
+fn default_resources(src: &Source<'_>) -> Result<shared::protocol::Resources, Error> {
+    let memory: u64 = src.parsed("CONTAINER_MEMORY_MB", 2048, "a number of MiB")?;
+    let cpus: f64 = src.parsed("CONTAINER_CPUS", 2.0, "a number of CPUs such as 1.5")?;
+    let pids: i64 = src.parsed("CONTAINER_PIDS_LIMIT", 1024, "a number of processes")?;
+    let bad =
+        |name: &'static str, value: String, message: &str| Error::Invalid { name, value, message: message.into() };
+    if memory != 0 && memory < 6 {
+        return Err(bad("CONTAINER_MEMORY_MB", memory.to_string(), "must be 0 (no limit) or at least 6"));
+    }
+    if !(cpus.is_finite() && cpus >= 0.0) {
+        return Err(bad("CONTAINER_CPUS", cpus.to_string(), "must be 0 (no limit) or a positive number"));
+    }
+    if pids != 0 && pids < 16 {
+        return Err(bad("CONTAINER_PIDS_LIMIT", pids.to_string(), "must be 0 (no limit) or at least 16"));
+    }
+    Ok(shared::protocol::Resources {
+        memory_mb: (memory > 0).then_some(memory),
+        cpu_millis: (cpus > 0.0).then(|| (cpus * 1000.0).round() as u64),
+        pids: (pids > 0).then_some(pids),
+    })
 }
 
 fn valid_bucket_name(name: &str) -> bool {

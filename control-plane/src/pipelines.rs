@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use shared::protocol::CodeBundleRef;
+use shared::protocol::{CodeBundleRef, Resources};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -34,6 +34,10 @@ pub struct Pipeline {
     pub command: Vec<String>,
     pub has_requirements: bool,
     pub timeout_seconds: Option<u64>,
+    /// Runs of this pipeline executing at once (`max_concurrent` in pipeline.toml).
+    pub max_concurrent: Option<u32>,
+    /// Limits set by this pipeline; unset ones fall back to the global defaults.
+    pub resources: ResourceOverrides,
     #[serde(skip)]
     pub env: BTreeMap<String, String>,
     #[serde(skip)]
@@ -50,8 +54,45 @@ struct Manifest {
     image: Option<String>,
     command: Option<Vec<String>>,
     timeout_seconds: Option<u64>,
+    max_concurrent: Option<u32>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    resources: ResourceOverrides,
+}
+
+/// `[resources]` in `pipeline.toml`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceOverrides {
+    pub memory_mb: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<i64>,
+}
+
+impl ResourceOverrides {
+    /// Checks the values Docker would refuse or that make no sense.
+    pub fn check(&self) -> Result<(), String> {
+        if self.memory_mb.is_some_and(|m| !(6..=1024 * 1024).contains(&m)) {
+            return Err("`resources.memory_mb` must be from 6 to 1048576".into());
+        }
+        if self.cpus.is_some_and(|c| !(c >= 0.01 && c <= 1024.0)) {
+            return Err("`resources.cpus` must be from 0.01 to 1024".into());
+        }
+        if self.pids.is_some_and(|p| !(16..=1_000_000).contains(&p)) {
+            return Err("`resources.pids` must be from 16 to 1000000".into());
+        }
+        Ok(())
+    }
+
+    /// These overrides on top of `defaults`.
+    pub fn over(&self, defaults: Resources) -> Resources {
+        Resources {
+            memory_mb: self.memory_mb.or(defaults.memory_mb),
+            cpu_millis: self.cpus.map(|c| (c * 1000.0).round() as u64).or(defaults.cpu_millis),
+            pids: self.pids.or(defaults.pids),
+        }
+    }
 }
 
 /// Pipeline names: `^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`.
@@ -132,6 +173,10 @@ impl Catalog {
         if m.timeout_seconds == Some(0) {
             return Err(invalid("`timeout_seconds` must be at least 1".into()));
         }
+        m.resources.check().map_err(invalid)?;
+        if m.max_concurrent == Some(0) {
+            return Err(invalid("`max_concurrent` must be at least 1".into()));
+        }
         for key in m.env.keys() {
             if let Err(message) = check_env_name(key) {
                 return Err(invalid(format!("env `{key}`: {message}")));
@@ -144,6 +189,8 @@ impl Catalog {
             command,
             has_requirements,
             timeout_seconds: m.timeout_seconds,
+            resources: m.resources,
+            max_concurrent: m.max_concurrent,
             env: m.env,
             is_python,
             dir,
@@ -317,6 +364,22 @@ mod tests {
             .filter_map(|e| e.ok()?.path().ok().map(|p| p.display().to_string()))
             .collect();
         assert_eq!(paths, ["lib/util.py", "main.py"]);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn resources_override_defaults_and_bad_values_are_named() {
+        let dir = tmp();
+        write(&dir, "r/pipeline.toml", "command = [\"true\"]\n[resources]\nmemory_mb = 64\ncpus = 0.5\n");
+        write(&dir, "bad/pipeline.toml", "command = [\"true\"]\n[resources]\npids = 1\n");
+        let p = catalog(&dir).get("r").expect("pipeline");
+        let defaults = Resources { memory_mb: Some(2048), cpu_millis: Some(2000), pids: Some(1024) };
+        assert_eq!(
+            p.resources.over(defaults),
+            Resources { memory_mb: Some(64), cpu_millis: Some(500), pids: Some(1024) }
+        );
+        let err = catalog(&dir).get("bad").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("resources.pids"), "{err}");
         std::fs::remove_dir_all(dir).ok();
     }
 

@@ -6,7 +6,7 @@ use crate::runs;
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use shared::protocol::{ClaimReply, ClaimRequest, ExitReply, ExitReport, Heartbeat, HeartbeatReply};
+use shared::protocol::{CancelNotice, ClaimReply, ClaimRequest, ExitReply, ExitReport, Heartbeat, HeartbeatReply};
 use shared::subjects;
 use std::future::Future;
 use tokio_util::sync::CancellationToken;
@@ -88,7 +88,9 @@ async fn handle_heartbeat(app: App, hb: Heartbeat) -> Option<HeartbeatReply> {
     let mut reply = HeartbeatReply::default();
     for held in &hb.running {
         match renewed.iter().find(|r| &r.attempt == held) {
-            Some(state) if state.cancel_requested => reply.cancel.push(held.clone()),
+            Some(state) if state.cancel_requested => {
+                reply.cancel.push(CancelNotice { attempt: held.clone(), force: state.cancel_force })
+            }
             Some(_) => {}
             None => reply.stale.push(held.clone()),
         }

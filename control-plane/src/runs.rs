@@ -2,8 +2,10 @@
 //! runner API and the sweeper call these; the SQL lives in `store::runs`.
 
 use crate::app::App;
+use crate::config::ConcurrencyPolicy;
 use crate::logs::archive;
 use crate::pipelines::{self, Pipeline};
+use crate::store::runs::{Claim, ClaimResult};
 use crate::store::runs::{NewRun, Outcome, Run};
 use crate::{bus, store};
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,8 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error("internal task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("{limit} ({max}) runs are already active; try again later")]
+    LimitReached { limit: &'static str, max: i64 },
 }
 
 /// What a run executes, frozen when the run is created so later edits of the
@@ -47,6 +51,10 @@ pub struct JobTemplate {
     pub code: Option<CodeBundleRef>,
     pub mount_uv_cache: bool,
     pub timeout_seconds: Option<u64>,
+    #[serde(default)]
+    pub resources: shared::protocol::Resources,
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
 }
 
 impl JobTemplate {
@@ -62,6 +70,7 @@ impl JobTemplate {
             code: self.code,
             mount_uv_cache: self.mount_uv_cache,
             timeout_seconds: self.timeout_seconds,
+            resources: self.resources,
         }
     }
 }
@@ -118,8 +127,21 @@ pub async fn submit(app: &App, pipeline_name: &str, params: BTreeMap<String, Str
         env,
         code: Some(bundle.reference),
         mount_uv_cache: pipeline.is_python,
-        timeout_seconds: pipeline.timeout_seconds,
+        timeout_seconds: pipeline.timeout_seconds.or(app.config.default_timeout),
+        resources: pipeline.resources.over(app.config.default_resources),
+        max_concurrent: pipeline.max_concurrent,
     };
+    if app.config.concurrency_policy == ConcurrencyPolicy::Reject {
+        let (active, active_here) = app.store.count_active(&pipeline.name).await?;
+        let limit = if app.config.max_concurrent_runs.is_some_and(|max| active >= max) {
+            Some(("MAX_CONCURRENT_RUNS", app.config.max_concurrent_runs.unwrap_or_default()))
+        } else {
+            pipeline.max_concurrent.map(i64::from).filter(|max| active_here >= *max).map(|max| ("max_concurrent", max))
+        };
+        if let Some((name, max)) = limit {
+            return Err(Error::LimitReached { limit: name, max });
+        }
+    }
     let run = app
         .store
         .insert_run(NewRun {
@@ -130,7 +152,7 @@ pub async fn submit(app: &App, pipeline_name: &str, params: BTreeMap<String, Str
         })
         .await?;
     // A failed publish is not fatal: the run is stored, the sweeper re-offers it.
-    if let Err(e) = app.bus.offer(subjects::DEFAULT_POOL, run.id, run.attempt).await {
+    if let Err(e) = app.bus.offer(subjects::DEFAULT_POOL, run.id, run.attempt, None).await {
         tracing::warn!(run_id = %run.id, error = %e, "offer not published yet; the sweeper will retry");
     }
     tracing::info!(run_id = %run.id, pipeline = %run.pipeline_name, "run queued");
@@ -138,15 +160,15 @@ pub async fn submit(app: &App, pipeline_name: &str, params: BTreeMap<String, Str
 }
 
 /// Cancels a queued run at once, or asks the runner of a running one to stop it.
-pub async fn cancel(app: &App, id: Uuid) -> Result<Run, Error> {
+pub async fn cancel(app: &App, id: Uuid, force: bool) -> Result<Run, Error> {
     if let Some(run) = app.store.cancel_queued(id).await? {
         tracing::info!(run_id = %id, "queued run cancelled");
         app.bus.notify_finished(id).await;
         return Ok(run);
     }
-    if let Some(run) = app.store.request_cancel(id).await? {
+    if let Some(run) = app.store.request_cancel(id, force).await? {
         if let Some(runner) = &run.runner_id {
-            let notice = CancelNotice { attempt: run.attempt_ref() };
+            let notice = CancelNotice { attempt: run.attempt_ref(), force: run.cancel_force };
             if let Err(e) = app.bus.notify_cancel(runner, &notice).await {
                 tracing::warn!(run_id = %id, error = %e, "cancel notice not sent; the next heartbeat carries it");
             }
@@ -158,7 +180,7 @@ pub async fn cancel(app: &App, id: Uuid) -> Result<Run, Error> {
         None => Err(Error::RunNotFound(id)),
         Some(run) if run.status.is_final() => Err(Error::AlreadyFinished(Box::new(run))),
         // It moved from queued to running between the two updates: try again.
-        Some(_) => Box::pin(cancel(app, id)).await,
+        Some(_) => Box::pin(cancel(app, id, force)).await,
     }
 }
 
@@ -185,12 +207,23 @@ pub async fn claim(app: &App, run_id: Uuid, attempt: i32, runner_id: &str) -> Re
             Err(e) => return refused(format!("code bundle unavailable: {e}")),
         }
     }
-    match app.store.claim(run_id, attempt, runner_id, app.config.lease).await? {
-        Some(run) => {
+    let claim = Claim {
+        run_id,
+        attempt,
+        runner_id,
+        pipeline_name: &run.pipeline_name,
+        lease: app.config.lease,
+        max_running: app.config.max_concurrent_runs,
+        max_running_of_pipeline: template.max_concurrent.map(i64::from),
+    };
+    match app.store.claim(&claim).await? {
+        ClaimResult::Granted(run) => {
             tracing::info!(%run_id, runner_id, "run claimed");
             Ok(ClaimReply::Granted { job: template.into_job(&run) })
         }
-        None => refused("run was claimed or cancelled meanwhile".into()),
+        // Offered again as soon as a slot frees (see `after_final`).
+        ClaimResult::Waiting(reason) => refused(format!("waiting: {reason}")),
+        ClaimResult::Gone => refused("run was claimed or cancelled meanwhile".into()),
     }
 }
 
@@ -201,14 +234,21 @@ fn outcome_of(report: &ExitReport, cancel_requested: bool) -> Outcome {
         exit_code,
         error_message,
     };
-    match &report.outcome {
-        ExitOutcome::SetupError { message } => failed(FailureReason::SetupError, None, Some(message.clone())),
-        ExitOutcome::Exited { exit_code } if cancel_requested => Outcome {
+    let exit_code = match &report.outcome {
+        ExitOutcome::Exited { exit_code } => Some(*exit_code),
+        ExitOutcome::SetupError { .. } => None,
+    };
+    if cancel_requested {
+        // Whatever the container did after the cancel, the user asked for this.
+        return Outcome {
             status: RunStatus::Cancelled,
             reason: Some(FailureReason::Cancelled),
-            exit_code: Some(*exit_code),
+            exit_code,
             error_message: None,
-        },
+        };
+    }
+    match &report.outcome {
+        ExitOutcome::SetupError { message } => failed(FailureReason::SetupError, None, Some(message.clone())),
         ExitOutcome::Exited { exit_code } if report.timed_out => failed(FailureReason::Timeout, Some(*exit_code), None),
         ExitOutcome::Exited { exit_code: 0 } => {
             Outcome { status: RunStatus::Success, reason: None, exit_code: Some(0), error_message: None }
@@ -263,6 +303,19 @@ async fn after_final(app: &App, at: &AttemptRef) {
         tracing::warn!(run_id = %at.run_id, error = %e, "could not purge the live log");
     }
     app.bus.notify_finished(at.run_id).await;
+    if let Err(e) = offer_waiting(app).await {
+        tracing::warn!(error = %e, "could not re-offer runs waiting for a slot");
+    }
+}
+
+/// A slot freed: offer the runs a concurrency limit held back, oldest first,
+/// so any replica's runners can take them at once.
+async fn offer_waiting(app: &App) -> Result<(), ReofferError> {
+    let nonce = format!("w{}", Uuid::new_v4().simple());
+    for (run_id, attempt) in app.store.waiting_runs(20).await? {
+        app.bus.offer(subjects::DEFAULT_POOL, run_id, attempt, Some(&nonce)).await?;
+    }
+    Ok(())
 }
 
 /// Finalises runs whose runner stopped renewing its lease, archiving what
@@ -271,6 +324,32 @@ pub async fn expire_leases(app: &App) -> Result<usize, Error> {
     let expired = app.store.expire_leases(100).await?;
     for run in &expired {
         tracing::warn!(run_id = %run.id, runner_id = ?run.runner_id, status = %run.status, "lease expired");
+        archive_after_takeover(app, run).await;
+    }
+    Ok(expired.len())
+}
+
+/// Ends runs whose timeout passed long ago (the runner should have stopped
+/// them): tells their runner to kill them and archives what their log holds.
+pub async fn expire_timeouts(app: &App) -> Result<usize, Error> {
+    let slack = app.config.stop_grace + std::time::Duration::from_secs(30);
+    let overdue = app.store.expire_timeouts(slack, 100).await?;
+    for run in &overdue {
+        tracing::warn!(run_id = %run.id, runner_id = ?run.runner_id, "timeout enforced by the control plane");
+        if let Some(runner) = &run.runner_id {
+            let notice = CancelNotice { attempt: run.attempt_ref(), force: true };
+            if let Err(e) = app.bus.notify_cancel(runner, &notice).await {
+                tracing::warn!(run_id = %run.id, error = %e, "could not tell the runner to stop the job");
+            }
+        }
+        archive_after_takeover(app, run).await;
+    }
+    Ok(overdue.len())
+}
+
+/// Archives the log of a run the control plane finalised on its own.
+async fn archive_after_takeover(app: &App, run: &Run) {
+    {
         let at = run.attempt_ref();
         match archive::archive(app.bus.jetstream(), &app.objects, &at, None).await {
             Ok(archived) => {
@@ -278,11 +357,10 @@ pub async fn expire_leases(app: &App) -> Result<usize, Error> {
                     tracing::warn!(run_id = %run.id, error = %e, "could not record the archive");
                 }
             }
-            Err(e) => tracing::warn!(run_id = %run.id, error = %e, "could not archive the log of a lost run"),
+            Err(e) => tracing::warn!(run_id = %run.id, error = %e, "could not archive the log"),
         }
         after_final(app, &at).await;
     }
-    Ok(expired.len())
 }
 
 /// Re-offers queued runs whose offer is gone from NATS (lost message, wiped store).
@@ -291,7 +369,9 @@ pub async fn reoffer_stale(app: &App) -> Result<usize, ReofferError> {
     let mut count = 0;
     for (run_id, attempt) in stale {
         if !app.bus.has_offer(subjects::DEFAULT_POOL, run_id).await? {
-            app.bus.offer(subjects::DEFAULT_POOL, run_id, attempt).await?;
+            // One nonce per second: replicas sweeping together still publish once.
+            let nonce = format!("r{}", chrono::Utc::now().timestamp());
+            app.bus.offer(subjects::DEFAULT_POOL, run_id, attempt, Some(&nonce)).await?;
             tracing::info!(%run_id, attempt, "re-offered a queued run");
             count += 1;
         }
@@ -350,6 +430,8 @@ mod tests {
         assert_eq!((o.status, o.reason), (RunStatus::Cancelled, Some(FailureReason::Cancelled)));
         let o = outcome_of(&report(ExitOutcome::Exited { exit_code: 137 }, true), false);
         assert_eq!(o.reason, Some(FailureReason::Timeout));
+        let o = outcome_of(&report(ExitOutcome::SetupError { message: "cancelled early".into() }, false), true);
+        assert_eq!(o.status, RunStatus::Cancelled);
         let o = outcome_of(&report(ExitOutcome::SetupError { message: "no image".into() }, false), false);
         assert_eq!((o.reason, o.error_message.as_deref()), (Some(FailureReason::SetupError), Some("no image")));
     }

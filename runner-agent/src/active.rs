@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
-    /// A user cancelled the run: stop gracefully and report.
-    Cancel,
+    /// A user cancelled the run: stop (gracefully unless forced) and report.
+    Cancel { force: bool },
     /// The control plane says this runner no longer holds the attempt: stop and forget it.
     Stale,
     /// The runner is shutting down hard.

@@ -67,7 +67,7 @@ pub async fn run(
         _ = slots.acquire_many(all) => {}
         _ = second_signal.cancelled() => {
             tracing::warn!("second signal: stopping running attempts");
-            active.stop_all(StopReason::Cancel);
+            active.stop_all(StopReason::Cancel { force: false });
             let _ = tokio::time::timeout(config.stop_grace + Duration::from_secs(30), slots.acquire_many(all)).await;
         }
     }

@@ -23,6 +23,11 @@ pub struct Config {
     /// SIGTERM → SIGKILL grace period when stopping a container.
     pub stop_grace: Duration,
     pub heartbeat_interval: Duration,
+    /// Without a renewed lease for this long, the runner stops its jobs (the
+    /// control plane gives them up after its lease, 30 s by default).
+    pub self_fence_after: Duration,
+    /// Capabilities given back to job containers (all others are dropped).
+    pub cap_add: Vec<String>,
 }
 
 impl Config {
@@ -53,7 +58,9 @@ impl Config {
         }
         let data_dir = PathBuf::from(get("RUNNER_DATA_DIR").unwrap_or_else(|| "./runner-data".into()));
         let uv_cache_dir = get("UV_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| data_dir.join("uv-cache"));
+        let cap_add = parse_caps(get("CONTAINER_CAP_ADD").unwrap_or_default())?;
         Ok(Config {
+            cap_add,
             nats_url: get("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
             runner_id,
             pool: shared::subjects::DEFAULT_POOL.into(),
@@ -64,6 +71,12 @@ impl Config {
                 get("RUNNER_STOP_GRACE_SECONDS"),
                 "RUNNER_STOP_GRACE_SECONDS",
                 10,
+                "seconds",
+            )?),
+            self_fence_after: Duration::from_secs(parse(
+                get("RUNNER_SELF_FENCE_SECONDS"),
+                "RUNNER_SELF_FENCE_SECONDS",
+                20,
                 "seconds",
             )?),
             heartbeat_interval: Duration::from_secs(
@@ -78,6 +91,24 @@ fn parse<T: FromStr>(value: Option<String>, name: &'static str, default: T, what
         None => Ok(default),
         Some(v) => v.trim().parse().map_err(|_| Error { name, value: v, message: format!("expected {what}") }),
     }
+}
+
+/// `CONTAINER_CAP_ADD`: comma-separated capability names such as `NET_BIND_SERVICE`.
+fn parse_caps(raw: String) -> Result<Vec<String>, Error> {
+    let mut caps = Vec::new();
+    for cap in raw.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        let name = cap.to_ascii_uppercase();
+        let name = name.strip_prefix("CAP_").unwrap_or(&name).to_owned();
+        if name == "ALL" || name == "SYS_ADMIN" || !name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+            return Err(Error {
+                name: "CONTAINER_CAP_ADD",
+                value: raw.clone(),
+                message: format!("`{cap}` is not an allowed capability name (ALL and SYS_ADMIN are refused)"),
+            });
+        }
+        caps.push(name);
+    }
+    Ok(caps)
 }
 
 /// `<hostname>-<4 random hex digits>`, reduced to characters valid in a NATS subject.
@@ -101,5 +132,9 @@ mod tests {
         assert!(err.map(|e| e.to_string()).unwrap_or_default().starts_with("RUNNER_CONCURRENCY:"));
         let err = Config::from_source(&|n| (n == "RUNNER_ID").then(|| "a.b".into())).err();
         assert!(err.map(|e| e.to_string()).unwrap_or_default().starts_with("RUNNER_ID:"));
+        let cfg = Config::from_source(&|n| (n == "CONTAINER_CAP_ADD").then(|| "net_bind_service, CAP_CHOWN".into()));
+        assert_eq!(cfg.map(|c| c.cap_add).ok(), Some(vec!["NET_BIND_SERVICE".to_string(), "CHOWN".to_string()]));
+        let err = Config::from_source(&|n| (n == "CONTAINER_CAP_ADD").then(|| "ALL".into())).err();
+        assert!(err.map(|e| e.to_string()).unwrap_or_default().starts_with("CONTAINER_CAP_ADD:"));
     }
 }

@@ -68,6 +68,17 @@ pub struct ContainerSpec {
     pub labels: HashMap<String, String>,
     pub mounts: Vec<BindMount>,
     pub working_dir: Option<String>,
+    pub limits: Limits,
+}
+
+/// Resource limits and the capabilities given back after dropping all of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: Option<i64>,
+    pub nano_cpus: Option<i64>,
+    pub pids: Option<i64>,
+    /// Capabilities an administrator allows (`CONTAINER_CAP_ADD`); all others are dropped.
+    pub cap_add: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -306,6 +317,18 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, Error> {
         init: Some(true),
         auto_remove: Some(false),
         mounts: Some(mounts),
+        // Least privilege by default: no capabilities but those allowed, no privilege
+        // gain through setuid binaries, the engine's default seccomp profile, and limits
+        // so one job cannot starve the host (a fork bomb hits `pids`, a hog `memory`).
+        privileged: Some(false),
+        cap_drop: Some(vec!["ALL".into()]),
+        cap_add: (!spec.limits.cap_add.is_empty()).then(|| spec.limits.cap_add.clone()),
+        security_opt: Some(vec!["no-new-privileges:true".into()]),
+        pids_limit: spec.limits.pids,
+        memory: spec.limits.memory_bytes,
+        // Equal to `memory`: no swap on top of the limit.
+        memory_swap: spec.limits.memory_bytes,
+        nano_cpus: spec.limits.nano_cpus,
         ..Default::default()
     };
     Ok(ContainerCreateBody {

@@ -4,7 +4,7 @@
 use crate::active::{Active, StopReason};
 use crate::code_cache::CodeCache;
 use crate::config::Config;
-use crate::docker::{self, BindMount, ContainerSpec, Docker, Output};
+use crate::docker::{self, BindMount, ContainerSpec, Docker, Limits, Output};
 use crate::log_pump::{self, LogPump};
 use futures::StreamExt;
 use shared::protocol::{AttemptRef, ExitOutcome, ExitReply, ExitReport, JobSpec};
@@ -113,7 +113,7 @@ impl Executor {
         }
         if let Some(reason) = *stop.borrow() {
             return Ok(match reason {
-                StopReason::Cancel => Ended::SetupFailed("cancelled before the container started".into()),
+                StopReason::Cancel { .. } => Ended::SetupFailed("cancelled before the container started".into()),
                 _ => Ended::Abandoned { container_id: None },
             });
         }
@@ -146,9 +146,10 @@ impl Executor {
                 changed = stop.changed() => {
                     let reason = if changed.is_ok() { *stop.borrow() } else { None };
                     match reason {
-                        Some(StopReason::Cancel) => {
+                        Some(StopReason::Cancel { force }) => {
                             pump.system_line("fastflow: cancelled; stopping the container");
-                            self.stop_in_background(&container_id, self.config.stop_grace);
+                            let grace = if force { Duration::ZERO } else { self.config.stop_grace };
+                            self.stop_in_background(&container_id, grace);
                         }
                         Some(StopReason::Stale | StopReason::Shutdown) => {
                             abandoned = true;
@@ -211,6 +212,12 @@ impl Executor {
             labels,
             mounts,
             working_dir: Some("/app".into()),
+            limits: Limits {
+                memory_bytes: job.resources.memory_mb.map(|mb| (mb as i64).saturating_mul(1024 * 1024)),
+                nano_cpus: job.resources.cpu_millis.map(|m| (m as i64).saturating_mul(1_000_000)),
+                pids: job.resources.pids,
+                cap_add: self.config.cap_add.clone(),
+            },
         }
     }
 

@@ -56,6 +56,18 @@ pub struct JobSpec {
     /// Mount the runner's uv cache (Python pipelines).
     pub mount_uv_cache: bool,
     pub timeout_seconds: Option<u64>,
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// Container limits of one job. `None` means no limit.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Resources {
+    pub memory_mb: Option<u64>,
+    /// CPU share in thousandths of a CPU (1500 = 1.5 CPUs).
+    pub cpu_millis: Option<u64>,
+    /// Maximum number of processes and threads.
+    pub pids: Option<i64>,
 }
 
 /// Identifies one attempt as held by one runner.
@@ -117,7 +129,7 @@ pub struct Heartbeat {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct HeartbeatReply {
     /// Attempts whose cancellation was requested: stop them.
-    pub cancel: Vec<AttemptRef>,
+    pub cancel: Vec<CancelNotice>,
     /// Attempts this runner no longer holds (token stale or run final): stop and forget them.
     pub stale: Vec<AttemptRef>,
 }
@@ -126,4 +138,7 @@ pub struct HeartbeatReply {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CancelNotice {
     pub attempt: AttemptRef,
+    /// Skip the grace period: SIGKILL at once.
+    #[serde(default)]
+    pub force: bool,
 }

@@ -49,12 +49,34 @@ pub struct Run {
     pub log_size_bytes: Option<u64>,
 }
 
+const RUN_FIELDS: &[&str] = &[
+    "id",
+    "pipeline_name",
+    "status",
+    "attempt",
+    "exit_code",
+    "failure_reason",
+    "error_message",
+    "params",
+    "runner_id",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "log_size_bytes",
+];
+
 impl Run {
     pub fn is_final(&self) -> bool {
         matches!(self.status.as_str(), "success" | "failed" | "cancelled")
     }
 
+    /// Parses a run, checking every field of the contract is present (serde alone
+    /// would accept a missing nullable field).
     pub fn from_json(value: &Value) -> Self {
+        let object = value.as_object().unwrap_or_else(|| panic!("a run must be an object: {value:#}"));
+        for field in RUN_FIELDS {
+            assert!(object.contains_key(*field), "run JSON lacks `{field}`: {value:#}");
+        }
         serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("not a run ({e}): {value:#}"))
     }
 }

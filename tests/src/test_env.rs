@@ -18,8 +18,14 @@ use crate::s3::{self, Digest};
 use crate::sse::SseStream;
 use crate::wait::poll_until;
 
-/// Python dependencies are cached across tests (and test runs) in this host dir.
-const UV_CACHE_DIR: &str = "/var/tmp/fastflow-dev/uv-cache-tests";
+/// Python dependencies are cached across tests (and test runs) in
+/// `$FASTFLOW_DEV_DIR/uv-cache-tests` (the dir scripts/dev-deps.sh uses).
+fn uv_cache_dir() -> PathBuf {
+    let dev_dir = std::env::var_os("FASTFLOW_DEV_DIR")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "/var/tmp/fastflow-dev".into());
+    PathBuf::from(dev_dir).join("uv-cache-tests")
+}
 /// Variables of the test process (from env.sh) that a runner-agent must not need.
 const RUNNER_MUST_NOT_SEE: &[&str] = &[
     "DATABASE_URL",
@@ -95,6 +101,9 @@ pub struct TestEnv {
 impl TestEnv {
     pub async fn start(options: TestEnvOptions) -> Self {
         let dev = DevEnv::from_env();
+        // Fail before starting anything when the product was not built.
+        dev.binary("control-plane");
+        dev.binary("runner-agent");
         let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let dir = std::env::temp_dir().join("fastflow-tests").join(format!("{}-{tag}", test_name()));
         std::fs::create_dir_all(dir.join("logs")).expect("cannot create the test dir");
@@ -102,7 +111,8 @@ impl TestEnv {
         let pipelines_dir = dir.join("pipelines");
         copy_dir(&workspace_root().join("pipelines"), &pipelines_dir);
         copy_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/pipelines"), &pipelines_dir);
-        std::fs::create_dir_all(UV_CACHE_DIR).unwrap_or_else(|e| panic!("cannot create {UV_CACHE_DIR}: {e}"));
+        let uv_cache = uv_cache_dir();
+        std::fs::create_dir_all(&uv_cache).unwrap_or_else(|e| panic!("cannot create {}: {e}", uv_cache.display()));
 
         let nats = NatsServer::start(&dev.nats_server_bin, &dir.join("nats")).await;
         let db = TestDatabase::create(&dev.pg_admin_url, &dev.database_url).await;
@@ -162,7 +172,7 @@ impl TestEnv {
             .env("RUNNER_ID", &id)
             .env("RUNNER_CONCURRENCY", self.options.runner_concurrency.to_string())
             .env("RUNNER_DATA_DIR", &data_dir)
-            .env("UV_CACHE_DIR", UV_CACHE_DIR)
+            .env("UV_CACHE_DIR", uv_cache_dir())
             .env("RUST_LOG", rust_log())
             .env("NO_COLOR", "1");
         let log = self.dir.join("logs").join(format!("runner-{i}.log"));

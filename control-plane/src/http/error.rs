@@ -51,9 +51,15 @@ impl ApiError {
     }
 }
 
+/// What a 429 tells clients to wait before trying again.
+const RETRY_AFTER_SECS: u64 = 5;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body(None))).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
         // The path is filled in by `add_error_path`, which sees the request.
         response.extensions_mut().insert(self);
         response
@@ -113,6 +119,10 @@ impl From<runs::Error> for ApiError {
             runs::Error::AlreadyFinished(ref run) => ApiError {
                 details: json!({ "status": run.status }),
                 ..ApiError::new(StatusCode::CONFLICT, "Conflict", e.to_string())
+            },
+            runs::Error::LimitReached { limit, max } => ApiError {
+                details: json!({ "limit": limit, "max": max, "retry_after_seconds": RETRY_AFTER_SECS }),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRuns", e.to_string())
             },
             runs::Error::Store(_) | runs::Error::Task(_) => ApiError::internal(e),
         }

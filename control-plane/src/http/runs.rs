@@ -87,9 +87,26 @@ async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result<Jso
     Ok(Json(run))
 }
 
-async fn cancel(State(app): State<AppState>, Path(id): Path<String>) -> Result<(StatusCode, Json<Run>), ApiError> {
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CancelRequest {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn cancel(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Run>), ApiError> {
     let id = extract::run_id(&id)?;
-    let run = runs::cancel(&app, id).await?;
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelRequest::default()
+    } else {
+        serde_json::from_slice::<CancelRequest>(&body)
+            .map_err(|e| ApiError::invalid("body", format!("request body must be {{\"force\": true|false}}: {e}")))?
+    };
+    let run = runs::cancel(&app, id, request.force).await?;
     Ok((StatusCode::ACCEPTED, Json(run)))
 }
 

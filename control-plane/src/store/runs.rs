@@ -16,7 +16,7 @@ use uuid::Uuid;
 macro_rules! run_columns {
     () => {
         "id, pipeline_name, status, attempt, trigger, params, spec, runner_id, fencing_token,
-         cancel_requested_at, exit_code, failure_reason, error_message, log_key, log_size_bytes,
+         cancel_requested_at, cancel_force, waiting_reason, exit_code, failure_reason, error_message, log_key, log_size_bytes,
          created_at, started_at, finished_at"
     };
 }
@@ -35,6 +35,8 @@ pub struct Run {
     pub failure_reason: Option<FailureReason>,
     pub error_message: Option<String>,
     pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// Why a queued run has not started yet (e.g. a concurrency limit).
+    pub waiting_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -43,6 +45,8 @@ pub struct Run {
     pub spec: serde_json::Value,
     #[serde(skip)]
     pub fencing_token: i64,
+    #[serde(skip)]
+    pub cancel_force: bool,
     #[serde(skip)]
     pub log_key: Option<String>,
 }
@@ -69,6 +73,8 @@ impl<'r> FromRow<'r, PgRow> for Run {
             runner_id: row.try_get("runner_id")?,
             fencing_token: row.try_get("fencing_token")?,
             cancel_requested_at: row.try_get("cancel_requested_at")?,
+            cancel_force: row.try_get("cancel_force")?,
+            waiting_reason: row.try_get("waiting_reason")?,
             exit_code: row.try_get("exit_code")?,
             failure_reason: reason.map(|r| r.parse()).transpose().map_err(decode)?,
             error_message: row.try_get("error_message")?,
@@ -113,10 +119,32 @@ pub struct ArchivedLog {
     pub size: i64,
 }
 
+/// Arbitrary constant naming the advisory lock that serialises claims.
+const CLAIM_LOCK: i64 = 0x4661_7374_466c_6f77; // "FastFlow"
+
+pub struct Claim<'a> {
+    pub run_id: Uuid,
+    pub attempt: i32,
+    pub runner_id: &'a str,
+    pub pipeline_name: &'a str,
+    pub lease: Duration,
+    pub max_running: Option<i64>,
+    pub max_running_of_pipeline: Option<i64>,
+}
+
+pub enum ClaimResult {
+    Granted(Box<Run>),
+    /// A concurrency limit is reached; the run stays queued with this reason.
+    Waiting(&'static str),
+    /// The attempt is no longer queued.
+    Gone,
+}
+
 /// A lease renewal's answer for one attempt.
 pub struct LeaseState {
     pub attempt: AttemptRef,
     pub cancel_requested: bool,
+    pub cancel_force: bool,
 }
 
 fn secs(d: Duration) -> f64 {
@@ -170,23 +198,78 @@ impl Store {
         Ok(runs)
     }
 
-    /// The claim: succeeds for exactly one caller while the attempt is queued,
-    /// handing out a fresh fencing token and a lease.
-    pub async fn claim(&self, id: Uuid, attempt: i32, runner_id: &str, lease: Duration) -> Result<Option<Run>, Error> {
+    /// The claim: succeeds for exactly one caller while the attempt is queued
+    /// and the concurrency limits leave room, handing out a fresh fencing token
+    /// and a lease. Claims are serialised by a transaction-scoped advisory lock
+    /// so two replicas cannot both take the last free slot.
+    pub async fn claim(&self, claim: &Claim<'_>) -> Result<ClaimResult, Error> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("select pg_advisory_xact_lock($1)").bind(CLAIM_LOCK).execute(&mut *tx).await?;
+        let (running, running_here): (i64, i64) = sqlx::query_as(
+            "select count(*), count(*) filter (where pipeline_name = $1) from runs where status = 'running'",
+        )
+        .bind(claim.pipeline_name)
+        .fetch_one(&mut *tx)
+        .await?;
+        let blocked_by = if claim.max_running.is_some_and(|max| running >= max) {
+            Some("max_concurrent_runs")
+        } else if claim.max_running_of_pipeline.is_some_and(|max| running_here >= max) {
+            Some("pipeline_max_concurrent")
+        } else {
+            None
+        };
+        if let Some(reason) = blocked_by {
+            sqlx::query("update runs set waiting_reason = $3 where id = $1 and attempt = $2 and status = 'queued'")
+                .bind(claim.run_id)
+                .bind(claim.attempt)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(ClaimResult::Waiting(reason));
+        }
         let run = sqlx::query_as::<_, Run>(concat!(
             "update runs set status = 'running', runner_id = $3, fencing_token = fencing_token + 1,
-                 lease_expires_at = now() + make_interval(secs => $4), started_at = now()
+                 lease_expires_at = now() + make_interval(secs => $4), started_at = now(), waiting_reason = null
              where id = $1 and attempt = $2 and status = 'queued'
              returning ",
             run_columns!()
         ))
-        .bind(id)
-        .bind(attempt)
-        .bind(runner_id)
-        .bind(secs(lease))
-        .fetch_optional(self.pool())
+        .bind(claim.run_id)
+        .bind(claim.attempt)
+        .bind(claim.runner_id)
+        .bind(secs(claim.lease))
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(run)
+        tx.commit().await?;
+        Ok(match run {
+            Some(run) => ClaimResult::Granted(Box::new(run)),
+            None => ClaimResult::Gone,
+        })
+    }
+
+    /// Runs executing or waiting now, overall and of one pipeline.
+    pub async fn count_active(&self, pipeline_name: &str) -> Result<(i64, i64), Error> {
+        let counts = sqlx::query_as(
+            "select count(*), count(*) filter (where pipeline_name = $1) from runs
+             where status in ('queued', 'running')",
+        )
+        .bind(pipeline_name)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(counts)
+    }
+
+    /// Queued runs held back by a concurrency limit, oldest first.
+    pub async fn waiting_runs(&self, limit: i64) -> Result<Vec<(Uuid, i32)>, Error> {
+        let rows = sqlx::query_as(
+            "select id, attempt from runs where status = 'queued' and waiting_reason is not null
+             order by created_at limit $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
     }
 
     /// Extends the leases of the attempts a runner still holds; attempts it no
@@ -203,12 +286,12 @@ impl Store {
         let ids: Vec<Uuid> = held.iter().map(|a| a.run_id).collect();
         let attempts: Vec<i32> = held.iter().map(|a| a.attempt).collect();
         let tokens: Vec<i64> = held.iter().map(|a| a.fencing_token).collect();
-        let rows: Vec<(Uuid, i32, i64, bool)> = sqlx::query_as(
+        let rows: Vec<(Uuid, i32, i64, bool, bool)> = sqlx::query_as(
             "update runs r set lease_expires_at = now() + make_interval(secs => $5)
              from unnest($2::uuid[], $3::int[], $4::bigint[]) as h(id, attempt, token)
              where r.id = h.id and r.attempt = h.attempt and r.fencing_token = h.token
                and r.status = 'running' and r.runner_id = $1
-             returning r.id, r.attempt, r.fencing_token, r.cancel_requested_at is not null",
+             returning r.id, r.attempt, r.fencing_token, r.cancel_requested_at is not null, r.cancel_force",
         )
         .bind(runner_id)
         .bind(&ids)
@@ -219,9 +302,10 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(run_id, attempt, fencing_token, cancel_requested)| LeaseState {
+            .map(|(run_id, attempt, fencing_token, cancel_requested, cancel_force)| LeaseState {
                 attempt: AttemptRef { run_id, attempt, fencing_token },
                 cancel_requested,
+                cancel_force,
             })
             .collect())
     }
@@ -287,14 +371,16 @@ impl Store {
     }
 
     /// Marks a running run for cancellation; its runner stops it and reports.
-    pub async fn request_cancel(&self, id: Uuid) -> Result<Option<Run>, Error> {
+    pub async fn request_cancel(&self, id: Uuid, force: bool) -> Result<Option<Run>, Error> {
         let run = sqlx::query_as::<_, Run>(concat!(
-            "update runs set cancel_requested_at = coalesce(cancel_requested_at, now())
+            "update runs set cancel_requested_at = coalesce(cancel_requested_at, now()),
+                 cancel_force = cancel_force or $2
              where id = $1 and status = 'running'
              returning ",
             run_columns!()
         ))
         .bind(id)
+        .bind(force)
         .fetch_optional(self.pool())
         .await?;
         Ok(run)
@@ -312,6 +398,29 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         Ok(rows)
+    }
+
+    /// Fails running attempts that outlived their timeout by more than `slack`:
+    /// their runner did not stop them (frozen, or cut off but still renewing).
+    pub async fn expire_timeouts(&self, slack: Duration, limit: i64) -> Result<Vec<Run>, Error> {
+        let runs = sqlx::query_as::<_, Run>(
+            "with overdue as (
+                 select id from runs
+                 where status = 'running' and spec->>'timeout_seconds' is not null
+                   and started_at + make_interval(secs => (spec->>'timeout_seconds')::float8 + $1) < now()
+                 limit $2
+                 for update skip locked)
+             update runs r set status = 'failed', failure_reason = 'timeout',
+                 error_message = 'timeout passed and the runner did not stop the job; the control plane ended it',
+                 finished_at = now(), lease_expires_at = null
+             from overdue where r.id = overdue.id
+             returning r.*",
+        )
+        .bind(secs(slack))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(runs)
     }
 
     /// Finalises running attempts whose lease ran out (their runner is gone):
