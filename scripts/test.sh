@@ -27,8 +27,16 @@ cargo build --locked --workspace --bins --tests
 echo "built in $(( $(date +%s) - start )) s"
 
 step "tests"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+status=0
 if [ "$#" -gt 0 ]; then
-  cargo test --locked "$@"
+  cargo test --locked "$@" 2>&1 | tee "$out" || status=$?
 else
-  cargo test --locked --workspace
+  # No doctests: the crates have none, and empty doctest runs would end the output.
+  cargo test --locked --workspace --lib --bins --tests 2>&1 | tee "$out" || status=$?
 fi
+# One closing line over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "\n%d passed, %d failed\n", p, f }' "$out"
+exit "$status"

@@ -3,11 +3,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::digest::{Digest, DigestBuilder};
 use crate::sse::SseStream;
 
 /// Any single request (not a stream) that takes longer is an error.
@@ -28,15 +26,9 @@ pub struct Run {
     pub failure_reason: Option<String>,
     #[serde(default)]
     pub error_message: Option<String>,
-    #[serde(default)]
-    pub log_size_bytes: i64,
 }
 
 impl Run {
-    pub fn is_final(&self) -> bool {
-        matches!(self.status.as_str(), "success" | "failed" | "cancelled")
-    }
-
     /// An error naming why the run did not succeed.
     pub fn expect_success(&self) -> anyhow::Result<()> {
         if self.status != "success" {
@@ -135,21 +127,6 @@ impl Api {
             bail!("GET {url}: HTTP {}", response.status());
         }
         Ok(SseStream::new(response))
-    }
-
-    /// Length and SHA-256 of `GET …/logs`, streamed.
-    pub async fn logs_digest(&self, id: &str) -> anyhow::Result<Digest> {
-        let url = format!("{}/api/v1/runs/{id}/logs", self.base_url);
-        let response = self.http.get(&url).send().await.with_context(|| format!("GET {url}"))?;
-        if !response.status().is_success() {
-            bail!("GET {url}: HTTP {}", response.status());
-        }
-        let mut body = response.bytes_stream();
-        let mut digest = DigestBuilder::default();
-        while let Some(chunk) = body.next().await {
-            digest.update(&chunk.with_context(|| format!("GET {url}: reading the body"))?);
-        }
-        Ok(digest.finish())
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> anyhow::Result<T> {

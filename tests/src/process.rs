@@ -34,6 +34,18 @@ impl ChildProcess {
         }
     }
 
+    /// Kills the process if it still runs and says how it ended, for failure reports:
+    /// a process that died by itself (or by someone else's signal) shows here.
+    pub(crate) fn stop_and_describe(&mut self) -> String {
+        let description = match self.exit_status() {
+            None => "was running; killed at the end of the test".to_string(),
+            Some(status) if self.child.is_none() => status,
+            Some(status) => format!("HAD EXITED BY ITSELF before the end of the test ({status})"),
+        };
+        self.kill();
+        description
+    }
+
     /// SIGKILL, then reap. Idempotent.
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

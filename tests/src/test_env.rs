@@ -216,22 +216,21 @@ impl TestEnv {
 
     /// Polls the run every 100 ms until `predicate` holds; panics after `timeout`.
     pub async fn wait_for_status(&self, run_id: &str, predicate: impl Fn(&Run) -> bool, timeout: Duration) -> Run {
-        let predicate = &predicate;
-        poll_until(
-            &format!("run {run_id} to reach the expected state"),
-            timeout,
-            Duration::from_millis(100),
-            || async move {
-                let run = self.get_run(run_id).await;
-                if predicate(&run) { Ok(run) } else { Err(format!("{run:?}")) }
-            },
-        )
-        .await
+        self.wait_for_run(run_id, "reach the expected state", predicate, timeout).await
     }
 
     /// Waits until the run is success, failed or cancelled.
     pub async fn wait_final(&self, run_id: &str, timeout: Duration) -> Run {
-        self.wait_for_status(run_id, Run::is_final, timeout).await
+        self.wait_for_run(run_id, "be final (success, failed or cancelled)", Run::is_final, timeout).await
+    }
+
+    async fn wait_for_run(&self, run_id: &str, what: &str, predicate: impl Fn(&Run) -> bool, timeout: Duration) -> Run {
+        let predicate = &predicate;
+        poll_until(&format!("run {run_id} to {what}"), timeout, Duration::from_millis(100), || async move {
+            let run = self.get_run(run_id).await;
+            if predicate(&run) { Ok(run) } else { Err(format!("{run:?}")) }
+        })
+        .await
     }
 
     /// `GET …/logs` on control plane 0, asserting 200 text/plain.
@@ -394,32 +393,37 @@ impl TestEnv {
         }
     }
 
-    fn print_process_logs(&self) {
-        let mut logs: Vec<(String, PathBuf)> = vec![("nats-server".to_string(), self.nats.process.log_path.clone())];
-        logs.extend(self.control_planes.iter().map(|cp| (cp.process.name.clone(), cp.process.log_path.clone())));
-        logs.extend(self.runners.iter().map(|r| (r.process.name.clone(), r.process.log_path.clone())));
-        for (name, path) in logs {
-            eprintln!(
-                "\n----- last {LOG_TAIL_LINES} lines of {name} ({}) -----\n{}",
-                path.display(),
-                log_tail(&path, LOG_TAIL_LINES)
-            );
-        }
+    /// Stops every process; returns `(name, how it ended, log path)` for each.
+    fn stop_all(&mut self) -> Vec<(String, String, PathBuf)> {
+        let mut stopped = Vec::new();
+        let mut stop = |process: &mut ChildProcess| {
+            let how = process.stop_and_describe();
+            stopped.push((process.name.clone(), how, process.log_path.clone()));
+        };
+        // Runners first, so no job is started on the way down; NATS last.
+        self.runners.iter_mut().for_each(|r| stop(&mut r.process));
+        self.control_planes.iter_mut().for_each(|cp| stop(&mut cp.process));
+        stop(&mut self.nats.process);
+        stopped
+    }
+}
+
+fn print_process_logs(stopped: &[(String, String, PathBuf)]) {
+    for (name, how, path) in stopped {
+        eprintln!(
+            "\n----- {name}: {how}; last {LOG_TAIL_LINES} lines of {} -----\n{}",
+            path.display(),
+            log_tail(path, LOG_TAIL_LINES)
+        );
     }
 }
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
         let failed = std::thread::panicking();
-        for runner in &mut self.runners {
-            runner.process.kill();
-        }
-        for cp in &mut self.control_planes {
-            cp.process.kill();
-        }
-        self.nats.kill();
+        let stopped = self.stop_all();
         if failed || std::env::var_os("TEST_LOG").is_some() {
-            self.print_process_logs();
+            print_process_logs(&stopped);
         }
 
         // Async cleanup on a thread of its own: Drop may run inside or outside a runtime.
