@@ -46,6 +46,10 @@ pub struct Config {
     /// The runners' SIGTERM → SIGKILL grace (`RUNNER_STOP_GRACE_SECONDS`), used to
     /// judge when a timed-out job is overdue.
     pub stop_grace: Duration,
+    /// `LOG_MAX_SIZE_MB`: output kept per attempt (`None`: all of it).
+    pub log_max_bytes: Option<u64>,
+    /// `LOG_STREAM_RATE_LIMIT`: log lines per second sent to one SSE client (`None`: no limit).
+    pub log_stream_rate: Option<u32>,
     /// Timeout for jobs whose pipeline sets none (`CONTAINER_TIMEOUT`; none by default).
     pub default_timeout: Option<u64>,
 }
@@ -157,6 +161,14 @@ impl Config {
                 }
             },
             default_timeout: src.optional_seconds("CONTAINER_TIMEOUT")?,
+            log_max_bytes: {
+                let mb: u64 = src.parsed("LOG_MAX_SIZE_MB", 0, "a number of MiB (0: unlimited)")?;
+                (mb > 0).then(|| mb.saturating_mul(1024 * 1024))
+            },
+            log_stream_rate: {
+                let rate: u32 = src.parsed("LOG_STREAM_RATE_LIMIT", 100, "lines per second (0: unlimited)")?;
+                (rate > 0).then_some(rate)
+            },
             stop_grace: Duration::from_secs(src.parsed(
                 "RUNNER_STOP_GRACE_SECONDS",
                 10,

@@ -55,6 +55,8 @@ pub struct JobTemplate {
     pub resources: shared::protocol::Resources,
     #[serde(default)]
     pub max_concurrent: Option<u32>,
+    #[serde(default)]
+    pub log_max_bytes: Option<u64>,
 }
 
 impl JobTemplate {
@@ -71,6 +73,7 @@ impl JobTemplate {
             mount_uv_cache: self.mount_uv_cache,
             timeout_seconds: self.timeout_seconds,
             resources: self.resources,
+            log_max_bytes: self.log_max_bytes,
         }
     }
 }
@@ -130,6 +133,7 @@ pub async fn submit(app: &App, pipeline_name: &str, params: BTreeMap<String, Str
         timeout_seconds: pipeline.timeout_seconds.or(app.config.default_timeout),
         resources: pipeline.resources.over(app.config.default_resources),
         max_concurrent: pipeline.max_concurrent,
+        log_max_bytes: app.config.log_max_bytes,
     };
     if app.config.concurrency_policy == ConcurrencyPolicy::Reject {
         let (active, active_here) = app.store.count_active(&pipeline.name).await?;

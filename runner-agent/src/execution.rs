@@ -55,7 +55,7 @@ impl Executor {
     /// Executes an attempt to the end; never panics, always deregisters it.
     pub async fn execute(self, job: JobSpec, stop: watch::Receiver<Option<StopReason>>) {
         let at = AttemptRef { run_id: job.run_id, attempt: job.attempt, fencing_token: job.fencing_token };
-        let mut pump = LogPump::new(self.js.clone(), &at, self.nats.max_payload());
+        let mut pump = LogPump::new(self.js.clone(), &at, self.nats.max_payload(), job.log_max_bytes);
         let ended = match self.run_container(&job, &mut pump, stop).await {
             Ok(ended) => ended,
             Err(e) => Ended::SetupFailed(e.to_string()),

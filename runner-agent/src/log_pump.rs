@@ -45,11 +45,14 @@ pub struct LogPump {
     in_flight: VecDeque<Pending>,
     next_line: u64,
     totals: LogTotals,
+    /// Container output past this is dropped and counted.
+    limit: Option<u64>,
+    dropped: LogTotals,
 }
 
 impl LogPump {
     /// `max_payload` is the server's message size limit; records stay below it.
-    pub fn new(js: jetstream::Context, at: &AttemptRef, max_payload: usize) -> LogPump {
+    pub fn new(js: jetstream::Context, at: &AttemptRef, max_payload: usize, limit: Option<u64>) -> LogPump {
         LogPump {
             js,
             subject: subjects::log_subject(at.run_id, at.attempt),
@@ -63,13 +66,15 @@ impl LogPump {
             in_flight: VecDeque::new(),
             next_line: 1,
             totals: LogTotals::default(),
+            limit,
+            dropped: LogTotals::default(),
         }
     }
 
     /// Adds output of one stream; complete lines become records.
     pub fn feed(&mut self, stream: LogStream, data: &[u8]) {
         let mut splitter = std::mem::take(&mut self.splitter);
-        splitter.feed(stream, data, |stream, line| self.push_record(stream, line));
+        splitter.feed(stream, data, |stream, line| self.push_output(stream, line));
         self.splitter = splitter;
     }
 
@@ -78,6 +83,19 @@ impl LogPump {
         let mut line = text.trim_end().as_bytes().to_vec();
         line.push(b'\n');
         self.push_record(LogStream::System, &line);
+    }
+
+    /// Container output: kept until the size limit, then only counted.
+    fn push_output(&mut self, stream: LogStream, bytes: &[u8]) {
+        if self.limit.is_some_and(|limit| self.totals.bytes + bytes.len() as u64 > limit) || self.dropped.lines > 0 {
+            if self.dropped.lines == 0 {
+                self.system_line("fastflow: log limit reached; further output is dropped (the job keeps running)");
+            }
+            self.dropped.lines += 1;
+            self.dropped.bytes += bytes.len() as u64;
+            return;
+        }
+        self.push_record(stream, bytes);
     }
 
     fn push_record(&mut self, stream: LogStream, bytes: &[u8]) {
@@ -127,7 +145,15 @@ impl LogPump {
     /// Sends everything, including unfinished lines, and waits for every ack.
     pub async fn finish(mut self) -> Result<LogTotals, Error> {
         let mut splitter = std::mem::take(&mut self.splitter);
-        splitter.finish(|stream, rest| self.push_record(stream, rest));
+        splitter.finish(|stream, rest| self.push_output(stream, rest));
+        if self.dropped.lines > 0 {
+            let limit_mib = self.limit.unwrap_or_default() as f64 / (1024.0 * 1024.0);
+            let marker = format!(
+                "fastflow: log limit of {limit_mib} MiB reached; {} bytes in {} lines were dropped",
+                self.dropped.bytes, self.dropped.lines
+            );
+            self.system_line(&marker);
+        }
         self.seal_batch();
         self.publish().await?;
         while !self.in_flight.is_empty() {

@@ -58,6 +58,9 @@ pub struct JobSpec {
     pub timeout_seconds: Option<u64>,
     #[serde(default)]
     pub resources: Resources,
+    /// Output past this many bytes is dropped (a marker line says how much).
+    #[serde(default)]
+    pub log_max_bytes: Option<u64>,
 }
 
 /// Container limits of one job. `None` means no limit.

@@ -78,7 +78,8 @@ async fn stream(
     let (tx, rx) = mpsc::channel::<Event>(256);
     tokio::spawn(async move {
         let run_id = run.id;
-        let mut follower = Follower { app, tx, next_line: last + 1 };
+        let limiter = app.config.log_stream_rate.map(RateLimiter::new);
+        let mut follower = Follower { app, tx, next_line: last + 1, limiter };
         if let Err(e) = follower.follow(run).await {
             tracing::warn!(%run_id, error = %e, "log stream ended with an error");
             let data = serde_json::json!({ "message": e.to_string() }).to_string();
@@ -110,6 +111,34 @@ struct Follower {
     app: AppState,
     tx: mpsc::Sender<Event>,
     next_line: u64,
+    limiter: Option<RateLimiter>,
+}
+
+/// At most `rate` lines a second to one client (bursts of up to one second's
+/// worth): a fast job does not flood a slow browser; lines arrive later, none is lost.
+struct RateLimiter {
+    rate: f64,
+    tokens: f64,
+    refilled: tokio::time::Instant,
+}
+
+impl RateLimiter {
+    fn new(rate: u32) -> RateLimiter {
+        RateLimiter { rate: f64::from(rate), tokens: f64::from(rate), refilled: tokio::time::Instant::now() }
+    }
+
+    async fn take(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * self.rate).min(self.rate);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
+            tokio::time::sleep(wait).await;
+            self.tokens = 1.0;
+            self.refilled = tokio::time::Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
 }
 
 impl Follower {
@@ -213,6 +242,9 @@ impl Follower {
         for line in lines {
             if line.number < self.next_line {
                 continue;
+            }
+            if let Some(limiter) = &mut self.limiter {
+                limiter.take().await;
             }
             let event = Event::default().event("log").id(line.number.to_string()).data(line_json(&line));
             self.tx.send(event).await.map_err(|_| Disconnected)?;
