@@ -50,6 +50,10 @@ pub struct Config {
     pub log_max_bytes: Option<u64>,
     /// `LOG_STREAM_RATE_LIMIT`: log lines per second sent to one SSE client (`None`: no limit).
     pub log_stream_rate: Option<u32>,
+    /// `LOG_RETENTION_RUNS`: archived logs kept per pipeline (newest runs).
+    pub log_retention_runs: Option<i64>,
+    /// `LOG_RETENTION_DAYS`: archived logs older than this are deleted.
+    pub log_retention: Option<Duration>,
     /// Timeout for jobs whose pipeline sets none (`CONTAINER_TIMEOUT`; none by default).
     pub default_timeout: Option<u64>,
 }
@@ -161,6 +165,28 @@ impl Config {
                 }
             },
             default_timeout: src.optional_seconds("CONTAINER_TIMEOUT")?,
+            log_retention_runs: {
+                let keep: i64 = src.parsed("LOG_RETENTION_RUNS", 0, "a number of runs (0: keep all)")?;
+                if keep < 0 {
+                    return Err(Error::Invalid {
+                        name: "LOG_RETENTION_RUNS",
+                        value: keep.to_string(),
+                        message: "must be 0 or more".into(),
+                    });
+                }
+                (keep > 0).then_some(keep)
+            },
+            log_retention: {
+                let days: f64 = src.parsed("LOG_RETENTION_DAYS", 0.0, "a number of days (0: keep forever)")?;
+                if !(days.is_finite() && days >= 0.0) {
+                    return Err(Error::Invalid {
+                        name: "LOG_RETENTION_DAYS",
+                        value: days.to_string(),
+                        message: "must be 0 or more".into(),
+                    });
+                }
+                (days > 0.0).then(|| Duration::from_secs_f64(days * 86_400.0))
+            },
             log_max_bytes: {
                 let mb: u64 = src.parsed("LOG_MAX_SIZE_MB", 0, "a number of MiB (0: unlimited)")?;
                 (mb > 0).then(|| mb.saturating_mul(1024 * 1024))

@@ -367,6 +367,22 @@ async fn archive_after_takeover(app: &App, run: &Run) {
     }
 }
 
+/// Deletes archived logs past retention (the runs themselves stay).
+pub async fn expire_logs(app: &App) -> Result<usize, Error> {
+    let expired = app.store.expire_logs(app.config.log_retention_runs, app.config.log_retention, 500).await?;
+    for (run_id, attempt, log_key) in &expired {
+        for key in [log_key.clone(), crate::logs::index_key(*run_id, *attempt)] {
+            if let Err(e) = app.objects.delete(&key).await {
+                tracing::warn!(%run_id, %key, error = %e, "could not delete an expired log object");
+            }
+        }
+    }
+    if !expired.is_empty() {
+        tracing::info!(count = expired.len(), "expired archived logs");
+    }
+    Ok(expired.len())
+}
+
 /// Re-offers queued runs whose offer is gone from NATS (lost message, wiped store).
 pub async fn reoffer_stale(app: &App) -> Result<usize, ReofferError> {
     let stale = app.store.stale_queued(app.config.reoffer_after, 500).await?;

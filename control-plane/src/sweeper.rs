@@ -28,6 +28,9 @@ async fn sweep(app: &App) {
     if let Err(e) = runs::expire_leases(app).await {
         tracing::warn!(error = %e, "sweeper: lease expiry failed");
     }
+    if let Err(e) = runs::expire_logs(app).await {
+        tracing::warn!(error = %e, "sweeper: log retention failed");
+    }
     if let Err(e) = runs::expire_timeouts(app).await {
         tracing::warn!(error = %e, "sweeper: timeout enforcement failed");
     }

@@ -34,7 +34,18 @@ pub fn router() -> Router<AppState> {
 
 async fn load(app: &AppState, raw_id: &str) -> Result<Run, ApiError> {
     let id = extract::run_id(raw_id)?;
-    app.store.get_run(id).await?.ok_or_else(|| ApiError::not_found(format!("run {id} not found")))
+    let run = app.store.get_run(id).await?.ok_or_else(|| ApiError::not_found(format!("run {id} not found")))?;
+    if let Some(at) = run.log_expired_at {
+        return Err(ApiError {
+            details: serde_json::json!({ "log_expired_at": at }),
+            ..ApiError::new(
+                axum::http::StatusCode::GONE,
+                "LogExpired",
+                format!("the log of run {id} was deleted by the retention policy"),
+            )
+        });
+    }
+    Ok(run)
 }
 
 async fn text(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 macro_rules! run_columns {
     () => {
         "id, pipeline_name, status, attempt, trigger, params, spec, runner_id, fencing_token,
-         cancel_requested_at, cancel_force, waiting_reason, exit_code, failure_reason, error_message, log_key, log_size_bytes,
+         cancel_requested_at, cancel_force, waiting_reason, log_expired_at, exit_code, failure_reason, error_message, log_key, log_size_bytes,
          created_at, started_at, finished_at"
     };
 }
@@ -41,6 +41,8 @@ pub struct Run {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub log_size_bytes: i64,
+    /// When the retention sweeper deleted the archived log.
+    pub log_expired_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     pub spec: serde_json::Value,
     #[serde(skip)]
@@ -75,6 +77,7 @@ impl<'r> FromRow<'r, PgRow> for Run {
             cancel_requested_at: row.try_get("cancel_requested_at")?,
             cancel_force: row.try_get("cancel_force")?,
             waiting_reason: row.try_get("waiting_reason")?,
+            log_expired_at: row.try_get("log_expired_at")?,
             exit_code: row.try_get("exit_code")?,
             failure_reason: reason.map(|r| r.parse()).transpose().map_err(decode)?,
             error_message: row.try_get("error_message")?,
@@ -421,6 +424,42 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         Ok(runs)
+    }
+
+    /// Marks archived logs past retention as expired and returns their keys for
+    /// deletion: logs of finished runs beyond the newest `keep_runs` of their
+    /// pipeline, or finished more than `max_age` ago. Locked rows are skipped,
+    /// so each log is expired by one replica.
+    pub async fn expire_logs(
+        &self,
+        keep_runs: Option<i64>,
+        max_age: Option<Duration>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, i32, String)>, Error> {
+        if keep_runs.is_none() && max_age.is_none() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query_as(
+            "with ranked as (
+                 select id, row_number() over (partition by pipeline_name order by created_at desc, id desc) as rank
+                 from runs where status in ('success', 'failed', 'cancelled')),
+             doomed as (
+                 select r.id from runs r join ranked k on k.id = r.id
+                 where r.log_key is not null and r.log_expired_at is null
+                   and (($1::bigint is not null and k.rank > $1)
+                        or ($2::float8 is not null and r.finished_at < now() - make_interval(secs => $2)))
+                 limit $3
+                 for update of r skip locked)
+             update runs r set log_expired_at = now()
+             from doomed where r.id = doomed.id
+             returning r.id, r.attempt, r.log_key",
+        )
+        .bind(keep_runs)
+        .bind(max_age.map(secs))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
     }
 
     /// Finalises running attempts whose lease ran out (their runner is gone):
