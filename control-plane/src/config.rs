@@ -54,6 +54,10 @@ pub struct Config {
     pub log_retention_runs: Option<i64>,
     /// `LOG_RETENTION_DAYS`: archived logs older than this are deleted.
     pub log_retention: Option<Duration>,
+    /// `RETRY_ATTEMPTS`: attempts after the first for pipelines that set no `retries`.
+    pub retry_attempts: u32,
+    /// `RETRY_BACKOFF_SECONDS`: delay before the first retry (doubling after each).
+    pub retry_backoff: Duration,
     /// Timeout for jobs whose pipeline sets none (`CONTAINER_TIMEOUT`; none by default).
     pub default_timeout: Option<u64>,
 }
@@ -165,6 +169,18 @@ impl Config {
                 }
             },
             default_timeout: src.optional_seconds("CONTAINER_TIMEOUT")?,
+            retry_attempts: src.parsed("RETRY_ATTEMPTS", 0, "a number of retries")?,
+            retry_backoff: {
+                let secs: f64 = src.parsed("RETRY_BACKOFF_SECONDS", 2.0, "a number of seconds")?;
+                if !(secs.is_finite() && (0.0..=3600.0).contains(&secs)) {
+                    return Err(Error::Invalid {
+                        name: "RETRY_BACKOFF_SECONDS",
+                        value: secs.to_string(),
+                        message: "must be from 0 to 3600".into(),
+                    });
+                }
+                Duration::from_secs_f64(secs)
+            },
             log_retention_runs: {
                 let keep: i64 = src.parsed("LOG_RETENTION_RUNS", 0, "a number of runs (0: keep all)")?;
                 if keep < 0 {

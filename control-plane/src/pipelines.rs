@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use shared::FailureReason;
 use shared::protocol::{CodeBundleRef, Resources};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,10 @@ pub struct Pipeline {
     pub timeout_seconds: Option<u64>,
     /// Runs of this pipeline executing at once (`max_concurrent` in pipeline.toml).
     pub max_concurrent: Option<u32>,
+    /// Attempts after the first (`retries`; default `RETRY_ATTEMPTS`).
+    pub retries: Option<u32>,
+    /// Failures that are retried (`retry_on`; default exit_code and lost).
+    pub retry_on: Option<Vec<FailureReason>>,
     /// Limits set by this pipeline; unset ones fall back to the global defaults.
     pub resources: ResourceOverrides,
     #[serde(skip)]
@@ -55,6 +60,8 @@ struct Manifest {
     command: Option<Vec<String>>,
     timeout_seconds: Option<u64>,
     max_concurrent: Option<u32>,
+    retries: Option<u32>,
+    retry_on: Option<Vec<FailureReason>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
@@ -174,6 +181,12 @@ impl Catalog {
             return Err(invalid("`timeout_seconds` must be at least 1".into()));
         }
         m.resources.check().map_err(invalid)?;
+        if m.retries.is_some_and(|r| r > 100) {
+            return Err(invalid("`retries` must be at most 100".into()));
+        }
+        if m.retry_on.as_ref().is_some_and(|on| on.contains(&FailureReason::Cancelled)) {
+            return Err(invalid("`retry_on` cannot contain `cancelled`: a cancelled run is never retried".into()));
+        }
         if m.max_concurrent == Some(0) {
             return Err(invalid("`max_concurrent` must be at least 1".into()));
         }
@@ -191,6 +204,8 @@ impl Catalog {
             timeout_seconds: m.timeout_seconds,
             resources: m.resources,
             max_concurrent: m.max_concurrent,
+            retries: m.retries,
+            retry_on: m.retry_on,
             env: m.env,
             is_python,
             dir,

@@ -5,8 +5,8 @@ use crate::app::App;
 use crate::config::ConcurrencyPolicy;
 use crate::logs::archive;
 use crate::pipelines::{self, Pipeline};
+use crate::store::runs::{ArchivedLog, NewRun, Outcome, Run};
 use crate::store::runs::{Claim, ClaimResult};
-use crate::store::runs::{NewRun, Outcome, Run};
 use crate::{bus, store};
 use serde::{Deserialize, Serialize};
 use shared::protocol::{
@@ -14,6 +14,7 @@ use shared::protocol::{
 };
 use shared::{FailureReason, RunStatus, subjects};
 use std::collections::BTreeMap;
+use std::time::Duration;
 use uuid::Uuid;
 
 const MAX_PARAMS: usize = 64;
@@ -57,10 +58,19 @@ pub struct JobTemplate {
     pub max_concurrent: Option<u32>,
     #[serde(default)]
     pub log_max_bytes: Option<u64>,
+    /// Attempts after the first one.
+    #[serde(default)]
+    pub retries: u32,
+    /// Failures that are retried.
+    #[serde(default)]
+    pub retry_on: Vec<FailureReason>,
 }
 
 impl JobTemplate {
-    fn into_job(self, run: &Run) -> JobSpec {
+    fn into_job(mut self, run: &Run) -> JobSpec {
+        // Set last: a job can always tell which run and attempt it is.
+        self.env.insert("FASTFLOW_RUN_ID".into(), run.id.to_string());
+        self.env.insert("FASTFLOW_ATTEMPT".into(), run.attempt.to_string());
         JobSpec {
             run_id: run.id,
             attempt: run.attempt,
@@ -134,6 +144,8 @@ pub async fn submit(app: &App, pipeline_name: &str, params: BTreeMap<String, Str
         resources: pipeline.resources.over(app.config.default_resources),
         max_concurrent: pipeline.max_concurrent,
         log_max_bytes: app.config.log_max_bytes,
+        retries: pipeline.retries.unwrap_or(app.config.retry_attempts),
+        retry_on: pipeline.retry_on.clone().unwrap_or_else(|| vec![FailureReason::ExitCode, FailureReason::Lost]),
     };
     if app.config.concurrency_policy == ConcurrencyPolicy::Reject {
         let (active, active_here) = app.store.count_active(&pipeline.name).await?;
@@ -261,8 +273,9 @@ fn outcome_of(report: &ExitReport, cancel_requested: bool) -> Outcome {
     }
 }
 
-/// A runner's exit report: archive the log, then record the final status.
-/// Idempotent, so a runner may repeat a report whose answer it did not get.
+/// A runner's exit report: archive the log, then end the attempt (final
+/// status, or the next attempt when the retry policy says so). Idempotent, so a
+/// runner may repeat a report whose answer it did not get.
 pub async fn finish(app: &App, report: &ExitReport) -> ExitReply {
     let at = &report.attempt;
     let run = match app.store.get_run(at.run_id).await {
@@ -271,7 +284,12 @@ pub async fn finish(app: &App, report: &ExitReport) -> ExitReply {
         Err(e) => return ExitReply::RetryLater { reason: e.to_string() },
     };
     if run.attempt != at.attempt || run.fencing_token != at.fencing_token {
-        return ExitReply::Rejected { reason: "stale fencing token".into() };
+        // Already ended by this token (a repeated report) or taken over.
+        return match app.store.attempts(at.run_id).await {
+            Ok(done) if done.iter().any(|a| a.attempt == at.attempt) && run.attempt > at.attempt => ExitReply::Accepted,
+            Ok(_) => ExitReply::Rejected { reason: "stale fencing token".into() },
+            Err(e) => ExitReply::RetryLater { reason: e.to_string() },
+        };
     }
     if run.status.is_final() {
         return ExitReply::Accepted;
@@ -287,22 +305,61 @@ pub async fn finish(app: &App, report: &ExitReport) -> ExitReply {
     if archived.missing_lines > 0 && outcome.error_message.is_none() {
         outcome.error_message = Some(format!("{} log lines were lost in transit", archived.missing_lines));
     }
-    match app.store.finish(at, &outcome, Some(&archived.log)).await {
-        Ok(Some(run)) => tracing::info!(run_id = %run.id, status = %run.status, "run finished"),
-        // Finalised meanwhile (lease expired): keep the archive we just wrote.
-        Ok(None) => {
-            if let Err(e) = app.store.set_archived_log(at, &archived.log).await {
-                return ExitReply::RetryLater { reason: e.to_string() };
-            }
-        }
-        Err(e) => return ExitReply::RetryLater { reason: e.to_string() },
+    match end_attempt(app, &run, &outcome, Some(&archived.log)).await {
+        // `None`: ended meanwhile by lease expiry, which archived the log too.
+        Ok(_) => ExitReply::Accepted,
+        Err(e) => ExitReply::RetryLater { reason: e.to_string() },
     }
-    after_final(app, at).await;
-    ExitReply::Accepted
 }
 
-/// Housekeeping once an attempt is final and archived.
-async fn after_final(app: &App, at: &AttemptRef) {
+/// Ends `run`'s current attempt with `outcome`: final, or re-queued as the next
+/// attempt after a back-off when its pipeline's retry policy covers the failure.
+async fn end_attempt(app: &App, run: &Run, outcome: &Outcome, log: Option<&ArchivedLog>) -> Result<Option<Run>, Error> {
+    let at = run.attempt_ref();
+    let template = template_of(run)?;
+    let retry_after = retry_delay(&template, run.attempt, outcome, app.config.retry_backoff);
+    let Some(ended) = app.store.end_attempt(&at, outcome, log, retry_after).await? else { return Ok(None) };
+    if let Some(delay) = retry_after {
+        tracing::info!(run_id = %run.id, attempt = run.attempt, reason = ?outcome.reason, ?delay, "attempt failed; retrying");
+        let (app2, run_id, next) = (app.clone(), ended.id, ended.attempt);
+        // Offered when the back-off ends; if this replica dies first, the sweeper does it.
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let nonce = format!("retry{}", Uuid::new_v4().simple());
+            if let Err(e) = app2.bus.offer(subjects::DEFAULT_POOL, run_id, next, Some(&nonce)).await {
+                tracing::warn!(%run_id, error = %e, "retry offer failed; the sweeper will retry");
+            }
+        });
+    } else {
+        tracing::info!(run_id = %ended.id, status = %ended.status, "run finished");
+    }
+    after_attempt(app, &at).await;
+    Ok(Some(ended))
+}
+
+fn template_of(run: &Run) -> Result<JobTemplate, Error> {
+    serde_json::from_value(run.spec.clone())
+        .map_err(|e| Error::Store(store::Error::Corrupt(format!("run {} spec: {e}", run.id))))
+}
+
+/// The back-off before the next attempt, or `None` when the run ends here:
+/// exponential from `base`, ±25 % jitter so retries of many runs spread out.
+fn retry_delay(template: &JobTemplate, attempt: i32, outcome: &Outcome, base: Duration) -> Option<Duration> {
+    let reason = outcome.reason?;
+    let retryable = outcome.status == RunStatus::Failed && template.retry_on.contains(&reason);
+    if !retryable || attempt > i32::try_from(template.retries).unwrap_or(i32::MAX) {
+        return None;
+    }
+    let exponent = u32::try_from(attempt - 1).unwrap_or(0).min(16);
+    let nominal = (base.as_secs_f64() * f64::from(2u32.pow(exponent))).min(MAX_RETRY_DELAY_SECS);
+    let jitter = 0.75 + rand::random::<f64>() * 0.5;
+    Some(Duration::from_secs_f64(nominal * jitter))
+}
+
+const MAX_RETRY_DELAY_SECS: f64 = 300.0;
+
+/// Housekeeping once an attempt ended and its log is archived.
+async fn after_attempt(app: &App, at: &AttemptRef) {
     if let Err(e) = app.bus.purge_log(at.run_id, at.attempt).await {
         tracing::warn!(run_id = %at.run_id, error = %e, "could not purge the live log");
     }
@@ -322,23 +379,40 @@ async fn offer_waiting(app: &App) -> Result<(), ReofferError> {
     Ok(())
 }
 
-/// Finalises runs whose runner stopped renewing its lease, archiving what
-/// their log holds.
+/// Ends attempts whose runner stopped renewing its lease (`failed` / `lost`,
+/// or `cancelled` if a cancel was pending), archiving what their log holds.
+/// Replicas may race here; the guarded update lets exactly one end each attempt.
 pub async fn expire_leases(app: &App) -> Result<usize, Error> {
-    let expired = app.store.expire_leases(100).await?;
-    for run in &expired {
-        tracing::warn!(run_id = %run.id, runner_id = ?run.runner_id, status = %run.status, "lease expired");
-        archive_after_takeover(app, run).await;
+    let mut count = 0;
+    for run in app.store.expired_leases(100).await? {
+        tracing::warn!(run_id = %run.id, runner_id = ?run.runner_id, "lease expired");
+        let outcome = if run.cancel_requested_at.is_some() {
+            Outcome {
+                status: RunStatus::Cancelled,
+                reason: Some(FailureReason::Cancelled),
+                exit_code: None,
+                error_message: None,
+            }
+        } else {
+            let message = format!("runner {} stopped renewing its lease", run.runner_id.as_deref().unwrap_or("?"));
+            Outcome {
+                status: RunStatus::Failed,
+                reason: Some(FailureReason::Lost),
+                exit_code: None,
+                error_message: Some(message),
+            }
+        };
+        count += usize::from(take_over(app, &run, &outcome).await?);
     }
-    Ok(expired.len())
+    Ok(count)
 }
 
-/// Ends runs whose timeout passed long ago (the runner should have stopped
-/// them): tells their runner to kill them and archives what their log holds.
+/// Ends attempts whose timeout passed long ago (the runner should have stopped
+/// them) and tells their runner to kill them.
 pub async fn expire_timeouts(app: &App) -> Result<usize, Error> {
-    let slack = app.config.stop_grace + std::time::Duration::from_secs(30);
-    let overdue = app.store.expire_timeouts(slack, 100).await?;
-    for run in &overdue {
+    let slack = app.config.stop_grace + Duration::from_secs(30);
+    let mut count = 0;
+    for run in app.store.overdue_runs(slack, 100).await? {
         tracing::warn!(run_id = %run.id, runner_id = ?run.runner_id, "timeout enforced by the control plane");
         if let Some(runner) = &run.runner_id {
             let notice = CancelNotice { attempt: run.attempt_ref(), force: true };
@@ -346,25 +420,30 @@ pub async fn expire_timeouts(app: &App) -> Result<usize, Error> {
                 tracing::warn!(run_id = %run.id, error = %e, "could not tell the runner to stop the job");
             }
         }
-        archive_after_takeover(app, run).await;
+        let message = "timeout passed and the runner did not stop the job; the control plane ended it".to_owned();
+        let outcome = Outcome {
+            status: RunStatus::Failed,
+            reason: Some(FailureReason::Timeout),
+            exit_code: None,
+            error_message: Some(message),
+        };
+        count += usize::from(take_over(app, &run, &outcome).await?);
     }
-    Ok(overdue.len())
+    Ok(count)
 }
 
-/// Archives the log of a run the control plane finalised on its own.
-async fn archive_after_takeover(app: &App, run: &Run) {
-    {
-        let at = run.attempt_ref();
-        match archive::archive(app.bus.jetstream(), &app.objects, &at, None).await {
-            Ok(archived) => {
-                if let Err(e) = app.store.set_archived_log(&at, &archived.log).await {
-                    tracing::warn!(run_id = %run.id, error = %e, "could not record the archive");
-                }
-            }
-            Err(e) => tracing::warn!(run_id = %run.id, error = %e, "could not archive the log"),
+/// Ends an attempt without its runner: archive what the live log holds, then
+/// end it. `true` if this replica ended it.
+async fn take_over(app: &App, run: &Run, outcome: &Outcome) -> Result<bool, Error> {
+    let at = run.attempt_ref();
+    let archived = match archive::archive(app.bus.jetstream(), &app.objects, &at, None).await {
+        Ok(archived) => Some(archived.log),
+        Err(e) => {
+            tracing::warn!(run_id = %run.id, error = %e, "could not archive the log");
+            None
         }
-        after_final(app, &at).await;
-    }
+    };
+    Ok(end_attempt(app, run, outcome, archived.as_ref()).await?.is_some())
 }
 
 /// Deletes archived logs past retention (the runs themselves stay).
@@ -438,6 +517,47 @@ mod tests {
             log: Default::default(),
             timed_out,
         }
+    }
+
+    fn template(retries: u32) -> JobTemplate {
+        JobTemplate {
+            image: "i".into(),
+            command: vec![],
+            env: BTreeMap::new(),
+            code: None,
+            mount_uv_cache: false,
+            timeout_seconds: None,
+            resources: Default::default(),
+            max_concurrent: None,
+            log_max_bytes: None,
+            retries,
+            retry_on: vec![FailureReason::ExitCode, FailureReason::Lost],
+        }
+    }
+
+    #[test]
+    fn retries_follow_the_policy_with_growing_jittered_delays() {
+        let failed = |reason| Outcome {
+            status: RunStatus::Failed,
+            reason: Some(reason),
+            exit_code: Some(1),
+            error_message: None,
+        };
+        let base = Duration::from_secs(2);
+        assert_eq!(retry_delay(&template(0), 1, &failed(FailureReason::ExitCode), base), None);
+        let first = retry_delay(&template(2), 1, &failed(FailureReason::ExitCode), base).expect("retried");
+        assert!(first >= Duration::from_millis(1500) && first <= Duration::from_millis(2500), "{first:?}");
+        let second = retry_delay(&template(2), 2, &failed(FailureReason::Lost), base).expect("retried");
+        assert!(second >= Duration::from_secs(3) && second <= Duration::from_secs(5), "{second:?}");
+        assert_eq!(retry_delay(&template(2), 3, &failed(FailureReason::ExitCode), base), None, "attempts used up");
+        assert_eq!(retry_delay(&template(2), 1, &failed(FailureReason::Timeout), base), None, "not in retry_on");
+        let cancelled = Outcome {
+            status: RunStatus::Cancelled,
+            reason: Some(FailureReason::Cancelled),
+            exit_code: None,
+            error_message: None,
+        };
+        assert_eq!(retry_delay(&template(2), 1, &cancelled, base), None, "never cancelled runs");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub struct ApiResponse {
     pub body: Value,
     /// The raw body, for messages when it was not JSON.
     pub text: String,
+    pub headers: reqwest::header::HeaderMap,
 }
 
 /// A non-JSON answer (run logs).
@@ -172,15 +173,28 @@ impl ControlPlaneClient {
         into_api_response(request.send().await, "POST cancel").await
     }
 
+    /// `POST /api/v1/runs/{id}/cancel` with `body` as JSON (e.g. `{"force": true}`).
+    pub async fn cancel_run_with_body(&self, id: &str, body: &Value) -> ApiResponse {
+        let request =
+            self.http.post(self.url(&format!("/api/v1/runs/{id}/cancel"))).json(body).timeout(REQUEST_TIMEOUT);
+        into_api_response(request.send().await, "POST cancel").await
+    }
+
     pub async fn list_runners(&self) -> ApiResponse {
         self.get_json("/api/v1/runners", &[]).await
     }
 
     /// `GET /api/v1/runs/{id}/logs`, whole body in memory.
     pub async fn get_logs(&self, id: &str) -> TextResponse {
+        self.get_logs_query(id, &[]).await
+    }
+
+    /// `GET /api/v1/runs/{id}/logs?…` (e.g. `attempt=2`).
+    pub async fn get_logs_query(&self, id: &str, query: &[(&str, &str)]) -> TextResponse {
         let response = self
             .http
             .get(self.url(&format!("/api/v1/runs/{id}/logs")))
+            .query(query)
             .timeout(Duration::from_secs(300))
             .send()
             .await
@@ -213,10 +227,15 @@ impl ControlPlaneClient {
     /// `GET /api/v1/runs/{id}/logs/stream`, optionally with `Last-Event-ID`.
     /// Panics unless the answer is 200 `text/event-stream`.
     pub async fn stream_logs(&self, id: &str, last_event_id: Option<u64>) -> SseStream {
+        self.stream_logs_after(id, last_event_id.map(|l| l.to_string()).as_deref()).await
+    }
+
+    /// The log stream resumed after a raw event id (`<line>` or `<attempt>:<line>`).
+    pub async fn stream_logs_after(&self, id: &str, last_event_id: Option<&str>) -> SseStream {
         let mut request =
             self.http.get(self.url(&format!("/api/v1/runs/{id}/logs/stream"))).header("accept", "text/event-stream");
         if let Some(last) = last_event_id {
-            request = request.header("last-event-id", last.to_string());
+            request = request.header("last-event-id", last);
         }
         let response = tokio::time::timeout(REQUEST_TIMEOUT, request.send())
             .await
@@ -252,11 +271,12 @@ fn content_type(response: &reqwest::Response) -> Option<String> {
 async fn into_api_response(result: reqwest::Result<reqwest::Response>, what: &str) -> ApiResponse {
     let response = result.unwrap_or_else(|e| panic!("{what}: request failed: {e}"));
     let status = response.status();
+    let headers = response.headers().clone();
     let text = response.text().await.unwrap_or_else(|e| panic!("{what}: reading the body failed: {e}"));
     let body = if text.is_empty() {
         Value::Null
     } else {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: HTTP {status} body is not JSON ({e}): {text}"))
     };
-    ApiResponse { status, body, text }
+    ApiResponse { status, body, text, headers }
 }

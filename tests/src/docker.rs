@@ -38,6 +38,31 @@ pub async fn docker_created_count(run_id: &str, since: &str) -> usize {
     .len()
 }
 
+/// `docker inspect <container_id>` as JSON (the one object, not the array);
+/// `None` when there is no such container.
+pub async fn docker_inspect(container_id: &str) -> Option<serde_json::Value> {
+    let output = Command::new("docker")
+        .args(["inspect", "--type", "container", container_id])
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run `docker inspect {container_id}`: {e}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        assert!(
+            stderr.contains("No such") || stderr.contains("no such"),
+            "`docker inspect {container_id}` failed ({}): {stderr}",
+            output.status
+        );
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("`docker inspect {container_id}` printed no JSON ({e}): {stderr}"));
+    match value {
+        serde_json::Value::Array(mut items) if items.len() == 1 => items.pop(),
+        other => panic!("`docker inspect {container_id}` printed not one object: {other:#}"),
+    }
+}
+
 /// Force-removes every container carrying `label` (cleanup after runners were killed).
 pub(crate) async fn remove_containers_with_label(label: &str) {
     let ids = docker_ids(&["ps", "-a", "-q", "--filter", &format!("label={label}")]).await;

@@ -46,6 +46,21 @@ impl ChildProcess {
         description
     }
 
+    /// Sends `signal` (a name such as `STOP` or `CONT`) to this process by PID, with
+    /// kill(1). Panics when the process is gone or the signal could not be sent.
+    pub(crate) fn signal(&mut self, signal: &str) {
+        let child = self.child.as_mut().unwrap_or_else(|| panic!("{} was already killed", self.name));
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("cannot send SIG{signal} to {}: it has exited ({status})", self.name);
+        }
+        let pid = child.id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run `kill -{signal} {pid}`: {e}"));
+        assert!(status.success(), "`kill -{signal} {pid}` ({}) failed: {status}", self.name);
+    }
+
     /// SIGKILL, then reap. Idempotent.
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

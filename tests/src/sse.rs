@@ -33,10 +33,12 @@ pub struct LogLine {
 }
 
 impl SseEvent {
-    /// The `id:` as a line number; panics when absent or not a number.
+    /// The line number of the `id:` (`<line>`, or `<attempt>:<line>` after a
+    /// retry); panics when absent or malformed.
     pub fn id_number(&self) -> u64 {
         let id = self.id.as_deref().unwrap_or_else(|| panic!("SSE event has no id: {self:?}"));
-        id.parse().unwrap_or_else(|_| panic!("SSE event id is not a line number: {self:?}"))
+        let line = id.rsplit_once(':').map_or(id, |(_, line)| line);
+        line.parse().unwrap_or_else(|_| panic!("SSE event id is not a line number: {self:?}"))
     }
 
     /// The parsed data of a `log` event; panics on anything else.
@@ -164,6 +166,10 @@ pub struct SseTranscript {
     pub logs: Vec<(u64, LogLine)>,
     /// The `end` event's data: the final run JSON.
     pub end: serde_json::Value,
+    /// The raw `id:` of each `log` event (`<attempt>:<line>` after a retry).
+    pub raw_ids: Vec<String>,
+    /// The data of each `attempt` event (a retry started).
+    pub attempts: Vec<serde_json::Value>,
 }
 
 impl SseTranscript {
@@ -238,17 +244,26 @@ impl SseStream {
     pub async fn collect_until_end(&mut self, timeout: Duration) -> SseTranscript {
         let deadline = Instant::now() + timeout;
         let mut logs = Vec::new();
+        let mut raw_ids = Vec::new();
+        let mut attempts = Vec::new();
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let event = self.next_event(remaining).await.unwrap_or_else(|| {
                 panic!("{} closed without an `end` event after {} log events", self.what, logs.len())
             });
             match event.event.as_str() {
-                "log" => logs.push((event.id_number(), event.log_line())),
+                "log" => {
+                    logs.push((event.id_number(), event.log_line()));
+                    raw_ids.push(event.id.clone().unwrap_or_default());
+                }
+                "attempt" => attempts.push(
+                    serde_json::from_str(&event.data)
+                        .unwrap_or_else(|e| panic!("`attempt` data is not JSON ({e}): {event:?}")),
+                ),
                 "end" => {
                     let end = serde_json::from_str(&event.data)
                         .unwrap_or_else(|e| panic!("`end` data is not JSON ({e}): {event:?}"));
-                    return SseTranscript { logs, end };
+                    return SseTranscript { logs, end, raw_ids, attempts };
                 }
                 other => panic!("{}: unexpected event `{other}`: {event:?}", self.what),
             }

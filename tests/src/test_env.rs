@@ -46,11 +46,21 @@ pub struct TestEnvOptions {
     pub runners: usize,
     /// RUNNER_CONCURRENCY of every runner.
     pub runner_concurrency: usize,
+    /// Extra environment variables of every control plane (set last, so they win).
+    pub control_plane_env: Vec<(String, String)>,
+    /// Extra environment variables of every runner (set last, so they win).
+    pub runner_env: Vec<(String, String)>,
 }
 
 impl Default for TestEnvOptions {
     fn default() -> Self {
-        Self { control_planes: 1, runners: 1, runner_concurrency: 4 }
+        Self {
+            control_planes: 1,
+            runners: 1,
+            runner_concurrency: 4,
+            control_plane_env: Vec::new(),
+            runner_env: Vec::new(),
+        }
     }
 }
 
@@ -67,6 +77,18 @@ impl TestEnvOptions {
 
     pub fn runner_concurrency(mut self, n: usize) -> Self {
         self.runner_concurrency = n;
+        self
+    }
+
+    /// Passes `key=value` to every control plane.
+    pub fn control_plane_env(mut self, key: &str, value: &str) -> Self {
+        self.control_plane_env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Passes `key=value` to every runner.
+    pub fn runner_env(mut self, key: &str, value: &str) -> Self {
+        self.runner_env.push((key.to_string(), value.to_string()));
         self
     }
 }
@@ -175,6 +197,7 @@ impl TestEnv {
             .env("UV_CACHE_DIR", uv_cache_dir())
             .env("RUST_LOG", rust_log())
             .env("NO_COLOR", "1");
+        command.envs(self.options.runner_env.iter().map(|(k, v)| (k, v)));
         let log = self.dir.join("logs").join(format!("runner-{i}.log"));
         let process = ChildProcess::spawn(&format!("runner-agent #{i} ({id})"), command, &log);
         self.runners.push(Runner { id, process });
@@ -185,6 +208,17 @@ impl TestEnv {
     /// kill -9 of runner `i` (its containers are left behind, as in a crash).
     pub fn kill_runner(&mut self, i: usize) {
         self.runners[i].process.kill();
+    }
+
+    /// SIGSTOP of runner `i` (by PID): it keeps its connections but does nothing,
+    /// as a hung host would. [`Self::thaw_runner`] resumes it.
+    pub fn freeze_runner(&mut self, i: usize) {
+        self.runners[i].process.signal("STOP");
+    }
+
+    /// SIGCONT of runner `i` (by PID).
+    pub fn thaw_runner(&mut self, i: usize) {
+        self.runners[i].process.signal("CONT");
     }
 
     /// kill -9 of the test's nats-server.
@@ -297,6 +331,11 @@ impl TestEnv {
         docker::docker_created_count(run_id, since).await
     }
 
+    /// `docker inspect` of one container; `None` when it does not exist.
+    pub async fn docker_inspect(&self, container_id: &str) -> Option<Value> {
+        docker::docker_inspect(container_id).await
+    }
+
     fn spawn_control_plane(&mut self, i: usize) {
         let port = free_port();
         let mut command = Command::new(self.dev.binary("control-plane"));
@@ -313,6 +352,7 @@ impl TestEnv {
             .env("WORKER_BASE_IMAGE", &self.dev.worker_base_image)
             .env("RUST_LOG", rust_log())
             .env("NO_COLOR", "1");
+        command.envs(self.options.control_plane_env.iter().map(|(k, v)| (k, v)));
         let log = self.dir.join("logs").join(format!("control-plane-{i}.log"));
         let process = ChildProcess::spawn(&format!("control-plane #{i}"), command, &log);
         self.control_planes

@@ -12,13 +12,14 @@ use crate::logs::live::{self, SnapshotReader};
 use crate::store::runs::Run;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{Stream, StreamExt};
 use shared::{RunStatus, subjects};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -48,9 +49,25 @@ async fn load(app: &AppState, raw_id: &str) -> Result<Run, ApiError> {
     Ok(run)
 }
 
-async fn text(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+/// `?attempt=N` picks an earlier attempt's log; the default is the current one.
+async fn text(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let run = load(&app, &id).await?;
-    let body = match (&run.log_key, run.status) {
+    let attempt = match query.get("attempt") {
+        None => run.attempt,
+        Some(raw) => raw
+            .parse::<i32>()
+            .ok()
+            .filter(|a| (1..=run.attempt).contains(a))
+            .ok_or_else(|| ApiError::invalid("attempt", format!("attempt must be from 1 to {}", run.attempt)))?,
+    };
+    let log_key =
+        if attempt == run.attempt { run.log_key.clone() } else { earlier_log_key(&app, run.id, attempt).await? };
+    let body = match (&log_key, run.status) {
+        _ if attempt < run.attempt && log_key.is_none() => Body::empty(),
         (Some(key), _) => {
             let reader = app.objects.get_stream(key, 0).await.map_err(ApiError::internal)?;
             Body::from_stream(futures::stream::try_unfold(reader, |mut r| async move {
@@ -71,6 +88,15 @@ async fn text(State(app): State<AppState>, Path(id): Path<String>) -> Result<Res
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
+/// Where an earlier (finished) attempt's log was archived.
+async fn earlier_log_key(
+    app: &AppState,
+    run_id: uuid::Uuid,
+    attempt: i32,
+) -> Result<Option<String>, crate::store::Error> {
+    Ok(app.store.attempts(run_id).await?.into_iter().find(|a| a.attempt == attempt).and_then(|a| a.log_key))
+}
+
 fn join(lines: &[LogLine]) -> Bytes {
     let mut out = Vec::with_capacity(lines.iter().map(|l| l.bytes.len()).sum());
     for line in lines {
@@ -85,12 +111,12 @@ async fn stream(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let run = load(&app, &id).await?;
-    let last = extract::last_event_id(&headers)?;
+    let (attempt, last) = extract::last_event_id(&headers)?;
     let (tx, rx) = mpsc::channel::<Event>(256);
     tokio::spawn(async move {
         let run_id = run.id;
         let limiter = app.config.log_stream_rate.map(RateLimiter::new);
-        let mut follower = Follower { app, tx, next_line: last + 1, limiter };
+        let mut follower = Follower { app, tx, attempt, next_line: last + 1, limiter };
         if let Err(e) = follower.follow(run).await {
             tracing::warn!(%run_id, error = %e, "log stream ended with an error");
             let data = serde_json::json!({ "message": e.to_string() }).to_string();
@@ -118,9 +144,13 @@ enum FollowError {
 /// The client went away: stop quietly.
 struct Disconnected;
 
+/// Streams a run's attempts in order: finished ones from their archives, then
+/// the current one live. Event ids are the line number for attempt 1 and
+/// `<attempt>:<line>` after it, so `Last-Event-ID` resumes in the right attempt.
 struct Follower {
     app: AppState,
     tx: mpsc::Sender<Event>,
+    attempt: i32,
     next_line: u64,
     limiter: Option<RateLimiter>,
 }
@@ -164,6 +194,12 @@ impl Follower {
             .map_err(|e| FollowError::Nats(e.to_string()))?;
         let mut run = self.reload(&run).await?;
         loop {
+            if self.attempt < run.attempt {
+                if self.earlier_attempt(&run).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
             let step = match run.status {
                 s if s.is_final() => return self.finish(&run).await,
                 RunStatus::Queued => self.wait_queued(&mut finished).await,
@@ -174,6 +210,28 @@ impl Follower {
             }
             run = self.reload(&run).await?;
         }
+    }
+
+    /// Sends the rest of a finished earlier attempt, then an `attempt` event
+    /// announcing the next one.
+    async fn earlier_attempt(&mut self, run: &Run) -> Result<(), Disconnected> {
+        let key = earlier_log_key(&self.app, run.id, self.attempt).await.ok().flatten();
+        if let Some(key) = key {
+            match ArchiveReader::open(&self.app.objects, &key, run.id, self.attempt, self.next_line).await {
+                Ok(mut reader) => {
+                    while let Ok(Some(line)) = reader.next_line().await {
+                        self.send_lines(vec![line]).await?;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(run_id = %run.id, attempt = self.attempt, error = %e, "earlier attempt's log unreadable")
+                }
+            }
+        }
+        self.attempt += 1;
+        self.next_line = 1;
+        let data = serde_json::json!({ "attempt": self.attempt }).to_string();
+        self.tx.send(Event::default().event("attempt").data(data)).await.map_err(|_| Disconnected)
     }
 
     async fn reload(&self, run: &Run) -> Result<Run, FollowError> {
@@ -257,7 +315,9 @@ impl Follower {
             if let Some(limiter) = &mut self.limiter {
                 limiter.take().await;
             }
-            let event = Event::default().event("log").id(line.number.to_string()).data(line_json(&line));
+            let id =
+                if self.attempt == 1 { line.number.to_string() } else { format!("{}:{}", self.attempt, line.number) };
+            let event = Event::default().event("log").id(id).data(line_json(&line));
             self.tx.send(event).await.map_err(|_| Disconnected)?;
             self.next_line = line.number + 1;
         }

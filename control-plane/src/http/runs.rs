@@ -81,10 +81,22 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
 }
 
-async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<Run>, ApiError> {
+/// One run with its `attempts`: every finished one, then the current one.
+async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     let id = extract::run_id(&id)?;
     let run = app.store.get_run(id).await?.ok_or_else(|| ApiError::not_found(format!("run {id} not found")))?;
-    Ok(Json(run))
+    let mut attempts: Vec<serde_json::Value> =
+        app.store.attempts(id).await?.iter().map(|a| serde_json::to_value(a).unwrap_or_default()).collect();
+    if !run.status.is_final() {
+        attempts.push(serde_json::json!({
+            "attempt": run.attempt, "status": run.status, "failure_reason": null, "exit_code": null,
+            "error_message": null, "runner_id": run.runner_id, "started_at": run.started_at,
+            "finished_at": null, "log_size_bytes": 0,
+        }));
+    }
+    let mut body = serde_json::to_value(&run).map_err(ApiError::internal)?;
+    body["attempts"] = serde_json::Value::Array(attempts);
+    Ok(Json(body))
 }
 
 #[derive(serde::Deserialize, Default)]

@@ -143,6 +143,22 @@ pub enum ClaimResult {
     Gone,
 }
 
+/// One finished attempt, as listed in a run's `attempts`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AttemptRecord {
+    pub attempt: i32,
+    pub status: String,
+    pub failure_reason: Option<String>,
+    pub exit_code: Option<i64>,
+    pub error_message: Option<String>,
+    pub runner_id: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub log_key: Option<String>,
+    pub log_size_bytes: i64,
+}
+
 /// A lease renewal's answer for one attempt.
 pub struct LeaseState {
     pub attempt: AttemptRef,
@@ -221,6 +237,13 @@ impl Store {
         } else {
             None
         };
+        let (not_before,): (Option<DateTime<Utc>>,) =
+            sqlx::query_as("select case when not_before > now() then not_before end from runs where id = $1")
+                .bind(claim.run_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .unwrap_or((None,));
+        let blocked_by = if not_before.is_some() { Some("retry_backoff") } else { blocked_by };
         if let Some(reason) = blocked_by {
             sqlx::query("update runs set waiting_reason = $3 where id = $1 and attempt = $2 and status = 'queued'")
                 .bind(claim.run_id)
@@ -267,6 +290,7 @@ impl Store {
     pub async fn waiting_runs(&self, limit: i64) -> Result<Vec<(Uuid, i32)>, Error> {
         let rows = sqlx::query_as(
             "select id, attempt from runs where status = 'queued' and waiting_reason is not null
+               and (not_before is null or not_before <= now())
              order by created_at limit $1",
         )
         .bind(limit)
@@ -313,49 +337,70 @@ impl Store {
             .collect())
     }
 
-    /// Records the end of a running attempt held with this token.
-    pub async fn finish(
+    /// Ends a running attempt held with this token: records it in
+    /// `run_attempts`, then either finalises the run or, with `retry_after`,
+    /// queues the next attempt to start no earlier than that.
+    pub async fn end_attempt(
         &self,
         at: &AttemptRef,
         outcome: &Outcome,
         log: Option<&ArchivedLog>,
+        retry_after: Option<Duration>,
     ) -> Result<Option<Run>, Error> {
-        let run = sqlx::query_as::<_, Run>(concat!(
-            "update runs set status = $4, failure_reason = $5, exit_code = $6, error_message = $7,
-                 log_key = $8, log_size_bytes = coalesce($9, log_size_bytes),
-                 finished_at = now(), lease_expires_at = null
-             where id = $1 and attempt = $2 and fencing_token = $3 and status = 'running'
-             returning ",
-            run_columns!()
-        ))
-        .bind(at.run_id)
-        .bind(at.attempt)
-        .bind(at.fencing_token)
-        .bind(outcome.status.as_str())
-        .bind(outcome.reason.map(|r| r.as_str()))
-        .bind(outcome.exit_code)
-        .bind(outcome.error_message.as_deref())
-        .bind(log.map(|l| l.key.as_str()))
-        .bind(log.map(|l| l.size))
-        .fetch_optional(self.pool())
-        .await?;
+        // One statement: the guard (`current`) locks the row, the attempt is
+        // recorded, and the run moves on, or nothing happens at all.
+        const FINAL: &str = "with current as (
+                 select id, attempt, runner_id, started_at from runs
+                 where id = $1 and attempt = $2 and fencing_token = $3 and status = 'running' for update),
+             recorded as (
+                 insert into run_attempts (run_id, attempt, status, failure_reason, exit_code, error_message,
+                     runner_id, started_at, finished_at, log_key, log_size_bytes)
+                 select id, attempt, $4, $5, $6, $7, runner_id, started_at, now(), $8, coalesce($9, 0) from current)
+             update runs r set status = $4, failure_reason = $5, exit_code = $6, error_message = $7,
+                 log_key = $8, log_size_bytes = coalesce($9, 0), finished_at = now(), lease_expires_at = null
+             from current where r.id = current.id
+             returning r.*";
+        const RETRY: &str = "with current as (
+                 select id, attempt, runner_id, started_at from runs
+                 where id = $1 and attempt = $2 and fencing_token = $3 and status = 'running' for update),
+             recorded as (
+                 insert into run_attempts (run_id, attempt, status, failure_reason, exit_code, error_message,
+                     runner_id, started_at, finished_at, log_key, log_size_bytes)
+                 select id, attempt, $4, $5, $6, $7, runner_id, started_at, now(), $8, coalesce($9, 0) from current)
+             update runs r set status = 'queued', attempt = r.attempt + 1, runner_id = null,
+                 lease_expires_at = null, cancel_requested_at = null, cancel_force = false,
+                 exit_code = null, failure_reason = null, error_message = null, log_key = null,
+                 log_size_bytes = 0, started_at = null, finished_at = null,
+                 not_before = now() + make_interval(secs => $10), waiting_reason = 'retry_backoff'
+             from current where r.id = current.id
+             returning r.*";
+        let run = sqlx::query_as::<_, Run>(if retry_after.is_some() { RETRY } else { FINAL })
+            .bind(at.run_id)
+            .bind(at.attempt)
+            .bind(at.fencing_token)
+            .bind(outcome.status.as_str())
+            .bind(outcome.reason.map(|r| r.as_str()))
+            .bind(outcome.exit_code)
+            .bind(outcome.error_message.as_deref())
+            .bind(log.map(|l| l.key.as_str()))
+            .bind(log.map(|l| l.size))
+            .bind(retry_after.map(secs).unwrap_or_default())
+            .fetch_optional(self.pool())
+            .await?;
         Ok(run)
     }
 
-    /// Attaches an archive to a run that was finalised without one (a lost runner).
-    pub async fn set_archived_log(&self, at: &AttemptRef, log: &ArchivedLog) -> Result<(), Error> {
-        sqlx::query(
-            "update runs set log_key = $4, log_size_bytes = $5
-             where id = $1 and attempt = $2 and fencing_token = $3 and log_key is null",
+    /// The finished attempts of a run, oldest first.
+    pub async fn attempts(&self, run_id: Uuid) -> Result<Vec<AttemptRecord>, Error> {
+        let rows = sqlx::query_as::<_, AttemptRecord>(
+            "select attempt, status, failure_reason, exit_code, error_message, runner_id, started_at,
+                    finished_at, log_key, log_size_bytes
+             from run_attempts where run_id = $1 order by attempt",
         )
-        .bind(at.run_id)
-        .bind(at.attempt)
-        .bind(at.fencing_token)
-        .bind(&log.key)
-        .bind(log.size)
-        .execute(self.pool())
+        .bind(run_id)
+        .fetch_all(self.pool())
         .await?;
-        Ok(())
+        Ok(rows)
     }
 
     /// Cancels a run that no runner holds yet; it will never start.
@@ -389,11 +434,13 @@ impl Store {
         Ok(run)
     }
 
-    /// Queued runs created before `older_than` ago: candidates for a re-offer.
+    /// Queued runs created before `older_than` ago and not in a retry
+    /// back-off: candidates for a re-offer.
     pub async fn stale_queued(&self, older_than: Duration, limit: i64) -> Result<Vec<(Uuid, i32)>, Error> {
         let rows = sqlx::query_as(
             "select id, attempt from runs
              where status = 'queued' and created_at < now() - make_interval(secs => $1)
+               and (not_before is null or not_before <= now())
              order by created_at limit $2",
         )
         .bind(secs(older_than))
@@ -403,22 +450,17 @@ impl Store {
         Ok(rows)
     }
 
-    /// Fails running attempts that outlived their timeout by more than `slack`:
-    /// their runner did not stop them (frozen, or cut off but still renewing).
-    pub async fn expire_timeouts(&self, slack: Duration, limit: i64) -> Result<Vec<Run>, Error> {
-        let runs = sqlx::query_as::<_, Run>(
-            "with overdue as (
-                 select id from runs
-                 where status = 'running' and spec->>'timeout_seconds' is not null
-                   and started_at + make_interval(secs => (spec->>'timeout_seconds')::float8 + $1) < now()
-                 limit $2
-                 for update skip locked)
-             update runs r set status = 'failed', failure_reason = 'timeout',
-                 error_message = 'timeout passed and the runner did not stop the job; the control plane ended it',
-                 finished_at = now(), lease_expires_at = null
-             from overdue where r.id = overdue.id
-             returning r.*",
-        )
+    /// Running attempts that outlived their timeout by more than `slack`: their
+    /// runner did not stop them (frozen, or cut off but still renewing).
+    pub async fn overdue_runs(&self, slack: Duration, limit: i64) -> Result<Vec<Run>, Error> {
+        let runs = sqlx::query_as::<_, Run>(concat!(
+            "select ",
+            run_columns!(),
+            " from runs
+             where status = 'running' and spec->>'timeout_seconds' is not null
+               and started_at + make_interval(secs => (spec->>'timeout_seconds')::float8 + $1) < now()
+             limit $2"
+        ))
         .bind(secs(slack))
         .bind(limit)
         .fetch_all(self.pool())
@@ -462,27 +504,14 @@ impl Store {
         Ok(rows)
     }
 
-    /// Finalises running attempts whose lease ran out (their runner is gone):
-    /// `cancelled` if a cancel was pending, else `failed` / `lost`. Rows locked by
-    /// another replica are skipped, so each run is finalised exactly once.
-    pub async fn expire_leases(&self, limit: i64) -> Result<Vec<Run>, Error> {
-        // `r.*`: the CTE also has an `id`, so unqualified columns would be ambiguous.
-        let runs = sqlx::query_as::<_, Run>(
-            "with expired as (
-                 select id from runs
-                 where status = 'running' and lease_expires_at < now()
-                 order by lease_expires_at limit $1
-                 for update skip locked)
-             update runs r set
-                 status = case when r.cancel_requested_at is null then 'failed' else 'cancelled' end,
-                 failure_reason = case when r.cancel_requested_at is null then 'lost' else 'cancelled' end,
-                 error_message = case when r.cancel_requested_at is null
-                     then 'runner ' || coalesce(r.runner_id, '?') || ' stopped renewing its lease'
-                     else null end,
-                 finished_at = now(), lease_expires_at = null
-             from expired where r.id = expired.id
-             returning r.*",
-        )
+    /// Running attempts whose lease ran out: their runner is gone or cut off.
+    pub async fn expired_leases(&self, limit: i64) -> Result<Vec<Run>, Error> {
+        let runs = sqlx::query_as::<_, Run>(concat!(
+            "select ",
+            run_columns!(),
+            " from runs where status = 'running' and lease_expires_at < now()
+             order by lease_expires_at limit $1"
+        ))
         .bind(limit)
         .fetch_all(self.pool())
         .await?;
