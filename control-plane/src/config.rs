@@ -58,6 +58,9 @@ pub struct Config {
     pub retry_attempts: u32,
     /// `RETRY_BACKOFF_SECONDS`: delay before the first retry (doubling after each).
     pub retry_backoff: Duration,
+    /// `NO_RUNNER_TIMEOUT_SECONDS`: a queued run whose pool has had no live
+    /// runner for this long fails with `no_runner` (`None`: wait forever).
+    pub no_runner_timeout: Option<Duration>,
     /// Timeout for jobs whose pipeline sets none (`CONTAINER_TIMEOUT`; none by default).
     pub default_timeout: Option<u64>,
 }
@@ -169,6 +172,10 @@ impl Config {
                 }
             },
             default_timeout: src.optional_seconds("CONTAINER_TIMEOUT")?,
+            no_runner_timeout: match src.get("NO_RUNNER_TIMEOUT_SECONDS") {
+                None => Some(Duration::from_secs(300)),
+                Some(_) => src.optional_seconds("NO_RUNNER_TIMEOUT_SECONDS")?.map(Duration::from_secs),
+            },
             retry_attempts: src.parsed("RETRY_ATTEMPTS", 0, "a number of retries")?,
             retry_backoff: {
                 let secs: f64 = src.parsed("RETRY_BACKOFF_SECONDS", 2.0, "a number of seconds")?;

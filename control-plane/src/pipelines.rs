@@ -37,6 +37,8 @@ pub struct Pipeline {
     pub timeout_seconds: Option<u64>,
     /// Runs of this pipeline executing at once (`max_concurrent` in pipeline.toml).
     pub max_concurrent: Option<u32>,
+    /// The runner pool its runs go to (`runner_pool`; default `default`).
+    pub runner_pool: String,
     /// Attempts after the first (`retries`; default `RETRY_ATTEMPTS`).
     pub retries: Option<u32>,
     /// Failures that are retried (`retry_on`; default exit_code and lost).
@@ -60,6 +62,7 @@ struct Manifest {
     command: Option<Vec<String>>,
     timeout_seconds: Option<u64>,
     max_concurrent: Option<u32>,
+    runner_pool: Option<String>,
     retries: Option<u32>,
     retry_on: Option<Vec<FailureReason>>,
     #[serde(default)]
@@ -181,6 +184,11 @@ impl Catalog {
             return Err(invalid("`timeout_seconds` must be at least 1".into()));
         }
         m.resources.check().map_err(invalid)?;
+        if let Some(pool) = &m.runner_pool
+            && !shared::subjects::valid_pool(pool)
+        {
+            return Err(invalid("`runner_pool` must be 1-64 letters, digits, `_` or `-`".into()));
+        }
         if m.retries.is_some_and(|r| r > 100) {
             return Err(invalid("`retries` must be at most 100".into()));
         }
@@ -204,6 +212,7 @@ impl Catalog {
             timeout_seconds: m.timeout_seconds,
             resources: m.resources,
             max_concurrent: m.max_concurrent,
+            runner_pool: m.runner_pool.unwrap_or_else(|| shared::subjects::DEFAULT_POOL.to_owned()),
             retries: m.retries,
             retry_on: m.retry_on,
             env: m.env,

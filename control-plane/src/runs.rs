@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use shared::protocol::{
     AttemptRef, CancelNotice, ClaimReply, CodeBundleRef, ExitOutcome, ExitReply, ExitReport, JobSpec,
 };
-use shared::{FailureReason, RunStatus, subjects};
+use shared::{FailureReason, RunStatus};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use uuid::Uuid;
@@ -163,12 +163,13 @@ pub async fn submit(app: &App, pipeline_name: &str, params: BTreeMap<String, Str
         .insert_run(NewRun {
             id: Uuid::now_v7(),
             pipeline_name: &pipeline.name,
+            pool: &pipeline.runner_pool,
             params: serde_json::to_value(&params).unwrap_or_default(),
             spec: serde_json::to_value(&template).unwrap_or_default(),
         })
         .await?;
     // A failed publish is not fatal: the run is stored, the sweeper re-offers it.
-    if let Err(e) = app.bus.offer(subjects::DEFAULT_POOL, run.id, run.attempt, None).await {
+    if let Err(e) = app.bus.offer(&run.pool, run.id, run.attempt, None).await {
         tracing::warn!(run_id = %run.id, error = %e, "offer not published yet; the sweeper will retry");
     }
     tracing::info!(run_id = %run.id, pipeline = %run.pipeline_name, "run queued");
@@ -321,12 +322,12 @@ async fn end_attempt(app: &App, run: &Run, outcome: &Outcome, log: Option<&Archi
     let Some(ended) = app.store.end_attempt(&at, outcome, log, retry_after).await? else { return Ok(None) };
     if let Some(delay) = retry_after {
         tracing::info!(run_id = %run.id, attempt = run.attempt, reason = ?outcome.reason, ?delay, "attempt failed; retrying");
-        let (app2, run_id, next) = (app.clone(), ended.id, ended.attempt);
+        let (app2, run_id, next, pool) = (app.clone(), ended.id, ended.attempt, ended.pool.clone());
         // Offered when the back-off ends; if this replica dies first, the sweeper does it.
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let nonce = format!("retry{}", Uuid::new_v4().simple());
-            if let Err(e) = app2.bus.offer(subjects::DEFAULT_POOL, run_id, next, Some(&nonce)).await {
+            if let Err(e) = app2.bus.offer(&pool, run_id, next, Some(&nonce)).await {
                 tracing::warn!(%run_id, error = %e, "retry offer failed; the sweeper will retry");
             }
         });
@@ -373,8 +374,8 @@ async fn after_attempt(app: &App, at: &AttemptRef) {
 /// so any replica's runners can take them at once.
 async fn offer_waiting(app: &App) -> Result<(), ReofferError> {
     let nonce = format!("w{}", Uuid::new_v4().simple());
-    for (run_id, attempt) in app.store.waiting_runs(20).await? {
-        app.bus.offer(subjects::DEFAULT_POOL, run_id, attempt, Some(&nonce)).await?;
+    for (run_id, attempt, pool) in app.store.waiting_runs(20).await? {
+        app.bus.offer(&pool, run_id, attempt, Some(&nonce)).await?;
     }
     Ok(())
 }
@@ -446,6 +447,17 @@ async fn take_over(app: &App, run: &Run, outcome: &Outcome) -> Result<bool, Erro
     Ok(end_attempt(app, run, outcome, archived.as_ref()).await?.is_some())
 }
 
+/// Fails queued runs no runner can take (`NO_RUNNER_TIMEOUT_SECONDS`).
+pub async fn fail_unrunnable(app: &App) -> Result<usize, Error> {
+    let Some(after) = app.config.no_runner_timeout else { return Ok(0) };
+    let failed = app.store.fail_unrunnable(after, app.config.lease, 100).await?;
+    for run in &failed {
+        tracing::warn!(run_id = %run.id, pool = %run.pool, "no runner took the run");
+        app.bus.notify_finished(run.id).await;
+    }
+    Ok(failed.len())
+}
+
 /// Deletes archived logs past retention (the runs themselves stay).
 pub async fn expire_logs(app: &App) -> Result<usize, Error> {
     let expired = app.store.expire_logs(app.config.log_retention_runs, app.config.log_retention, 500).await?;
@@ -466,11 +478,11 @@ pub async fn expire_logs(app: &App) -> Result<usize, Error> {
 pub async fn reoffer_stale(app: &App) -> Result<usize, ReofferError> {
     let stale = app.store.stale_queued(app.config.reoffer_after, 500).await?;
     let mut count = 0;
-    for (run_id, attempt) in stale {
-        if !app.bus.has_offer(subjects::DEFAULT_POOL, run_id).await? {
+    for (run_id, attempt, pool) in stale {
+        if !app.bus.has_offer(&pool, run_id).await? {
             // One nonce per second: replicas sweeping together still publish once.
             let nonce = format!("r{}", chrono::Utc::now().timestamp());
-            app.bus.offer(subjects::DEFAULT_POOL, run_id, attempt, Some(&nonce)).await?;
+            app.bus.offer(&pool, run_id, attempt, Some(&nonce)).await?;
             tracing::info!(%run_id, attempt, "re-offered a queued run");
             count += 1;
         }

@@ -28,6 +28,9 @@ async fn sweep(app: &App) {
     if let Err(e) = runs::expire_leases(app).await {
         tracing::warn!(error = %e, "sweeper: lease expiry failed");
     }
+    if let Err(e) = runs::fail_unrunnable(app).await {
+        tracing::warn!(error = %e, "sweeper: no-runner check failed");
+    }
     if let Err(e) = runs::expire_logs(app).await {
         tracing::warn!(error = %e, "sweeper: log retention failed");
     }

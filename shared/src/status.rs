@@ -69,6 +69,7 @@ string_enum!(
         Cancelled => "cancelled",
         Lost => "lost",
         SetupError => "setup_error",
+        NoRunner => "no_runner",
     }
 );
 

@@ -15,8 +15,13 @@ pub const CLAIM: &str = "ff.claim";
 pub const EXIT: &str = "ff.exit";
 pub const HEARTBEAT: &str = "ff.heartbeat";
 
-/// The only pool until runner labels exist.
+/// The pool of runners and pipelines that name none.
 pub const DEFAULT_POOL: &str = "default";
+
+/// Pool names: `^[A-Za-z0-9_-]{1,64}$` (a NATS subject token and consumer name).
+pub fn valid_pool(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
 
 pub fn job_offer(pool: &str, run_id: Uuid) -> String {
     format!("jobs.{pool}.{run_id}")

@@ -15,7 +15,7 @@ use uuid::Uuid;
 /// The columns every run query returns, in `Run::from_row`'s terms.
 macro_rules! run_columns {
     () => {
-        "id, pipeline_name, status, attempt, trigger, params, spec, runner_id, fencing_token,
+        "id, pipeline_name, pool, status, attempt, trigger, params, spec, runner_id, fencing_token,
          cancel_requested_at, cancel_force, waiting_reason, log_expired_at, exit_code, failure_reason, error_message, log_key, log_size_bytes,
          created_at, started_at, finished_at"
     };
@@ -26,6 +26,8 @@ macro_rules! run_columns {
 pub struct Run {
     pub id: Uuid,
     pub pipeline_name: String,
+    /// The runner pool the run goes to.
+    pub pool: String,
     pub status: RunStatus,
     pub attempt: i32,
     pub trigger: String,
@@ -67,6 +69,7 @@ impl<'r> FromRow<'r, PgRow> for Run {
         Ok(Run {
             id: row.try_get("id")?,
             pipeline_name: row.try_get("pipeline_name")?,
+            pool: row.try_get("pool")?,
             status: status.parse().map_err(decode)?,
             attempt: row.try_get("attempt")?,
             trigger: row.try_get("trigger")?,
@@ -93,6 +96,7 @@ impl<'r> FromRow<'r, PgRow> for Run {
 pub struct NewRun<'a> {
     pub id: Uuid,
     pub pipeline_name: &'a str,
+    pub pool: &'a str,
     pub params: serde_json::Value,
     pub spec: serde_json::Value,
 }
@@ -173,7 +177,7 @@ fn secs(d: Duration) -> f64 {
 impl Store {
     pub async fn insert_run(&self, new: NewRun<'_>) -> Result<Run, Error> {
         let run = sqlx::query_as::<_, Run>(concat!(
-            "insert into runs (id, pipeline_name, status, params, spec) values ($1, $2, 'queued', $3, $4)
+            "insert into runs (id, pipeline_name, pool, status, params, spec) values ($1, $2, $5, 'queued', $3, $4)
              returning ",
             run_columns!()
         ))
@@ -181,6 +185,7 @@ impl Store {
         .bind(new.pipeline_name)
         .bind(new.params)
         .bind(new.spec)
+        .bind(new.pool)
         .fetch_one(self.pool())
         .await?;
         Ok(run)
@@ -287,9 +292,9 @@ impl Store {
     }
 
     /// Queued runs held back by a concurrency limit, oldest first.
-    pub async fn waiting_runs(&self, limit: i64) -> Result<Vec<(Uuid, i32)>, Error> {
+    pub async fn waiting_runs(&self, limit: i64) -> Result<Vec<(Uuid, i32, String)>, Error> {
         let rows = sqlx::query_as(
-            "select id, attempt from runs where status = 'queued' and waiting_reason is not null
+            "select id, attempt, pool from runs where status = 'queued' and waiting_reason is not null
                and (not_before is null or not_before <= now())
              order by created_at limit $1",
         )
@@ -436,9 +441,9 @@ impl Store {
 
     /// Queued runs created before `older_than` ago and not in a retry
     /// back-off: candidates for a re-offer.
-    pub async fn stale_queued(&self, older_than: Duration, limit: i64) -> Result<Vec<(Uuid, i32)>, Error> {
+    pub async fn stale_queued(&self, older_than: Duration, limit: i64) -> Result<Vec<(Uuid, i32, String)>, Error> {
         let rows = sqlx::query_as(
-            "select id, attempt from runs
+            "select id, attempt, pool from runs
              where status = 'queued' and created_at < now() - make_interval(secs => $1)
                and (not_before is null or not_before <= now())
              order by created_at limit $2",
@@ -502,6 +507,37 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         Ok(rows)
+    }
+
+    /// Fails queued runs that waited longer than `after` while no runner of
+    /// their pool was heard from in the last `runner_silence` (GitLab's "stuck
+    /// job": better a clear failure than a run that waits forever).
+    pub async fn fail_unrunnable(
+        &self,
+        after: Duration,
+        runner_silence: Duration,
+        limit: i64,
+    ) -> Result<Vec<Run>, Error> {
+        let runs = sqlx::query_as::<_, Run>(
+            "with stuck as (
+                 select id from runs r
+                 where status = 'queued' and coalesce(not_before, created_at) < now() - make_interval(secs => $1)
+                   and not exists (select 1 from runners w where w.pool = r.pool
+                                   and w.last_heartbeat_at > now() - make_interval(secs => $2))
+                 limit $3
+                 for update skip locked)
+             update runs r set status = 'failed', failure_reason = 'no_runner', finished_at = now(),
+                 error_message = 'no runner of pool `' || r.pool || '` was available',
+                 waiting_reason = null
+             from stuck where r.id = stuck.id
+             returning r.*",
+        )
+        .bind(secs(after))
+        .bind(secs(runner_silence))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(runs)
     }
 
     /// Running attempts whose lease ran out: their runner is gone or cut off.
