@@ -86,7 +86,7 @@ impl ResourceOverrides {
         if self.memory_mb.is_some_and(|m| !(6..=1024 * 1024).contains(&m)) {
             return Err("`resources.memory_mb` must be from 6 to 1048576".into());
         }
-        if self.cpus.is_some_and(|c| !(c >= 0.01 && c <= 1024.0)) {
+        if self.cpus.is_some_and(|c| !(0.01..=1024.0).contains(&c)) {
             return Err("`resources.cpus` must be from 0.01 to 1024".into());
         }
         if self.pids.is_some_and(|p| !(16..=1_000_000).contains(&p)) {
