@@ -1,0 +1,276 @@
+//! The run lifecycle: submit, claim, finish, cancel, expire. HTTP handlers, the
+//! runner API and the sweeper call these; the SQL lives in `store::runs`.
+
+use crate::app::App;
+use crate::config::ConcurrencyPolicy;
+use crate::pipelines::{self, Pipeline};
+use crate::store;
+use crate::store::runs::{Claim, ClaimResult};
+use crate::store::runs::{NewRun, Run};
+use serde::{Deserialize, Serialize};
+use shared::protocol::{CancelNotice, ClaimReply, CodeBundleRef, JobSpec};
+use shared::{FailureReason, RunStatus};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+mod attempts;
+mod repair;
+
+pub use attempts::finish;
+pub use repair::{ReofferError, expire_leases, expire_logs, expire_timeouts, fail_unrunnable, reoffer_stale};
+
+const MAX_PARAMS: usize = 64;
+const MAX_PARAM_VALUE_BYTES: usize = 32 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "invalid pipeline name `{0}`: use letters, digits, `_` and `-` (at most 64, starting with a letter or digit)"
+    )]
+    InvalidPipelineName(String),
+    #[error(transparent)]
+    Pipeline(#[from] pipelines::Error),
+    #[error("{message}")]
+    InvalidParam { field: String, message: String },
+    #[error("run {0} not found")]
+    RunNotFound(Uuid),
+    #[error("run {} already finished with status {}", .0.id, .0.status)]
+    AlreadyFinished(Box<Run>),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("internal task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("{limit} ({max}) runs are already active; try again later")]
+    LimitReached { limit: &'static str, max: i64 },
+}
+
+/// What a run executes, frozen when the run is created so later edits of the
+/// pipeline folder do not change a queued run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobTemplate {
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub code: Option<CodeBundleRef>,
+    pub mount_uv_cache: bool,
+    pub timeout_seconds: Option<u64>,
+    #[serde(default)]
+    pub resources: shared::protocol::Resources,
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+    #[serde(default)]
+    pub log_max_bytes: Option<u64>,
+    /// Attempts after the first one.
+    #[serde(default)]
+    pub retries: u32,
+    /// Failures that are retried.
+    #[serde(default)]
+    pub retry_on: Vec<FailureReason>,
+}
+
+impl JobTemplate {
+    fn into_job(mut self, run: &Run) -> JobSpec {
+        // Set last: a job can always tell which run and attempt it is.
+        self.env.insert("FASTFLOW_RUN_ID".into(), run.id.to_string());
+        self.env.insert("FASTFLOW_ATTEMPT".into(), run.attempt.to_string());
+        JobSpec {
+            run_id: run.id,
+            attempt: run.attempt,
+            fencing_token: run.fencing_token,
+            pipeline_name: run.pipeline_name.clone(),
+            image: self.image,
+            command: self.command,
+            env: self.env,
+            code: self.code,
+            mount_uv_cache: self.mount_uv_cache,
+            timeout_seconds: self.timeout_seconds,
+            resources: self.resources,
+            log_max_bytes: self.log_max_bytes,
+        }
+    }
+}
+
+/// Checks run parameters: a JSON object of string values with safe names.
+pub fn validate_params(params: &serde_json::Value) -> Result<BTreeMap<String, String>, Error> {
+    let invalid = |field: &str, message: String| Error::InvalidParam { field: field.to_owned(), message };
+    let Some(map) = params.as_object() else {
+        return Err(invalid("params", "`params` must be an object of string values".into()));
+    };
+    if map.len() > MAX_PARAMS {
+        return Err(invalid("params", format!("at most {MAX_PARAMS} parameters")));
+    }
+    let mut out = BTreeMap::new();
+    for (key, value) in map {
+        let field = format!("params.{key}");
+        pipelines::check_env_name(key).map_err(|m| invalid(&field, format!("parameter name `{key}` {m}")))?;
+        let Some(text) = value.as_str() else {
+            return Err(invalid(&field, format!("parameter `{key}` must be a string")));
+        };
+        if text.len() > MAX_PARAM_VALUE_BYTES || text.contains('\0') {
+            return Err(invalid(&field, format!("parameter `{key}` must be at most 32 KiB without NUL bytes")));
+        }
+        out.insert(key.clone(), text.to_owned());
+    }
+    Ok(out)
+}
+
+/// Loads a pipeline by (unvalidated) name off the async runtime.
+pub async fn load_pipeline(app: &App, name: &str) -> Result<Pipeline, Error> {
+    if !pipelines::valid_name(name) {
+        return Err(Error::InvalidPipelineName(name.to_owned()));
+    }
+    let catalog = app.catalog.clone();
+    let name = name.to_owned();
+    Ok(tokio::task::spawn_blocking(move || catalog.get(&name)).await??)
+}
+
+/// Creates a queued run and offers it to the runners.
+pub async fn submit(app: &App, pipeline_name: &str, params: BTreeMap<String, String>) -> Result<Run, Error> {
+    let pipeline = load_pipeline(app, pipeline_name).await?;
+    let for_bundle = pipeline.clone();
+    let bundle = tokio::task::spawn_blocking(move || pipelines::bundle(&for_bundle)).await??;
+    app.store.save_bundle(&bundle.reference.digest, &bundle.data).await?;
+
+    let mut env = pipeline.env.clone();
+    if pipeline.is_python {
+        env.insert("PYTHONUNBUFFERED".into(), "1".into());
+    }
+    env.extend(params.clone());
+    let template = JobTemplate {
+        image: pipeline.image.clone(),
+        command: pipeline.command.clone(),
+        env,
+        code: Some(bundle.reference),
+        mount_uv_cache: pipeline.is_python,
+        timeout_seconds: pipeline.timeout_seconds.or(app.config.default_timeout),
+        resources: pipeline.resources.over(app.config.default_resources),
+        max_concurrent: pipeline.max_concurrent,
+        log_max_bytes: app.config.log_max_bytes,
+        retries: pipeline.retries.unwrap_or(app.config.retry_attempts),
+        retry_on: pipeline.retry_on.clone().unwrap_or_else(|| vec![FailureReason::ExitCode, FailureReason::Lost]),
+    };
+    if app.config.concurrency_policy == ConcurrencyPolicy::Reject {
+        let (active, active_here) = app.store.count_active(&pipeline.name).await?;
+        let limit = if app.config.max_concurrent_runs.is_some_and(|max| active >= max) {
+            Some(("MAX_CONCURRENT_RUNS", app.config.max_concurrent_runs.unwrap_or_default()))
+        } else {
+            pipeline.max_concurrent.map(i64::from).filter(|max| active_here >= *max).map(|max| ("max_concurrent", max))
+        };
+        if let Some((name, max)) = limit {
+            return Err(Error::LimitReached { limit: name, max });
+        }
+    }
+    let run = app
+        .store
+        .insert_run(NewRun {
+            id: Uuid::now_v7(),
+            pipeline_name: &pipeline.name,
+            pool: &pipeline.runner_pool,
+            params: serde_json::to_value(&params).unwrap_or_default(),
+            spec: serde_json::to_value(&template).unwrap_or_default(),
+        })
+        .await?;
+    // A failed publish is not fatal: the run is stored, the sweeper re-offers it.
+    if let Err(e) = app.bus.offer(&run.pool, run.id, run.attempt, None).await {
+        tracing::warn!(run_id = %run.id, error = %e, "offer not published yet; the sweeper will retry");
+    }
+    tracing::info!(run_id = %run.id, pipeline = %run.pipeline_name, "run queued");
+    Ok(run)
+}
+
+/// Cancels a queued run at once, or asks the runner of a running one to stop it.
+pub async fn cancel(app: &App, id: Uuid, force: bool) -> Result<Run, Error> {
+    if let Some(run) = app.store.cancel_queued(id).await? {
+        tracing::info!(run_id = %id, "queued run cancelled");
+        app.bus.notify_finished(id).await;
+        return Ok(run);
+    }
+    if let Some(run) = app.store.request_cancel(id, force).await? {
+        if let Some(runner) = &run.runner_id {
+            let notice = CancelNotice { attempt: run.attempt_ref(), force: run.cancel_force };
+            if let Err(e) = app.bus.notify_cancel(runner, &notice).await {
+                tracing::warn!(run_id = %id, error = %e, "cancel notice not sent; the next heartbeat carries it");
+            }
+        }
+        tracing::info!(run_id = %id, "cancellation requested");
+        return Ok(run);
+    }
+    match app.store.get_run(id).await? {
+        None => Err(Error::RunNotFound(id)),
+        Some(run) if run.status.is_final() => Err(Error::AlreadyFinished(Box::new(run))),
+        // It moved from queued to running between the two updates: try again.
+        Some(_) => Box::pin(cancel(app, id, force)).await,
+    }
+}
+
+/// A runner's claim: one conditional update decides; the code bundle is made
+/// available before the grant so the runner can always fetch it.
+pub async fn claim(app: &App, run_id: Uuid, attempt: i32, runner_id: &str) -> Result<ClaimReply, Error> {
+    let refused = |reason: String| Ok(ClaimReply::Refused { reason });
+    let Some(run) = app.store.get_run(run_id).await? else { return refused("unknown run".into()) };
+    if run.status != RunStatus::Queued || run.attempt != attempt {
+        return refused(format!("run is {} (attempt {})", run.status, run.attempt));
+    }
+    let template: JobTemplate = match serde_json::from_value(run.spec.clone()) {
+        Ok(t) => t,
+        Err(e) => return Err(store::Error::Corrupt(format!("run {run_id} spec: {e}")).into()),
+    };
+    if let Some(code) = &template.code {
+        let store = app.store.clone();
+        let digest = code.digest.clone();
+        let available =
+            app.bus.ensure_bundle(code, || async move { store.load_bundle(&digest).await.ok().flatten() }).await;
+        match available {
+            Ok(true) => {}
+            Ok(false) => tracing::error!(%run_id, digest = %code.digest, "code bundle missing from the database"),
+            Err(e) => return refused(format!("code bundle unavailable: {e}")),
+        }
+    }
+    let claim = Claim {
+        run_id,
+        attempt,
+        runner_id,
+        pipeline_name: &run.pipeline_name,
+        lease: app.config.lease,
+        max_running: app.config.max_concurrent_runs,
+        max_running_of_pipeline: template.max_concurrent.map(i64::from),
+    };
+    match app.store.claim(&claim).await? {
+        ClaimResult::Granted(run) => {
+            tracing::info!(%run_id, runner_id, "run claimed");
+            Ok(ClaimReply::Granted { job: template.into_job(&run) })
+        }
+        // Offered again as soon as a slot frees (see `after_final`).
+        ClaimResult::Waiting(reason) => refused(format!("waiting: {reason}")),
+        ClaimResult::Gone => refused("run was claimed or cancelled meanwhile".into()),
+    }
+}
+
+pub(crate) fn template_of(run: &Run) -> Result<JobTemplate, Error> {
+    serde_json::from_value(run.spec.clone())
+        .map_err(|e| Error::Store(store::Error::Corrupt(format!("run {} spec: {e}", run.id))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn params_must_be_an_object_of_safe_strings() {
+        let ok = validate_params(&json!({"NAME": "Ada", "_x": ""})).expect("valid");
+        assert_eq!(ok.get("NAME").map(String::as_str), Some("Ada"));
+        for (bad, field) in [
+            (json!([1]), "params"),
+            (json!({"1X": "v"}), "params.1X"),
+            (json!({"PATH": "/tmp"}), "params.PATH"),
+            (json!({"LD_PRELOAD": "x.so"}), "params.LD_PRELOAD"),
+            (json!({"N": 3}), "params.N"),
+        ] {
+            match validate_params(&bad) {
+                Err(Error::InvalidParam { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{bad}: expected InvalidParam, got {other:?}"),
+            }
+        }
+    }
+}

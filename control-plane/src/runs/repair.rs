@@ -1,0 +1,130 @@
+//! Repairs the sweeper runs on every replica: attempts whose runner is gone or
+//! overdue, runs no runner can take, lost offers, logs past retention.
+
+use super::Error;
+use super::attempts::end_attempt;
+use crate::app::App;
+use crate::logs::archive;
+use crate::store::runs::{Outcome, Run};
+use crate::{bus, store};
+use shared::protocol::CancelNotice;
+use shared::{FailureReason, RunStatus};
+use std::time::Duration;
+
+/// Ends attempts whose runner stopped renewing its lease (`failed` / `lost`,
+/// or `cancelled` if a cancel was pending), archiving what their log holds.
+/// Replicas may race here; the guarded update lets exactly one end each attempt.
+pub async fn expire_leases(app: &App) -> Result<usize, Error> {
+    let mut count = 0;
+    for run in app.store.expired_leases(100).await? {
+        tracing::warn!(run_id = %run.id, runner_id = ?run.runner_id, "lease expired");
+        let outcome = if run.cancel_requested_at.is_some() {
+            Outcome {
+                status: RunStatus::Cancelled,
+                reason: Some(FailureReason::Cancelled),
+                exit_code: None,
+                error_message: None,
+            }
+        } else {
+            let message = format!("runner {} stopped renewing its lease", run.runner_id.as_deref().unwrap_or("?"));
+            Outcome {
+                status: RunStatus::Failed,
+                reason: Some(FailureReason::Lost),
+                exit_code: None,
+                error_message: Some(message),
+            }
+        };
+        count += usize::from(take_over(app, &run, &outcome).await?);
+    }
+    Ok(count)
+}
+
+/// Ends attempts whose timeout passed long ago (the runner should have stopped
+/// them) and tells their runner to kill them.
+pub async fn expire_timeouts(app: &App) -> Result<usize, Error> {
+    let slack = app.config.stop_grace + Duration::from_secs(30);
+    let mut count = 0;
+    for run in app.store.overdue_runs(slack, 100).await? {
+        tracing::warn!(run_id = %run.id, runner_id = ?run.runner_id, "timeout enforced by the control plane");
+        if let Some(runner) = &run.runner_id {
+            let notice = CancelNotice { attempt: run.attempt_ref(), force: true };
+            if let Err(e) = app.bus.notify_cancel(runner, &notice).await {
+                tracing::warn!(run_id = %run.id, error = %e, "could not tell the runner to stop the job");
+            }
+        }
+        let message = "timeout passed and the runner did not stop the job; the control plane ended it".to_owned();
+        let outcome = Outcome {
+            status: RunStatus::Failed,
+            reason: Some(FailureReason::Timeout),
+            exit_code: None,
+            error_message: Some(message),
+        };
+        count += usize::from(take_over(app, &run, &outcome).await?);
+    }
+    Ok(count)
+}
+
+/// Ends an attempt without its runner: archive what the live log holds, then
+/// end it. `true` if this replica ended it.
+async fn take_over(app: &App, run: &Run, outcome: &Outcome) -> Result<bool, Error> {
+    let at = run.attempt_ref();
+    let archived = match archive::archive(app.bus.jetstream(), &app.objects, &at, None).await {
+        Ok(archived) => Some(archived.log),
+        Err(e) => {
+            tracing::warn!(run_id = %run.id, error = %e, "could not archive the log");
+            None
+        }
+    };
+    Ok(end_attempt(app, run, outcome, archived.as_ref()).await?.is_some())
+}
+
+/// Fails queued runs no runner can take (`NO_RUNNER_TIMEOUT_SECONDS`).
+pub async fn fail_unrunnable(app: &App) -> Result<usize, Error> {
+    let Some(after) = app.config.no_runner_timeout else { return Ok(0) };
+    let failed = app.store.fail_unrunnable(after, app.config.lease, 100).await?;
+    for run in &failed {
+        tracing::warn!(run_id = %run.id, pool = %run.pool, "no runner took the run");
+        app.bus.notify_finished(run.id).await;
+    }
+    Ok(failed.len())
+}
+
+/// Deletes archived logs past retention (the runs themselves stay).
+pub async fn expire_logs(app: &App) -> Result<usize, Error> {
+    let expired = app.store.expire_logs(app.config.log_retention_runs, app.config.log_retention, 500).await?;
+    for (run_id, attempt, log_key) in &expired {
+        for key in [log_key.clone(), crate::logs::index_key(*run_id, *attempt)] {
+            if let Err(e) = app.objects.delete(&key).await {
+                tracing::warn!(%run_id, %key, error = %e, "could not delete an expired log object");
+            }
+        }
+    }
+    if !expired.is_empty() {
+        tracing::info!(count = expired.len(), "expired archived logs");
+    }
+    Ok(expired.len())
+}
+
+/// Re-offers queued runs whose offer is gone from NATS (lost message, wiped store).
+pub async fn reoffer_stale(app: &App) -> Result<usize, ReofferError> {
+    let stale = app.store.stale_queued(app.config.reoffer_after, 500).await?;
+    let mut count = 0;
+    for (run_id, attempt, pool) in stale {
+        if !app.bus.has_offer(&pool, run_id).await? {
+            // One nonce per second: replicas sweeping together still publish once.
+            let nonce = format!("r{}", chrono::Utc::now().timestamp());
+            app.bus.offer(&pool, run_id, attempt, Some(&nonce)).await?;
+            tracing::info!(%run_id, attempt, "re-offered a queued run");
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReofferError {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    Bus(#[from] bus::Error),
+}
