@@ -104,3 +104,43 @@ async fn a_run_whose_runner_is_killed_gets_one_new_attempt_elsewhere() {
     // One container per attempt: the killed runner's and the new one.
     assert_eq!(env.docker_created_count(&run.id, &since).await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_frozen_past_its_lease_loses_the_attempt_and_its_late_writes_change_nothing() {
+    let mut env = TestEnv::start(
+        TestEnvOptions::default()
+            .runners(2)
+            .control_plane_env("RUN_LEASE_SECONDS", "6")
+            .control_plane_env("SWEEP_INTERVAL_SECONDS", "1")
+            .control_plane_env("RETRY_BACKOFF_SECONDS", "0.3")
+            .runner_env("HEARTBEAT_INTERVAL_SECONDS", "1"),
+    )
+    .await;
+    let run = env.run_pipeline("ticker", &[]).await;
+    let running = env.wait_for_status(&run.id, |r| r.status == "running", RUN).await;
+    env.wait_for_log(&run.id, "tick 3 of attempt 1", RUN).await;
+    let victim = (0..2).find(|i| Some(env.runner_id(*i)) == running.runner_id.as_deref()).expect("runner of the run");
+    env.freeze_runner(victim);
+
+    // The lease runs out: attempt 1 is recorded as lost and attempt 2 runs elsewhere.
+    env.wait_for_status(&run.id, |r| r.attempt == 2, RUN).await;
+    let first_log = env.cp(0).get_logs_query(&run.id, &[("attempt", "1")]).await.body;
+    assert!(String::from_utf8_lossy(&first_log).contains("tick 3 of attempt 1"), "attempt 1's log was archived");
+    // Thawed, the old runner finds its job done and reports with a stale token,
+    // after publishing its remaining output under that token.
+    env.thaw_runner(victim);
+
+    let done = env.wait_final(&run.id, RUN).await;
+    assert_eq!((done.status.as_str(), done.attempt), ("success", 2), "{done:?}");
+    assert_ne!(done.runner_id, running.runner_id);
+    // Give the thawed runner time to send everything it had.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let body = env.cp(0).get_run(&run.id).await.expect(StatusCode::OK).clone();
+    assert_eq!(body["attempts"][0]["failure_reason"], "lost", "the late exit report changed attempt 1: {body}");
+    assert_eq!(body["attempts"][1]["status"], "success", "{body}");
+    let first_after = env.cp(0).get_logs_query(&run.id, &[("attempt", "1")]).await.body;
+    assert_eq!(first_after, first_log, "late log batches changed attempt 1's archive");
+    let second = String::from_utf8_lossy(&env.logs(&run.id).await).to_string();
+    let expected: String = (1..=30).map(|i| format!("tick {i} of attempt 2\n")).collect();
+    assert_eq!(second, expected, "attempt 2's log holds only its own lines");
+}
