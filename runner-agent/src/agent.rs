@@ -8,7 +8,7 @@ use crate::code_cache::CodeCache;
 use crate::config::Config;
 use crate::docker::Docker;
 use crate::execution::Executor;
-use crate::{claimer, heartbeat};
+use crate::{claimer, heartbeat, reattach};
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,7 @@ pub async fn run(
     std::fs::create_dir_all(&config.uv_cache_dir)
         .with_context(|| format!("UV_CACHE_DIR: cannot create {}", config.uv_cache_dir.display()))?;
     let mut config = config;
+    config.load_or_persist_runner_id()?;
     // Docker needs absolute host paths for bind mounts.
     config.data_dir = std::fs::canonicalize(&config.data_dir).context("RUNNER_DATA_DIR")?;
     config.uv_cache_dir = std::fs::canonicalize(&config.uv_cache_dir).context("UV_CACHE_DIR")?;
@@ -50,6 +51,11 @@ pub async fn run(
     };
     tracing::info!(runner_id = %config.runner_id, slots = config.concurrency, "runner ready");
 
+    let slots = Arc::new(Semaphore::new(config.concurrency as usize));
+    // Before claiming anything new and before the heartbeat loop: take over the
+    // containers an earlier process of this runner left behind.
+    reattach::adopt_orphans(&executor, &slots).await;
+
     let background = CancellationToken::new();
     let heartbeats = tokio::spawn(heartbeat::run(config.clone(), nats.clone(), active.clone(), background.clone()));
     let cancels = tokio::spawn(heartbeat::listen_for_cancels(
@@ -58,7 +64,6 @@ pub async fn run(
         active.clone(),
         background.clone(),
     ));
-    let slots = Arc::new(Semaphore::new(config.concurrency as usize));
     claimer::run(executor, slots.clone(), first_signal).await;
 
     tracing::info!(running = active.len(), "draining: no new claims; waiting for running attempts");

@@ -16,6 +16,9 @@ pub struct Error {
 pub struct Config {
     pub nats_url: String,
     pub runner_id: String,
+    /// `RUNNER_ID` was set. Otherwise `runner_id` is a fresh default that
+    /// [`Config::load_or_persist_runner_id`] replaces with the one kept in the data dir.
+    pub runner_id_from_env: bool,
     pub pool: String,
     pub concurrency: u32,
     pub data_dir: PathBuf,
@@ -37,11 +40,10 @@ impl Config {
 
     pub fn from_source(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, Error> {
         let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-        let runner_id = get("RUNNER_ID").unwrap_or_else(default_runner_id);
-        if runner_id.is_empty()
-            || runner_id.len() > 64
-            || !runner_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        let from_env = get("RUNNER_ID");
+        let runner_id_from_env = from_env.is_some();
+        let runner_id = from_env.unwrap_or_else(default_runner_id);
+        if !valid_runner_id(&runner_id) {
             return Err(Error {
                 name: "RUNNER_ID",
                 value: runner_id,
@@ -63,7 +65,18 @@ impl Config {
             cap_add,
             nats_url: get("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
             runner_id,
-            pool: shared::subjects::DEFAULT_POOL.into(),
+            runner_id_from_env,
+            pool: {
+                let pool = get("RUNNER_POOL").unwrap_or_else(|| shared::subjects::DEFAULT_POOL.into());
+                if !shared::subjects::valid_pool(&pool) {
+                    return Err(Error {
+                        name: "RUNNER_POOL",
+                        value: pool,
+                        message: "use 1-64 letters, digits, `_` or `-`".into(),
+                    });
+                }
+                pool
+            },
             concurrency,
             data_dir,
             uv_cache_dir,
@@ -84,6 +97,45 @@ impl Config {
             ),
         })
     }
+}
+
+impl Config {
+    /// Without `RUNNER_ID`, the runner keeps the id it generated the first time in
+    /// `RUNNER_DATA_DIR/runner-id`, so that after a restart it finds its containers (labelled
+    /// with its id) and the control plane still sees it as the holder of their runs.
+    /// Call once the data dir exists.
+    pub fn load_or_persist_runner_id(&mut self) -> Result<(), Error> {
+        if self.runner_id_from_env {
+            return Ok(());
+        }
+        let path = self.data_dir.join(RUNNER_ID_FILE);
+        let failed = |message: String| Error { name: "RUNNER_DATA_DIR", value: path.display().to_string(), message };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let id = text.trim();
+                if !valid_runner_id(id) {
+                    return Err(failed(format!("{RUNNER_ID_FILE} holds an invalid runner id; fix or delete it")));
+                }
+                self.runner_id = id.to_owned();
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Write-then-rename: a crash never leaves a half-written id behind.
+                let tmp = self.data_dir.join(format!("{RUNNER_ID_FILE}.tmp"));
+                std::fs::write(&tmp, format!("{}\n", self.runner_id))
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+                    .map_err(|e| failed(format!("cannot write {RUNNER_ID_FILE}: {e}")))
+            }
+            Err(e) => Err(failed(format!("cannot read {RUNNER_ID_FILE}: {e}"))),
+        }
+    }
+}
+
+/// File in the data dir holding the generated runner id.
+const RUNNER_ID_FILE: &str = "runner-id";
+
+fn valid_runner_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn parse<T: FromStr>(value: Option<String>, name: &'static str, default: T, what: &str) -> Result<T, Error> {
@@ -136,5 +188,35 @@ mod tests {
         assert_eq!(cfg.map(|c| c.cap_add).ok(), Some(vec!["NET_BIND_SERVICE".to_string(), "CHOWN".to_string()]));
         let err = Config::from_source(&|n| (n == "CONTAINER_CAP_ADD").then(|| "ALL".into())).err();
         assert!(err.map(|e| e.to_string()).unwrap_or_default().starts_with("CONTAINER_CAP_ADD:"));
+    }
+
+    #[test]
+    fn a_generated_runner_id_is_kept_in_the_data_dir() {
+        let dir = std::env::temp_dir().join(format!("ff-runner-id-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let data_dir = dir.to_string_lossy().into_owned();
+        let source = |n: &str| (n == "RUNNER_DATA_DIR").then(|| data_dir.clone());
+        let mut first = Config::from_source(&source).expect("config");
+        assert!(!first.runner_id_from_env);
+        first.load_or_persist_runner_id().expect("persist");
+        let mut second = Config::from_source(&source).expect("config");
+        assert_ne!(first.runner_id, second.runner_id, "a fresh default each time");
+        second.load_or_persist_runner_id().expect("load");
+        assert_eq!(first.runner_id, second.runner_id, "the persisted id is reused");
+
+        // RUNNER_ID wins over the file and is not written to it.
+        let mut explicit = Config::from_source(&|n| match n {
+            "RUNNER_ID" => Some("explicit-1".into()),
+            _ => source(n),
+        })
+        .expect("config");
+        explicit.load_or_persist_runner_id().expect("explicit");
+        assert_eq!(explicit.runner_id, "explicit-1");
+
+        std::fs::write(dir.join(RUNNER_ID_FILE), "not valid!\n").expect("write");
+        let mut bad = Config::from_source(&source).expect("config");
+        let err = bad.load_or_persist_runner_id().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("RUNNER_DATA_DIR:"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

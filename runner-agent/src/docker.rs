@@ -1,8 +1,9 @@
 //! The runner's only door to the Docker engine.
 //!
 //! Architecture invariant: no other module of the runner names `bollard`. Everything the runner
-//! needs from the engine (pull, create/attach/start, wait, stop, remove, list by label) is a
-//! method here, and engine failures arrive as [`Error`], sorted by what the caller does next.
+//! needs from the engine (pull, create/attach/start, wait, stop, remove, list by label, inspect,
+//! read an existing container's log) is a method here, and engine failures arrive as [`Error`],
+//! sorted by what the caller does next.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -12,11 +13,11 @@ use std::time::Duration;
 use bollard::ClientVersion;
 use bollard::container::LogOutput;
 use bollard::errors::Error as EngineError;
-use bollard::models::{ContainerCreateBody, CreateImageInfo, HostConfig, Mount, MountType};
+use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, CreateImageInfo, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
-    WaitContainerOptions,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+    StopContainerOptionsBuilder, WaitContainerOptions,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -102,6 +103,26 @@ pub type OutputStream = Pin<Box<dyn Stream<Item = Result<Output, Error>> + Send>
 pub enum Output {
     Stdout(Bytes),
     Stderr(Bytes),
+}
+
+/// A container as found on the engine, e.g. left running by an earlier runner process.
+#[derive(Clone, Debug)]
+pub struct Inspected {
+    pub id: String,
+    pub labels: HashMap<String, String>,
+    pub state: State,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Created but never started.
+    Created,
+    /// Running, paused or restarting: it may still print and has no exit code yet.
+    Running,
+    /// Exited (or dead) with this exit code.
+    Exited(i64),
+    /// Being removed.
+    Removing,
 }
 
 impl Docker {
@@ -245,6 +266,50 @@ impl Docker {
             Err(err) if status_of(&err) == Some(404) => Ok(()),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// Labels and state of one container.
+    pub async fn inspect(&self, container_id: &str) -> Result<Inspected, Error> {
+        let info = match self.inner.inspect_container(container_id, None::<InspectContainerOptions>).await {
+            Ok(info) => info,
+            Err(err) if status_of(&err) == Some(404) => return Err(Error::NotFound(container_id.to_owned())),
+            Err(err) => return Err(err.into()),
+        };
+        let state = info.state.unwrap_or_default();
+        let state = match state.status {
+            Some(ContainerStateStatusEnum::CREATED) => State::Created,
+            Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {
+                State::Exited(state.exit_code.unwrap_or_default())
+            }
+            Some(ContainerStateStatusEnum::REMOVING) => State::Removing,
+            _ if state.running == Some(false) => State::Exited(state.exit_code.unwrap_or_default()),
+            _ => State::Running,
+        };
+        Ok(Inspected {
+            id: info.id.unwrap_or_else(|| container_id.to_owned()),
+            labels: info.config.and_then(|c| c.labels).unwrap_or_default(),
+            state,
+        })
+    }
+
+    /// Starts an existing container (created earlier, never started).
+    pub async fn start_existing(&self, container_id: &str) -> Result<(), Error> {
+        match self.inner.start_container(container_id, None::<StartContainerOptions>).await {
+            Ok(()) => Ok(()),
+            Err(err) if status_of(&err) == Some(404) => Err(Error::NotFound(container_id.to_owned())),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The container's whole output from its start, from the engine's log (stdout and
+    /// stderr, no timestamps). With `follow` the stream goes on until the container stops.
+    ///
+    /// Unlike attach, this works after the fact (the json-file and local log drivers keep
+    /// everything unless the engine rotates them away), but the order of stdout relative to
+    /// stderr may differ slightly from the order attach delivered.
+    pub fn logs(&self, container_id: &str, follow: bool) -> OutputStream {
+        let options = LogsOptionsBuilder::new().follow(follow).stdout(true).stderr(true).timestamps(false).build();
+        output_stream(Box::pin(self.inner.logs(container_id, Some(options))))
     }
 
     /// Ids of all containers, running or not, labelled `key=value`.

@@ -19,6 +19,56 @@ const UV_CACHE_MOUNT: &str = "/uv-cache";
 const EXIT_REPORT_TIMEOUT: Duration = Duration::from_secs(300);
 const EXIT_REPORT_PATIENCE: Duration = Duration::from_secs(3600);
 
+/// Labels of a job container: enough to rebuild its attempt after a runner restart.
+pub mod label {
+    pub const RUN_ID: &str = "fastflow-run-id";
+    pub const ATTEMPT: &str = "fastflow-attempt";
+    pub const RUNNER_ID: &str = "fastflow-runner-id";
+    pub const FENCING_TOKEN: &str = "fastflow-fencing-token";
+    pub const PIPELINE: &str = "fastflow-pipeline";
+    /// When the job's timeout passes, in Unix milliseconds (absent: no timeout).
+    pub const TIMEOUT_AT_MS: &str = "fastflow-timeout-at-ms";
+    /// The job's log size limit in bytes (absent: none).
+    pub const LOG_MAX_BYTES: &str = "fastflow-log-max-bytes";
+}
+
+/// A job container an earlier process of this runner left behind, rebuilt from its labels.
+#[derive(Debug, Clone)]
+pub struct Orphan {
+    pub container_id: String,
+    pub attempt: AttemptRef,
+    pub pipeline: String,
+    pub state: docker::State,
+    pub timeout_at_ms: Option<i64>,
+    pub log_max_bytes: Option<u64>,
+}
+
+impl Orphan {
+    /// `None` when a label the attempt needs is missing or malformed (e.g. a container
+    /// of a runner version that did not write the fencing token).
+    pub fn from_container(container: &docker::Inspected) -> Option<Orphan> {
+        let get = |key: &str| container.labels.get(key).map(String::as_str);
+        Some(Orphan {
+            container_id: container.id.clone(),
+            attempt: AttemptRef {
+                run_id: get(label::RUN_ID)?.parse().ok()?,
+                attempt: get(label::ATTEMPT)?.parse().ok()?,
+                fencing_token: get(label::FENCING_TOKEN)?.parse().ok()?,
+            },
+            pipeline: get(label::PIPELINE).unwrap_or_default().to_owned(),
+            state: container.state,
+            timeout_at_ms: match get(label::TIMEOUT_AT_MS) {
+                Some(v) => Some(v.parse().ok()?),
+                None => None,
+            },
+            log_max_bytes: match get(label::LOG_MAX_BYTES) {
+                Some(v) => Some(v.parse().ok()?),
+                None => None,
+            },
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct Executor {
     pub config: Arc<Config>,
@@ -35,8 +85,11 @@ enum Ended {
         container_id: String,
         exit_code: i64,
         timed_out: bool,
+        cancelled: bool,
     },
     SetupFailed(String),
+    /// Cancelled before its container started.
+    CancelledEarly,
     /// Told the attempt is no longer ours: nothing to report.
     Abandoned {
         container_id: Option<String>,
@@ -60,14 +113,116 @@ impl Executor {
             Ok(ended) => ended,
             Err(e) => Ended::SetupFailed(e.to_string()),
         };
-        let (outcome, container_id, timed_out) = match ended {
-            Ended::Exited { container_id, exit_code, timed_out } => {
-                (ExitOutcome::Exited { exit_code }, Some(container_id), timed_out)
+        self.conclude(at, pump, ended).await;
+    }
+
+    /// Takes over a container an earlier process of this runner started (found by its
+    /// labels after a restart): resumes its log after the lines already published, waits
+    /// for its exit (or reads the exit code it already has) and reports it as usual.
+    pub async fn reattach(self, orphan: Orphan, stop: watch::Receiver<Option<StopReason>>) {
+        let at = orphan.attempt.clone();
+        let container_id = orphan.container_id.clone();
+        let stopped = *stop.borrow();
+        if let Some(StopReason::Stale | StopReason::Shutdown) = stopped {
+            // The control plane gave the attempt up (lease expired) while we were down.
+            tracing::warn!(container = %container_id, "re-attached attempt is no longer ours; removing its container");
+            self.cleanup(Some(&container_id)).await;
+            self.active.remove(at.run_id);
+            return;
+        }
+        let point = match self.published_so_far(&at).await {
+            Ok(point) => point,
+            Err(e) => {
+                // Resuming blind would duplicate or lose lines: leave the attempt to lease
+                // expiry rather than run it unsupervised.
+                tracing::error!(error = %e, "cannot read the published log; giving up the re-attached attempt");
+                self.cleanup(Some(&container_id)).await;
+                self.active.remove(at.run_id);
+                return;
+            }
+        };
+        tracing::info!(
+            container = %container_id,
+            state = ?orphan.state,
+            published_lines = point.lines,
+            "re-attached to a container left by an earlier runner process"
+        );
+        let mut pump = LogPump::resume(self.js.clone(), &at, self.nats.max_payload(), orphan.log_max_bytes, point);
+        let ended = match self.follow_orphan(&orphan, &mut pump, stop).await {
+            Ok(ended) => ended,
+            Err(e) => Ended::SetupFailed(e.to_string()),
+        };
+        let unmatched = pump.unmatched_skip();
+        if unmatched > 0 {
+            // The engine's log no longer holds the start of the output (rotated?).
+            tracing::warn!(unmatched, "the container's log is shorter than what was published before the restart");
+            pump.system_line(&format!(
+                "fastflow: the runner restarted and the container's log no longer held {unmatched} lines \
+                 already published; output printed while the runner was down may be missing"
+            ));
+        }
+        self.conclude(at, pump, ended).await;
+    }
+
+    async fn follow_orphan(
+        &self,
+        orphan: &Orphan,
+        pump: &mut LogPump,
+        stop: watch::Receiver<Option<StopReason>>,
+    ) -> Result<Ended, Error> {
+        let id = &orphan.container_id;
+        let mut state = orphan.state;
+        if state == docker::State::Created {
+            // Created, then the runner died before starting it: start it now. Its
+            // output goes to the engine's log, which `logs` reads from the start.
+            if let Err(e) = self.docker.start_existing(id).await {
+                return Ok(Ended::SetupFailed(format!("container did not start: {e}")));
+            }
+            state = docker::State::Running;
+        }
+        let running = state == docker::State::Running;
+        // A container that already exited is not timed out after the fact.
+        let timeout_at = orphan.timeout_at_ms.filter(|_| running).map(|at_ms| {
+            let left_ms = at_ms.saturating_sub(chrono::Utc::now().timestamp_millis()).max(0);
+            Instant::now() + Duration::from_millis(left_ms as u64)
+        });
+        let output = self.docker.logs(id, running);
+        self.follow(id, output, pump, stop, timeout_at).await
+    }
+
+    /// What earlier processes published for the attempt, retried for a while (NATS may be
+    /// coming back too).
+    async fn published_so_far(&self, at: &AttemptRef) -> Result<log_pump::ResumePoint, log_pump::Error> {
+        let mut delay = Duration::from_millis(500);
+        let mut tries = 0;
+        loop {
+            match log_pump::resume_point(&self.js, at).await {
+                Ok(point) => return Ok(point),
+                Err(e) if tries >= 6 => return Err(e),
+                Err(e) => tracing::warn!(error = %e, "reading the published log failed; retrying"),
+            }
+            tries += 1;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(4));
+        }
+    }
+
+    /// Reports how the attempt ended (after publishing the rest of its log) and removes
+    /// its container once the control plane has the log; always deregisters the attempt.
+    async fn conclude(&self, at: AttemptRef, mut pump: LogPump, ended: Ended) {
+        let (outcome, container_id, timed_out, cancelled) = match ended {
+            Ended::Exited { container_id, exit_code, timed_out, cancelled } => {
+                (ExitOutcome::Exited { exit_code }, Some(container_id), timed_out, cancelled)
             }
             Ended::SetupFailed(message) => {
                 tracing::warn!(run_id = %at.run_id, %message, "setup failed");
                 pump.system_line(&format!("fastflow: {message}"));
-                (ExitOutcome::SetupError { message }, None, false)
+                (ExitOutcome::SetupError { message }, None, false, false)
+            }
+            Ended::CancelledEarly => {
+                let message = "cancelled before the container started".to_owned();
+                pump.system_line(&format!("fastflow: {message}"));
+                (ExitOutcome::SetupError { message }, None, false, true)
             }
             Ended::Abandoned { container_id } => {
                 tracing::warn!(run_id = %at.run_id, "attempt no longer held by this runner; dropping it");
@@ -87,8 +242,14 @@ impl Executor {
                 return;
             }
         };
-        let report =
-            ExitReport { attempt: at.clone(), runner_id: self.config.runner_id.clone(), outcome, log, timed_out };
+        let report = ExitReport {
+            attempt: at.clone(),
+            runner_id: self.config.runner_id.clone(),
+            outcome,
+            log,
+            timed_out,
+            cancelled,
+        };
         if self.report_exit(&report).await {
             self.cleanup(container_id.as_deref()).await;
         }
@@ -99,7 +260,7 @@ impl Executor {
         &self,
         job: &JobSpec,
         pump: &mut LogPump,
-        mut stop: watch::Receiver<Option<StopReason>>,
+        stop: watch::Receiver<Option<StopReason>>,
     ) -> Result<Ended, Error> {
         let code_dir = match &job.code {
             Some(code) => match self.code.ensure(code).await {
@@ -113,7 +274,7 @@ impl Executor {
         }
         if let Some(reason) = *stop.borrow() {
             return Ok(match reason {
-                StopReason::Cancel { .. } => Ended::SetupFailed("cancelled before the container started".into()),
+                StopReason::Cancel { .. } => Ended::CancelledEarly,
                 _ => Ended::Abandoned { container_id: None },
             });
         }
@@ -124,9 +285,23 @@ impl Executor {
         };
         let container_id = started.container_id;
         tracing::info!(run_id = %job.run_id, container = %container_id, "container started");
-        let mut output = started.output;
         let timeout_at = job.timeout_seconds.map(|s| Instant::now() + Duration::from_secs(s));
+        self.follow(&container_id, started.output, pump, stop, timeout_at).await
+    }
+
+    /// Pumps the container's output into the log until it ends, enforcing the timeout and
+    /// stop requests, then waits for the exit code.
+    async fn follow(
+        &self,
+        container_id: &str,
+        mut output: docker::OutputStream,
+        pump: &mut LogPump,
+        mut stop: watch::Receiver<Option<StopReason>>,
+        timeout_at: Option<Instant>,
+    ) -> Result<Ended, Error> {
+        let container_id = container_id.to_owned();
         let mut timed_out = false;
+        let mut cancelled = false;
         let mut abandoned = false;
         loop {
             let flush_at = pump.deadline();
@@ -147,6 +322,7 @@ impl Executor {
                     let reason = if changed.is_ok() { *stop.borrow() } else { None };
                     match reason {
                         Some(StopReason::Cancel { force }) => {
+                            cancelled = true;
                             pump.system_line("fastflow: cancelled; stopping the container");
                             let grace = if force { Duration::ZERO } else { self.config.stop_grace };
                             self.stop_in_background(&container_id, grace);
@@ -164,7 +340,7 @@ impl Executor {
         if abandoned {
             return Ok(Ended::Abandoned { container_id: Some(container_id) });
         }
-        Ok(Ended::Exited { container_id, exit_code, timed_out })
+        Ok(Ended::Exited { container_id, exit_code, timed_out, cancelled })
     }
 
     /// Makes the image available, streaming pull progress into the log.
@@ -199,11 +375,20 @@ impl Executor {
             });
             env.push(("UV_CACHE_DIR".into(), UV_CACHE_MOUNT.into()));
         }
-        let labels = HashMap::from([
-            ("fastflow-run-id".to_owned(), job.run_id.to_string()),
-            ("fastflow-attempt".to_owned(), job.attempt.to_string()),
-            ("fastflow-runner-id".to_owned(), self.config.runner_id.clone()),
+        let mut labels = HashMap::from([
+            (label::RUN_ID.to_owned(), job.run_id.to_string()),
+            (label::ATTEMPT.to_owned(), job.attempt.to_string()),
+            (label::RUNNER_ID.to_owned(), self.config.runner_id.clone()),
+            (label::FENCING_TOKEN.to_owned(), job.fencing_token.to_string()),
+            (label::PIPELINE.to_owned(), job.pipeline_name.clone()),
         ]);
+        if let Some(secs) = job.timeout_seconds {
+            let at_ms = chrono::Utc::now().timestamp_millis().saturating_add((secs as i64).saturating_mul(1000));
+            labels.insert(label::TIMEOUT_AT_MS.to_owned(), at_ms.to_string());
+        }
+        if let Some(limit) = job.log_max_bytes {
+            labels.insert(label::LOG_MAX_BYTES.to_owned(), limit.to_string());
+        }
         ContainerSpec {
             name: format!("fastflow-{}-{}", job.run_id, job.attempt),
             image: job.image.clone(),

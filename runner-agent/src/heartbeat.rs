@@ -33,7 +33,7 @@ pub async fn run(config: Arc<Config>, nats: async_nats::Client, active: Active, 
 }
 
 /// One heartbeat; `true` when the control plane answered (leases renewed).
-async fn beat(config: &Config, nats: &async_nats::Client, active: &Active) -> bool {
+pub async fn beat(config: &Config, nats: &async_nats::Client, active: &Active) -> bool {
     let hb = Heartbeat {
         runner_id: config.runner_id.clone(),
         version: env!("CARGO_PKG_VERSION").into(),

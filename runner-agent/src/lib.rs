@@ -10,3 +10,4 @@ pub mod docker;
 pub mod execution;
 pub mod heartbeat;
 pub mod log_pump;
+pub mod reattach;

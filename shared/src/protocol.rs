@@ -109,6 +109,9 @@ pub struct ExitReport {
     /// The runner stopped the container because its timeout passed.
     #[serde(default)]
     pub timed_out: bool,
+    /// The runner stopped the job on a cancel: a user's, or its own forced shutdown.
+    #[serde(default)]
+    pub cancelled: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -58,6 +58,15 @@ impl NatsServer {
         self.wait_ready().await;
     }
 
+    /// Starts a new server on the same ports with the SAME store directory (kills
+    /// the running one first, if any): JetStream recovers what reached the disk.
+    pub(crate) async fn restart_keeping_store(&mut self) {
+        self.process.kill();
+        let store = self.dir.join(format!("store-{}", self.incarnation));
+        self.process = spawn(&self.bin, &self.config, &store, self.port, self.monitor_port, &self.dir);
+        self.wait_ready().await;
+    }
+
     async fn wait_ready(&mut self) {
         let url = format!("http://127.0.0.1:{}/healthz?js-enabled-only=true", self.monitor_port);
         let http = reqwest::Client::new();

@@ -61,6 +61,17 @@ impl ChildProcess {
         assert!(status.success(), "`kill -{signal} {pid}` ({}) failed: {status}", self.name);
     }
 
+    /// The OS process id; `None` once the test killed it.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The exit status once the process has exited (by itself or by a signal);
+    /// `None` while it runs or after the test killed it.
+    pub(crate) fn try_exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())
+    }
+
     /// SIGKILL, then reap. Idempotent.
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -13,6 +13,7 @@ use crate::config::{DevEnv, workspace_root};
 use crate::docker;
 use crate::nats::NatsServer;
 use crate::postgres::TestDatabase;
+use crate::private_postgres::PrivatePostgres;
 use crate::process::{ChildProcess, free_port, log_tail};
 use crate::s3::{self, Digest};
 use crate::sse::SseStream;
@@ -50,6 +51,9 @@ pub struct TestEnvOptions {
     pub control_plane_env: Vec<(String, String)>,
     /// Extra environment variables of every runner (set last, so they win).
     pub runner_env: Vec<(String, String)>,
+    /// Run the control planes against a Postgres cluster of the test's own (which
+    /// the test may stop and restart) instead of the shared one.
+    pub private_postgres: bool,
 }
 
 impl Default for TestEnvOptions {
@@ -60,6 +64,7 @@ impl Default for TestEnvOptions {
             runner_concurrency: 4,
             control_plane_env: Vec::new(),
             runner_env: Vec::new(),
+            private_postgres: false,
         }
     }
 }
@@ -91,6 +96,13 @@ impl TestEnvOptions {
         self.runner_env.push((key.to_string(), value.to_string()));
         self
     }
+
+    /// A private Postgres cluster (initdb + pg_ctl as user `postgres`) for this test,
+    /// so it can be restarted with [`TestEnv::restart_postgres`].
+    pub fn private_postgres(mut self) -> Self {
+        self.private_postgres = true;
+        self
+    }
 }
 
 struct ControlPlane {
@@ -115,9 +127,13 @@ pub struct TestEnv {
     tag: String,
     nats: NatsServer,
     db: TestDatabase,
+    /// Set with [`TestEnvOptions::private_postgres`]; `db` then lives in it.
+    private_pg: Option<PrivatePostgres>,
     s3: aws_sdk_s3::Client,
     control_planes: Vec<ControlPlane>,
     runners: Vec<Runner>,
+    /// Environment variables of one runner only (by index), on top of the options'.
+    runner_extra_env: std::collections::HashMap<usize, Vec<(String, String)>>,
 }
 
 impl TestEnv {
@@ -137,7 +153,15 @@ impl TestEnv {
         std::fs::create_dir_all(&uv_cache).unwrap_or_else(|e| panic!("cannot create {}: {e}", uv_cache.display()));
 
         let nats = NatsServer::start(&dev.nats_server_bin, &dir.join("nats")).await;
-        let db = TestDatabase::create(&dev.pg_admin_url, &dev.database_url).await;
+        let private_pg = if options.private_postgres {
+            Some(PrivatePostgres::start(&dir.join("logs").join("postgres.log")).await)
+        } else {
+            None
+        };
+        let db = match &private_pg {
+            Some(pg) => TestDatabase::create(&pg.admin_url(), &pg.admin_url()).await,
+            None => TestDatabase::create(&dev.pg_admin_url, &dev.database_url).await,
+        };
         let s3 = s3::client(&dev);
         let bucket = format!("t-{}", uuid::Uuid::new_v4().simple());
 
@@ -150,9 +174,11 @@ impl TestEnv {
             tag,
             nats,
             db,
+            private_pg,
             s3,
             control_planes: Vec::new(),
             runners: Vec::new(),
+            runner_extra_env: std::collections::HashMap::new(),
         };
         // Start all replicas at once: concurrent migrations are part of the contract.
         for i in 0..options.control_planes {
@@ -179,8 +205,36 @@ impl TestEnv {
 
     /// Starts one more runner and waits until the control plane lists it; returns its index.
     pub async fn start_runner(&mut self) -> usize {
+        self.start_runner_with_env(&[]).await
+    }
+
+    /// Starts one more runner with extra environment variables (e.g. `RUNNER_POOL`).
+    pub async fn start_runner_with_env(&mut self, env: &[(&str, &str)]) -> usize {
         let i = self.runners.len();
         let id = format!("runner-{i}-{}", self.tag);
+        let extra: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.runner_extra_env.insert(i, extra);
+        let process = self.spawn_runner(i, &id);
+        self.runners.push(Runner { id, process });
+        self.wait_runner_registered(i).await;
+        i
+    }
+
+    /// Starts runner `i` again after [`Self::kill_runner`]: a new process with the same
+    /// RUNNER_ID and RUNNER_DATA_DIR (its log is appended to the same file), as a
+    /// supervisor would after a crash.
+    pub async fn restart_runner(&mut self, i: usize) {
+        assert!(
+            self.runners[i].process.exit_status().is_some(),
+            "runner #{i} still runs; kill it before restarting it"
+        );
+        let id = self.runners[i].id.clone();
+        self.runners[i].process = self.spawn_runner(i, &id);
+        self.wait_runner_registered(i).await;
+    }
+
+    /// Spawns runner process `i` with RUNNER_ID `id` and data dir `<test dir>/runner-<i>`.
+    fn spawn_runner(&self, i: usize, id: &str) -> ChildProcess {
         let data_dir = self.dir.join(format!("runner-{i}"));
         std::fs::create_dir_all(&data_dir).expect("cannot create runner data dir");
         let mut command = Command::new(self.dev.binary("runner-agent"));
@@ -191,18 +245,18 @@ impl TestEnv {
         }
         command
             .env("NATS_URL", self.nats.url())
-            .env("RUNNER_ID", &id)
+            .env("RUNNER_ID", id)
             .env("RUNNER_CONCURRENCY", self.options.runner_concurrency.to_string())
             .env("RUNNER_DATA_DIR", &data_dir)
             .env("UV_CACHE_DIR", uv_cache_dir())
             .env("RUST_LOG", rust_log())
             .env("NO_COLOR", "1");
         command.envs(self.options.runner_env.iter().map(|(k, v)| (k, v)));
+        if let Some(extra) = self.runner_extra_env.get(&i) {
+            command.envs(extra.iter().map(|(k, v)| (k, v)));
+        }
         let log = self.dir.join("logs").join(format!("runner-{i}.log"));
-        let process = ChildProcess::spawn(&format!("runner-agent #{i} ({id})"), command, &log);
-        self.runners.push(Runner { id, process });
-        self.wait_runner_registered(i).await;
-        i
+        ChildProcess::spawn(&format!("runner-agent #{i} ({id})"), command, &log)
     }
 
     /// kill -9 of runner `i` (its containers are left behind, as in a crash).
@@ -229,6 +283,76 @@ impl TestEnv {
     /// Restarts nats-server on the same port with an empty JetStream store.
     pub async fn restart_nats_with_empty_store(&mut self) {
         self.nats.restart_with_empty_store().await;
+    }
+
+    /// Restarts nats-server on the same port with its store directory kept (kills it
+    /// first if it still runs): streams, consumers and messages on disk survive.
+    pub async fn restart_nats_keeping_store(&mut self) {
+        self.nats.restart_keeping_store().await;
+    }
+
+    /// kill -9 of control-plane replica `i` (by PID); its client stays in place and
+    /// fails to connect from now on.
+    pub fn kill_control_plane(&mut self, i: usize) {
+        self.control_planes[i].process.kill();
+    }
+
+    /// Sends `signal` (a name such as `TERM`, `INT`, `STOP`) to runner `i` by PID.
+    pub fn signal_runner(&mut self, i: usize, signal: &str) {
+        self.runners[i].process.signal(signal);
+    }
+
+    /// PID of runner `i` (panics once the test killed it).
+    pub fn runner_pid(&self, i: usize) -> u32 {
+        self.runners[i].process.pid().unwrap_or_else(|| panic!("runner #{i} was killed by the test"))
+    }
+
+    /// PID of control-plane replica `i` (panics once the test killed it).
+    pub fn control_plane_pid(&self, i: usize) -> u32 {
+        self.control_planes[i].process.pid().unwrap_or_else(|| panic!("control plane #{i} was killed by the test"))
+    }
+
+    /// Waits until runner `i` exits by itself and returns its exit status; panics
+    /// (with its log tail) after `timeout`.
+    pub async fn wait_runner_exit(&mut self, i: usize, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.runners[i].process.try_exit_status() {
+                return status;
+            }
+            if std::time::Instant::now() >= deadline {
+                panic!(
+                    "runner #{i} did not exit within {timeout:?}; its log:\n{}",
+                    self.runners[i].process.log_tail(LOG_TAIL_LINES)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The exit status of runner `i` if it has exited by itself, `None` while it runs.
+    pub fn runner_exit_status(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        self.runners[i].process.try_exit_status()
+    }
+
+    fn private_pg(&mut self) -> &mut PrivatePostgres {
+        self.private_pg.as_mut().expect("this TestEnv has no private Postgres; use TestEnvOptions::private_postgres()")
+    }
+
+    /// `pg_ctl -m immediate stop` of the private Postgres (connections cut, as in a crash).
+    pub async fn stop_postgres(&mut self) {
+        self.private_pg().stop_immediate().await;
+    }
+
+    /// `pg_ctl -w start` of the private Postgres on its port, after [`Self::stop_postgres`].
+    pub async fn start_postgres(&mut self) {
+        self.private_pg().start_server().await;
+    }
+
+    /// Immediate stop, then start again, of the private Postgres.
+    pub async fn restart_postgres(&mut self) {
+        self.stop_postgres().await;
+        self.start_postgres().await;
     }
 
     /// Starts `name` on control plane 0 and returns the created run (asserts 201).

@@ -177,6 +177,7 @@ async fn exit(nats: &async_nats::Client, job: &JobSpec) -> anyhow::Result<ExitRe
         outcome: ExitOutcome::Exited { exit_code: 0 },
         log: LogTotals::default(),
         timed_out: false,
+        cancelled: false,
     };
     let reply = request_json(nats, subjects::EXIT, &report).await?;
     serde_json::from_slice(&reply).context("malformed exit reply")

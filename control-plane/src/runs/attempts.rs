@@ -69,7 +69,7 @@ pub async fn finish(app: &App, report: &ExitReport) -> ExitReply {
             return ExitReply::RetryLater { reason: format!("archiving the log failed: {e}") };
         }
     };
-    let mut outcome = outcome_of(report, run.cancel_requested_at.is_some());
+    let mut outcome = outcome_of(report, run.cancel_requested_at.is_some() || report.cancelled);
     if archived.missing_lines > 0 && outcome.error_message.is_none() {
         outcome.error_message = Some(format!("{} log lines were lost in transit", archived.missing_lines));
     }
@@ -161,6 +161,7 @@ mod tests {
             outcome,
             log: Default::default(),
             timed_out,
+            cancelled: false,
         }
     }
 
