@@ -145,7 +145,9 @@ impl Config {
             s3,
             pipelines_dir: PathBuf::from(src.string("PIPELINES_DIR", "./pipelines")),
             worker_base_image: src.string("WORKER_BASE_IMAGE", "fastflow-worker:latest"),
-            lease: src.seconds("RUN_LEASE_SECONDS", 30)?,
+            // Heartbeats every 5 s; runners stop their jobs after 20 s without renewal (before the
+            // lease runs out), and a killed runner is detected within 25 s + one sweep.
+            lease: src.seconds("RUN_LEASE_SECONDS", 25)?,
             sweep_interval: src.seconds("SWEEP_INTERVAL_SECONDS", 5)?,
             reoffer_after: src.seconds("REOFFER_AFTER_SECONDS", 10)?,
             default_resources: default_resources(src)?,
@@ -283,7 +285,7 @@ mod tests {
         let cfg = load(&[("DATABASE_URL", "postgres://u@h/db")]).expect("valid config");
         assert_eq!(cfg.bind_addr.to_string(), "127.0.0.1:8000");
         assert_eq!(cfg.s3.bucket, "fastflow-logs");
-        assert_eq!(cfg.lease, Duration::from_secs(30));
+        assert_eq!(cfg.lease, Duration::from_secs(25));
     }
 
     #[test]
