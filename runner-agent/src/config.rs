@@ -27,7 +27,7 @@ pub struct Config {
     pub stop_grace: Duration,
     pub heartbeat_interval: Duration,
     /// Without a renewed lease for this long, the runner stops its jobs (the
-    /// control plane gives them up after its lease, 30 s by default).
+    /// control plane gives them up after its lease, 25 s by default).
     pub self_fence_after: Duration,
     /// Capabilities given back to job containers (all others are dropped).
     pub cap_add: Vec<String>,
