@@ -15,29 +15,6 @@ pub async fn docker_containers_with_label(run_id: &str) -> Vec<String> {
     docker_ids(&["ps", "-a", "-q", "--filter", &format!("label=fastflow-run-id={run_id}")]).await
 }
 
-/// How many containers labelled with `run_id` were created between `since`
-/// (a [`docker_now`] value) and now.
-pub async fn docker_created_count(run_id: &str, since: &str) -> usize {
-    let until = docker_now();
-    docker_ids(&[
-        "events",
-        "--since",
-        since,
-        "--until",
-        &until,
-        "--filter",
-        "type=container",
-        "--filter",
-        "event=create",
-        "--filter",
-        &format!("label=fastflow-run-id={run_id}"),
-        "--format",
-        "{{.ID}}",
-    ])
-    .await
-    .len()
-}
-
 /// `docker inspect <container_id>` as JSON (the one object, not the array);
 /// `None` when there is no such container.
 pub async fn docker_inspect(container_id: &str) -> Option<serde_json::Value> {

@@ -34,7 +34,7 @@ mod wait;
 
 pub use api::{ApiResponse, ControlPlaneClient, Run, TextResponse, assert_error_shape};
 pub use config::DevEnv;
-pub use docker::{docker_containers_with_label, docker_created_count, docker_inspect, docker_now};
+pub use docker::{docker_containers_with_label, docker_inspect, docker_now};
 pub use docker_events::ContainerCreations;
 pub use s3::Digest;
 pub use sse::{LogLine, SseEvent, SseStream, SseTranscript};

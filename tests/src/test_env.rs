@@ -132,6 +132,8 @@ pub struct TestEnv {
     s3: aws_sdk_s3::Client,
     control_planes: Vec<ControlPlane>,
     runners: Vec<Runner>,
+    /// Counts container creations from before the first process starts.
+    creations: crate::ContainerCreations,
     /// Environment variables of one runner only (by index), on top of the options'.
     runner_extra_env: std::collections::HashMap<usize, Vec<(String, String)>>,
 }
@@ -165,7 +167,9 @@ impl TestEnv {
         let s3 = s3::client(&dev);
         let bucket = format!("t-{}", uuid::Uuid::new_v4().simple());
 
+        let creations = crate::ContainerCreations::start().await;
         let mut env = Self {
+            creations,
             dev,
             dir,
             bucket,
@@ -451,8 +455,10 @@ impl TestEnv {
         docker::docker_containers_with_label(run_id).await
     }
 
-    pub async fn docker_created_count(&self, run_id: &str, since: &str) -> usize {
-        docker::docker_created_count(run_id, since).await
+    /// Containers created for `run_id` since this environment started (counted by a
+    /// live `docker events` subscription, which cannot miss events under load).
+    pub async fn docker_created_count(&self, run_id: &str) -> usize {
+        self.creations.count(run_id, Duration::from_secs(1)).await
     }
 
     /// `docker inspect` of one container; `None` when it does not exist.

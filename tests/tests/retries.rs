@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use tests::{TestEnv, TestEnvOptions, docker_now};
+use tests::{TestEnv, TestEnvOptions};
 
 const RUN: Duration = Duration::from_secs(120);
 
@@ -85,7 +85,6 @@ async fn a_run_whose_runner_is_killed_gets_one_new_attempt_elsewhere() {
             .runner_env("HEARTBEAT_INTERVAL_SECONDS", "1"),
     )
     .await;
-    let since = docker_now();
     let run = env.run_pipeline("ticker", &[]).await;
     let running = env.wait_for_status(&run.id, |r| r.status == "running", RUN).await;
     env.wait_for_log(&run.id, "tick 3 of attempt 1", RUN).await;
@@ -102,7 +101,7 @@ async fn a_run_whose_runner_is_killed_gets_one_new_attempt_elsewhere() {
     let expected: String = (1..=30).map(|i| format!("tick {i} of attempt 2\n")).collect();
     assert_eq!(log, expected, "attempt 2's log is complete");
     // One container per attempt: the killed runner's and the new one.
-    assert_eq!(env.docker_created_count(&run.id, &since).await, 2);
+    assert_eq!(env.docker_created_count(&run.id).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
