@@ -18,7 +18,7 @@ mod sse;
 mod stats;
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
@@ -38,6 +38,48 @@ struct Args {
     keep: bool,
 }
 
+/// Runs the selected scenarios in order, each bounded by [`scenario_timeout`]; a failed
+/// scenario becomes a row naming the error and the others still run.
+async fn run_scenarios(ctx: &mut Ctx, args: &Args, rows: &mut Vec<Row>, failed: &mut bool) {
+    let clock = Instant::now();
+    for &name in SCENARIOS {
+        if args.only.as_ref().is_some_and(|only| !only.iter().any(|n| n == name)) {
+            continue;
+        }
+        eprintln!("bench: {name} ({:.0} s so far)", clock.elapsed().as_secs_f64());
+        let limit = scenario_timeout(&ctx.profile);
+        let result = tokio::time::timeout(limit, run_scenario(ctx, name)).await;
+        match result.unwrap_or_else(|_| Err(anyhow::anyhow!("did not finish within {limit:?}"))) {
+            Ok(scenario_rows) => rows.extend(scenario_rows),
+            Err(e) => {
+                eprintln!("bench: {name} failed: {e:#}");
+                *failed = true;
+                rows.push(Row::failed(name, &e));
+            }
+        }
+        rows.push(Row::single_node(name));
+    }
+}
+
+async fn run_scenario(ctx: &mut Ctx, name: &str) -> anyhow::Result<Vec<Row>> {
+    match name {
+        "idle_memory" => scenarios::idle_memory::run(ctx).await,
+        "latency" => scenarios::latency::run(ctx).await,
+        "throughput" => scenarios::throughput::run(ctx).await,
+        "log_latency" => scenarios::log_latency::run(ctx).await,
+        "log_throughput" => scenarios::log_throughput::run(ctx).await,
+        "sse_fanout" => scenarios::sse_fanout::run(ctx).await,
+        "dispatch" => scenarios::dispatch::run(ctx).await,
+        "api_read" => scenarios::api_read::run(ctx).await,
+        other => bail!("unknown scenario {other}"),
+    }
+}
+
+/// Upper bound of one scenario, so a hung run cannot hang the benchmark.
+fn scenario_timeout(profile: &Profile) -> Duration {
+    if profile.name == "quick" { Duration::from_secs(60) } else { Duration::from_secs(20 * 60) }
+}
+
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         profile: Profile::full(),
@@ -50,6 +92,10 @@ fn parse_args() -> anyhow::Result<Args> {
         match arg.as_str() {
             "--quick" => args.profile = Profile::quick(),
             "--keep" => args.keep = true,
+            // Size overrides, for a shorter run on a busy machine (the report shows the sizes).
+            "--throughput-runs" => args.profile.throughput_runs = number(it.next(), "--throughput-runs")?,
+            "--idle-runs" => args.profile.idle_runs = number(it.next(), "--idle-runs")?,
+            "--log-mib" => args.profile.log_bytes = number::<u64>(it.next(), "--log-mib")? << 20,
             "--only" => {
                 let list = it.next().context("--only needs a comma-separated list of scenarios")?;
                 let names: Vec<String> = list.split(',').map(str::to_string).collect();
@@ -60,13 +106,37 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--out" => args.out = PathBuf::from(it.next().context("--out needs a directory")?),
             "-h" | "--help" => {
-                println!("bench [--quick] [--only {}] [--out DIR] [--keep]", SCENARIOS.join(","));
+                println!(
+                    "bench [--quick] [--only {}] [--out DIR] [--keep] [--throughput-runs N] [--idle-runs N] [--log-mib N]",
+                    SCENARIOS.join(",")
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other} (try --help)"),
         }
     }
     Ok(args)
+}
+
+/// SIGINT or SIGTERM (e.g. from `timeout`): stop and clean up, so no product process,
+/// database or bucket is left behind.
+async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+fn number<T: std::str::FromStr>(value: Option<String>, flag: &str) -> anyhow::Result<T> {
+    value.and_then(|v| v.parse().ok()).with_context(|| format!("{flag} needs a positive number"))
 }
 
 #[tokio::main]
@@ -89,36 +159,24 @@ async fn main() -> anyhow::Result<()> {
     let mut ctx = Ctx { profile: args.profile.clone(), deployment, floor };
     let mut rows = Vec::new();
     let mut failed = false;
-    for &name in SCENARIOS {
-        if args.only.as_ref().is_some_and(|only| !only.iter().any(|n| n == name)) {
-            continue;
+    tokio::select! {
+        () = run_scenarios(&mut ctx, &args, &mut rows, &mut failed) => {}
+        () = interrupted() => {
+            eprintln!("bench: interrupted; cleaning up");
+            failed = true;
         }
-        eprintln!("bench: {name} ({:.0} s so far)", clock.elapsed().as_secs_f64());
-        let scenario_rows = match name {
-            "idle_memory" => scenarios::idle_memory::run(&mut ctx).await,
-            "latency" => scenarios::latency::run(&mut ctx).await,
-            "throughput" => scenarios::throughput::run(&mut ctx).await,
-            "log_latency" => scenarios::log_latency::run(&mut ctx).await,
-            "log_throughput" => scenarios::log_throughput::run(&mut ctx).await,
-            "sse_fanout" => scenarios::sse_fanout::run(&mut ctx).await,
-            "dispatch" => scenarios::dispatch::run(&mut ctx).await,
-            "api_read" => scenarios::api_read::run(&mut ctx).await,
-            _ => continue,
-        };
-        match scenario_rows {
-            Ok(scenario_rows) => rows.extend(scenario_rows),
-            Err(e) => {
-                eprintln!("bench: {name} failed: {e:#}");
-                failed = true;
-                rows.push(Row::failed(name, &e));
-            }
-        }
-        rows.push(Row::single_node(name));
     }
     ctx.deployment.shutdown(args.keep || failed).await;
 
     let duration_seconds = clock.elapsed().as_secs_f64();
-    let report = Report { started_at, profile: args.profile.name, machine, duration_seconds, rows: &rows };
+    let report = Report {
+        started_at,
+        profile: args.profile.name,
+        sizes: format!("{:?}", args.profile),
+        machine,
+        duration_seconds,
+        rows: &rows,
+    };
     println!("{}", report::markdown(&rows));
     let path = report::write_json(&args.out, args.profile.name, &report)?;
     eprintln!("bench: done in {duration_seconds:.0} s; JSON in {}", path.display());

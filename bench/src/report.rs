@@ -89,6 +89,8 @@ impl Row {
 pub struct Report<'a> {
     pub started_at: String,
     pub profile: &'a str,
+    /// Every size the scenarios used (`Profile` as Debug).
+    pub sizes: String,
     pub machine: Machine,
     pub duration_seconds: f64,
     pub rows: &'a [Row],

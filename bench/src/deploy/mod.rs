@@ -69,7 +69,13 @@ impl Deployment {
             .env("AWS_ACCESS_KEY_ID", &dev.aws_access_key_id)
             .env("AWS_SECRET_ACCESS_KEY", &dev.aws_secret_access_key)
             .env("PIPELINES_DIR", &pipelines_dir)
-            .env("RUST_LOG", "warn")
+            // The benchmark measures capacity: no global cap on runs executing at once.
+            .env("MAX_CONCURRENT_RUNS", "0")
+            // Measure what the log path can carry, not the default per-client SSE throttle
+            // (100 lines/s), which would make the 10,000 lines/s scenario meaningless.
+            .env("LOG_STREAM_RATE_LIMIT", "0")
+            .env("LOG_MAX_SIZE_MB", "0")
+            .env("RUST_LOG", rust_log())
             .env("NO_COLOR", "1");
         let control_plane = ChildProcess::spawn("control-plane", command, &dir.join("logs/control-plane.log"))?;
         let api = Api::new(format!("http://127.0.0.1:{port}"))?;
@@ -117,7 +123,7 @@ impl Deployment {
             .env("RUNNER_ID", &runner_id)
             .env("RUNNER_CONCURRENCY", concurrency.to_string())
             .env("RUNNER_DATA_DIR", &data_dir)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log())
             .env("NO_COLOR", "1");
         let log = self.dir.join(format!("logs/runner-{n}.log"));
         self.runner = Some(ChildProcess::spawn(&format!("runner {runner_id}"), command, &log)?);
@@ -252,4 +258,9 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The product's log filter: quiet unless `FASTFLOW_BENCH_RUST_LOG` says otherwise.
+fn rust_log() -> String {
+    std::env::var("FASTFLOW_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into())
 }

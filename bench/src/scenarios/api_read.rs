@@ -28,6 +28,7 @@ const SEED_SQL: &str = "insert into runs (id, pipeline_name, status, attempt, tr
      from generate_series(1, $1::bigint) as i";
 
 pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+    ctx.deployment.restart_runner(4).await?;
     // A real run first, so the seeded rows carry a real frozen spec.
     let run = ctx.api().create_run("trivial", &[]).await?;
     ctx.api().wait_end(&run.id).await?.expect_success()?;

@@ -1,5 +1,5 @@
 //! Idle memory: VmRSS of the runner and the control plane right after start, after half
-//! of `idle_runs` trivial runs and after all of them (each after 3 s idle).
+//! of `idle_runs` trivial runs and after all of them (each after a few seconds idle).
 
 use std::time::Duration;
 
@@ -10,7 +10,6 @@ use crate::stats::Summary;
 use super::{Ctx, run_batch};
 
 const SCENARIO: &str = "Idle memory";
-const SETTLE: Duration = Duration::from_secs(3);
 
 pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     ctx.deployment.restart_runner(8).await?;
@@ -41,7 +40,8 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
 
 /// (runner, control plane) VmRSS after the processes settled.
 async fn sample(ctx: &Ctx) -> (Option<f64>, Option<f64>) {
-    tokio::time::sleep(SETTLE).await;
+    let settle = if ctx.profile.name == "quick" { Duration::from_secs(1) } else { Duration::from_secs(3) };
+    tokio::time::sleep(settle).await;
     let runner = ctx.deployment.runner_pid().and_then(rss_mib);
     let control_plane = ctx.deployment.control_plane_pid().and_then(rss_mib);
     (runner, control_plane)
