@@ -354,31 +354,33 @@ impl Store {
     ) -> Result<Option<Run>, Error> {
         // One statement: the guard (`current`) locks the row, the attempt is
         // recorded, and the run moves on, or nothing happens at all.
-        const FINAL: &str = "with current as (
-                 select id, attempt, runner_id, started_at from runs
-                 where id = $1 and attempt = $2 and fencing_token = $3 and status = 'running' for update),
-             recorded as (
-                 insert into run_attempts (run_id, attempt, status, failure_reason, exit_code, error_message,
-                     runner_id, started_at, finished_at, log_key, log_size_bytes)
-                 select id, attempt, $4, $5, $6, $7, runner_id, started_at, now(), $8, coalesce($9, 0) from current)
-             update runs r set status = $4, failure_reason = $5, exit_code = $6, error_message = $7,
-                 log_key = $8, log_size_bytes = coalesce($9, 0), finished_at = now(), lease_expires_at = null
-             from current where r.id = current.id
-             returning r.*";
-        const RETRY: &str = "with current as (
-                 select id, attempt, runner_id, started_at from runs
-                 where id = $1 and attempt = $2 and fencing_token = $3 and status = 'running' for update),
-             recorded as (
-                 insert into run_attempts (run_id, attempt, status, failure_reason, exit_code, error_message,
-                     runner_id, started_at, finished_at, log_key, log_size_bytes)
-                 select id, attempt, $4, $5, $6, $7, runner_id, started_at, now(), $8, coalesce($9, 0) from current)
-             update runs r set status = 'queued', attempt = r.attempt + 1, runner_id = null,
+        macro_rules! record_attempt_then {
+            ($update:literal) => {
+                concat!(
+                    "with current as (
+                         select id, attempt, runner_id, started_at from runs
+                         where id = $1 and attempt = $2 and fencing_token = $3 and status = 'running' for update),
+                     recorded as (
+                         insert into run_attempts (run_id, attempt, status, failure_reason, exit_code, error_message,
+                             runner_id, started_at, finished_at, log_key, log_size_bytes)
+                         select id, attempt, $4, $5, $6, $7, runner_id, started_at, now(), $8, coalesce($9, 0)
+                         from current) ",
+                    $update,
+                    " from current where r.id = current.id returning r.*"
+                )
+            };
+        }
+        const FINAL: &str = record_attempt_then!(
+            "update runs r set status = $4, failure_reason = $5, exit_code = $6, error_message = $7,
+                 log_key = $8, log_size_bytes = coalesce($9, 0), finished_at = now(), lease_expires_at = null"
+        );
+        const RETRY: &str = record_attempt_then!(
+            "update runs r set status = 'queued', attempt = r.attempt + 1, runner_id = null,
                  lease_expires_at = null, cancel_requested_at = null, cancel_force = false,
                  exit_code = null, failure_reason = null, error_message = null, log_key = null,
                  log_size_bytes = 0, started_at = null, finished_at = null,
-                 not_before = now() + make_interval(secs => $10), waiting_reason = 'retry_backoff'
-             from current where r.id = current.id
-             returning r.*";
+                 not_before = now() + make_interval(secs => $10), waiting_reason = 'retry_backoff'"
+        );
         let run = sqlx::query_as::<_, Run>(if retry_after.is_some() { RETRY } else { FINAL })
             .bind(at.run_id)
             .bind(at.attempt)
