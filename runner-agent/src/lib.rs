@@ -9,5 +9,6 @@ pub mod config;
 pub mod docker;
 pub mod execution;
 pub mod heartbeat;
+pub mod log_batcher;
 pub mod log_pump;
 pub mod reattach;
