@@ -3,7 +3,7 @@
 use super::error::ApiError;
 use super::{AppState, extract};
 use crate::runs;
-use crate::store::runs::{Run, RunFilter};
+use crate::store::runs::{AttemptRecord, Run, RunFilter};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -85,17 +85,23 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
 async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     let id = extract::run_id(&id)?;
     let run = app.store.get_run(id).await?.ok_or_else(|| ApiError::not_found(format!("run {id} not found")))?;
-    let mut attempts: Vec<serde_json::Value> =
-        app.store.attempts(id).await?.iter().map(|a| serde_json::to_value(a).unwrap_or_default()).collect();
+    let mut attempts = app.store.attempts(id).await?;
     if !run.status.is_final() {
-        attempts.push(serde_json::json!({
-            "attempt": run.attempt, "status": run.status, "failure_reason": null, "exit_code": null,
-            "error_message": null, "runner_id": run.runner_id, "started_at": run.started_at,
-            "finished_at": null, "log_size_bytes": 0,
-        }));
+        attempts.push(AttemptRecord {
+            attempt: run.attempt,
+            status: run.status.to_string(),
+            failure_reason: None,
+            exit_code: None,
+            error_message: None,
+            runner_id: run.runner_id.clone(),
+            started_at: run.started_at,
+            finished_at: None,
+            log_key: None,
+            log_size_bytes: 0,
+        });
     }
     let mut body = serde_json::to_value(&run).map_err(ApiError::internal)?;
-    body["attempts"] = serde_json::Value::Array(attempts);
+    body["attempts"] = serde_json::to_value(&attempts).map_err(ApiError::internal)?;
     Ok(Json(body))
 }
 

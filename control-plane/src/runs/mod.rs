@@ -211,10 +211,7 @@ pub async fn claim(app: &App, run_id: Uuid, attempt: i32, runner_id: &str) -> Re
     if run.status != RunStatus::Queued || run.attempt != attempt {
         return refused(format!("run is {} (attempt {})", run.status, run.attempt));
     }
-    let template: JobTemplate = match serde_json::from_value(run.spec.clone()) {
-        Ok(t) => t,
-        Err(e) => return Err(store::Error::Corrupt(format!("run {run_id} spec: {e}")).into()),
-    };
+    let template = template_of(&run)?;
     if let Some(code) = &template.code {
         let store = app.store.clone();
         let digest = code.digest.clone();
