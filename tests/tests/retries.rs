@@ -8,6 +8,17 @@ use tests::{TestEnv, TestEnvOptions};
 
 const RUN: Duration = Duration::from_secs(120);
 
+/// Two runners and a 6 s lease (heartbeats every second), so a lost runner is
+/// noticed within seconds.
+fn two_runners_with_a_short_lease() -> TestEnvOptions {
+    TestEnvOptions::default()
+        .runners(2)
+        .control_plane_env("RUN_LEASE_SECONDS", "6")
+        .control_plane_env("SWEEP_INTERVAL_SECONDS", "1")
+        .control_plane_env("RETRY_BACKOFF_SECONDS", "0.3")
+        .runner_env("HEARTBEAT_INTERVAL_SECONDS", "1")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flaky_job_is_retried_and_every_attempt_keeps_its_log_and_exit_code() {
     let env = TestEnv::start(TestEnvOptions::default().control_plane_env("RETRY_BACKOFF_SECONDS", "0.3")).await;
@@ -76,15 +87,7 @@ async fn retries_stop_at_the_limit_and_never_follow_a_cancel() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_whose_runner_is_killed_gets_one_new_attempt_elsewhere() {
-    let env = TestEnv::start(
-        TestEnvOptions::default()
-            .runners(2)
-            .control_plane_env("RUN_LEASE_SECONDS", "6")
-            .control_plane_env("SWEEP_INTERVAL_SECONDS", "1")
-            .control_plane_env("RETRY_BACKOFF_SECONDS", "0.3")
-            .runner_env("HEARTBEAT_INTERVAL_SECONDS", "1"),
-    )
-    .await;
+    let env = TestEnv::start(two_runners_with_a_short_lease()).await;
     let run = env.run_pipeline("ticker", &[]).await;
     let running = env.wait_for_status(&run.id, |r| r.status == "running", RUN).await;
     env.wait_for_log(&run.id, "tick 3 of attempt 1", RUN).await;
@@ -106,15 +109,7 @@ async fn a_run_whose_runner_is_killed_gets_one_new_attempt_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_runner_frozen_past_its_lease_loses_the_attempt_and_its_late_writes_change_nothing() {
-    let mut env = TestEnv::start(
-        TestEnvOptions::default()
-            .runners(2)
-            .control_plane_env("RUN_LEASE_SECONDS", "6")
-            .control_plane_env("SWEEP_INTERVAL_SECONDS", "1")
-            .control_plane_env("RETRY_BACKOFF_SECONDS", "0.3")
-            .runner_env("HEARTBEAT_INTERVAL_SECONDS", "1"),
-    )
-    .await;
+    let mut env = TestEnv::start(two_runners_with_a_short_lease()).await;
     let run = env.run_pipeline("ticker", &[]).await;
     let running = env.wait_for_status(&run.id, |r| r.status == "running", RUN).await;
     env.wait_for_log(&run.id, "tick 3 of attempt 1", RUN).await;
