@@ -30,11 +30,14 @@ port_free() { ! timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 # caller's process group), output to LOG (the previous one kept as LOG.1). When PIDFILE is
 # not empty, the daemon's pid is written there (by the shell that then execs CMD).
 # The daemon must not inherit fd 9 (the state-dir lock): it would hold the lock forever.
+# It runs in the state dir, not the caller's: a daemon whose working directory is a
+# deleted checkout (a CI clone removed after the run) fails in odd ways (s3s-fs: HTTP 500).
 start_daemon() {
     local log=$1 pidfile=$2
     shift 2
     [[ -f $log ]] && mv -f "$log" "$log.1"
     printf '=== %s: %s\n' "$(date -Is)" "$*" >"$log"
+    cd "$DEV_DIR" || die "cannot enter the state dir $DEV_DIR"
     if [[ -n $pidfile ]]; then
         rm -f "$pidfile"
         # shellcheck disable=SC2016  # $$ and $@ belong to the inner shell
@@ -46,6 +49,7 @@ start_daemon() {
     else
         setsid nohup "$@" >>"$log" 2>&1 </dev/null 9>&- &
     fi
+    cd "$OLDPWD" || true
 }
 
 # wait_until TIMEOUT WHAT LOG FN...: poll FN until it succeeds. FN returning 2 means the
