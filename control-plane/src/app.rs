@@ -1,12 +1,14 @@
 //! The control plane assembled: its state (shared by HTTP handlers, the runner
 //! API and the sweeper) and its long-running tasks.
 
+use crate::bus::local::{LocalBus, LocalLink};
+use crate::bus::nats::NatsBus;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::object_store::ObjectStore;
 use crate::pipelines::Catalog;
 use crate::store::Store;
-use crate::{http, runner_api, sweeper};
+use crate::{embedded_runner, http, runner_api, sweeper};
 use anyhow::Context;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -22,29 +24,50 @@ pub struct App {
 }
 
 impl App {
-    /// Connects to Postgres (running migrations), NATS and the object store.
+    /// Opens the three seams (store, log store, bus) as configured, printing
+    /// one line per seam saying which implementation is in use.
     pub async fn connect(config: Config) -> anyhow::Result<App> {
         let store = Store::connect(&config.database_url).await.context("DATABASE_URL: cannot use the database")?;
-        tracing::info!("store: postgres");
-        let bus = Bus::connect(&config.nats_url).await.context("NATS_URL: cannot use NATS JetStream")?;
-        tracing::info!(url = %config.nats_url, "bus: nats jetstream");
-        let objects = ObjectStore::connect(&config.s3).await.context("S3_ENDPOINT: cannot use the object store")?;
-        tracing::info!(bucket = %config.s3.bucket, "log store: s3");
+        tracing::info!("store: {} at {}", store.kind(), crate::config::redact_url(&config.database_url));
+        let bus = match &config.nats_url {
+            Some(url) => Bus::Nats(NatsBus::connect(url).await.context("NATS_URL: cannot use NATS JetStream")?),
+            None => Bus::Local(
+                LocalBus::open(config.data_dir.join("live-logs")).context("DATA_DIR: cannot keep live logs")?,
+            ),
+        };
+        tracing::info!("bus: {}", bus.describe());
+        let objects = match &config.s3 {
+            Some(s3) => ObjectStore::connect(s3).await.context("S3_ENDPOINT: cannot use the object store")?,
+            None => ObjectStore::local(config.logs_dir.clone()).context("LOGS_DIR: cannot store logs there")?,
+        };
+        tracing::info!("log store: {}", objects.describe());
         let catalog = Catalog::new(config.pipelines_dir.clone(), config.worker_base_image.clone());
         Ok(App { config: Arc::new(config), store, bus, objects, catalog })
     }
 
-    /// Serves HTTP and the runner API and sweeps until `shutdown` fires.
+    /// Serves HTTP and the runner API (or runs the embedded runner) and sweeps
+    /// until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(self.config.bind_addr)
             .await
             .with_context(|| format!("BIND_ADDR: cannot listen on {}", self.config.bind_addr))?;
-        tracing::info!(addr = %self.config.bind_addr, "listening");
-        let runner_api = tokio::spawn(runner_api::serve(self.clone(), shutdown.clone()));
+        tracing::info!(addr = %self.config.bind_addr, "listening on http://{}", self.config.bind_addr);
+        let runners = match &self.bus {
+            Bus::Nats(bus) => tokio::spawn(runner_api::serve(self.clone(), bus.clone(), shutdown.clone())),
+            Bus::Local(bus) => {
+                let link = LocalLink::new(self.clone(), bus.clone());
+                let (ready, adopted) = tokio::sync::oneshot::channel();
+                let task = tokio::spawn(embedded_runner::run(self.clone(), link, ready, shutdown.clone()));
+                // Leftover containers are re-attached (their leases renewed) before
+                // the sweeper may judge those leases.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(60), adopted).await;
+                task
+            }
+        };
         let sweeper = tokio::spawn(sweeper::run(self.clone(), shutdown.clone()));
         let served = http::serve(self, listener, shutdown.clone()).await;
         shutdown.cancel();
-        runner_api.await.context("runner API task")?.context("runner API")?;
+        runners.await.context("runner task")?.context("runners")?;
         sweeper.await.context("sweeper task")?;
         served.context("HTTP server")
     }

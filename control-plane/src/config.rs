@@ -11,8 +11,8 @@ use std::time::Duration;
 pub enum Error {
     #[error("{name}: {message} (got `{value}`)")]
     Invalid { name: &'static str, value: String, message: String },
-    #[error("{name} is required: {message}")]
-    Missing { name: &'static str, message: &'static str },
+    #[error(transparent)]
+    Runner(#[from] runner_agent::config::Error),
 }
 
 /// What happens to a new run when a concurrency limit is reached.
@@ -27,9 +27,18 @@ pub enum ConcurrencyPolicy {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub bind_addr: SocketAddr,
+    /// `DATABASE_URL`: `postgres://…`, or `sqlite://…`; unset: SQLite in `DATA_DIR`.
     pub database_url: String,
-    pub nats_url: String,
-    pub s3: S3Settings,
+    /// `DATA_DIR`: the single node's database and live log spool.
+    pub data_dir: PathBuf,
+    /// `LOGS_DIR`: archived logs when no S3 store is configured.
+    pub logs_dir: PathBuf,
+    /// `NATS_URL`: runners are separate processes; unset: in-process bus and embedded runner.
+    pub nats_url: Option<String>,
+    /// Set when `S3_ENDPOINT` or `S3_BUCKET` is: archived logs go to S3 instead of `LOGS_DIR`.
+    pub s3: Option<S3Settings>,
+    /// The embedded runner's settings (`RUNNER_*`, `CONTAINER_*`), without `NATS_URL` only.
+    pub embedded_runner: Option<runner_agent::config::Config>,
     pub pipelines_dir: PathBuf,
     pub worker_base_image: String,
     /// How long a claimed run stays owned without a heartbeat.
@@ -112,37 +121,58 @@ impl Config {
     }
 
     pub fn from_source(src: &Source<'_>) -> Result<Config, Error> {
-        let database_url = src.get("DATABASE_URL").ok_or(Error::Missing {
-            name: "DATABASE_URL",
-            message: "set it to a postgres:// URL (the single-node SQLite mode does not exist yet)",
-        })?;
-        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
+        let data_dir = PathBuf::from(src.string("DATA_DIR", "./data"));
+        let database_url = match src.get("DATABASE_URL") {
+            Some(url) => url,
+            None => format!("sqlite://{}", data_dir.join("fastflow.db").display()),
+        };
+        if !["postgres://", "postgresql://", "sqlite://"].iter().any(|p| database_url.starts_with(p)) {
             return Err(Error::Invalid {
                 name: "DATABASE_URL",
                 value: redact_url(&database_url),
-                message: "expected a postgres:// URL".into(),
+                message: "expected a postgres:// or sqlite:// URL".into(),
             });
         }
-        let nats_url = src.string("NATS_URL", "nats://127.0.0.1:4222");
-        let s3 = S3Settings {
-            endpoint: src.get("S3_ENDPOINT"),
-            bucket: src.string("S3_BUCKET", "fastflow-logs"),
-            region: src.string("S3_REGION", "us-east-1"),
-            access_key_id: src.string("AWS_ACCESS_KEY_ID", ""),
-            secret_access_key: src.string("AWS_SECRET_ACCESS_KEY", ""),
+        let nats_url = src.get("NATS_URL");
+        let s3 = if src.get("S3_ENDPOINT").is_some() || src.get("S3_BUCKET").is_some() {
+            let s3 = S3Settings {
+                endpoint: src.get("S3_ENDPOINT"),
+                bucket: src.string("S3_BUCKET", "fastflow-logs"),
+                region: src.string("S3_REGION", "us-east-1"),
+                access_key_id: src.string("AWS_ACCESS_KEY_ID", ""),
+                secret_access_key: src.string("AWS_SECRET_ACCESS_KEY", ""),
+            };
+            if !valid_bucket_name(&s3.bucket) {
+                return Err(Error::Invalid {
+                    name: "S3_BUCKET",
+                    value: s3.bucket,
+                    message: "expected 3-63 lowercase letters, digits, dots or hyphens".into(),
+                });
+            }
+            Some(s3)
+        } else {
+            None
         };
-        if !valid_bucket_name(&s3.bucket) {
-            return Err(Error::Invalid {
-                name: "S3_BUCKET",
-                value: s3.bucket,
-                message: "expected 3-63 lowercase letters, digits, dots or hyphens".into(),
-            });
-        }
+        let embedded_runner = match nats_url {
+            Some(_) => None,
+            None => {
+                // The embedded runner keeps its id and caches under DATA_DIR unless told otherwise.
+                let runner_dir = data_dir.join("runner").display().to_string();
+                let lookup = |name: &str| match name {
+                    "RUNNER_DATA_DIR" => src.get(name).or_else(|| Some(runner_dir.clone())),
+                    _ => src.get(name),
+                };
+                Some(runner_agent::config::Config::from_source(&lookup)?)
+            }
+        };
         Ok(Config {
             bind_addr: src.parsed("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8000)), "host:port")?,
             database_url,
+            logs_dir: PathBuf::from(src.string("LOGS_DIR", "./logs")),
+            data_dir,
             nats_url,
             s3,
+            embedded_runner,
             pipelines_dir: PathBuf::from(src.string("PIPELINES_DIR", "./pipelines")),
             worker_base_image: src.string("WORKER_BASE_IMAGE", "fastflow-worker:latest"),
             // Heartbeats every 5 s; runners stop their jobs after 20 s without renewal (before the
@@ -281,11 +311,27 @@ mod tests {
     }
 
     #[test]
-    fn defaults_bind_to_loopback_port_8000() {
-        let cfg = load(&[("DATABASE_URL", "postgres://u@h/db")]).expect("valid config");
+    fn defaults_are_a_single_node_on_loopback_port_8000() {
+        let cfg = load(&[]).expect("valid config");
         assert_eq!(cfg.bind_addr.to_string(), "127.0.0.1:8000");
-        assert_eq!(cfg.s3.bucket, "fastflow-logs");
+        assert_eq!(cfg.database_url, "sqlite://./data/fastflow.db");
+        assert_eq!(cfg.logs_dir, PathBuf::from("./logs"));
+        assert!(cfg.s3.is_none() && cfg.nats_url.is_none());
+        let runner = cfg.embedded_runner.expect("an embedded runner without NATS_URL");
+        assert_eq!(runner.data_dir, PathBuf::from("./data/runner"));
         assert_eq!(cfg.lease, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn each_seam_switches_to_its_distributed_implementation_on_its_own() {
+        let cfg = load(&[("S3_ENDPOINT", "http://127.0.0.1:9000")]).expect("valid config");
+        assert_eq!(cfg.s3.as_ref().map(|s| s.bucket.as_str()), Some("fastflow-logs"));
+        assert!(cfg.nats_url.is_none() && cfg.database_url.starts_with("sqlite://"));
+        let cfg = load(&[("NATS_URL", "nats://127.0.0.1:4222")]).expect("valid config");
+        assert!(cfg.embedded_runner.is_none() && cfg.s3.is_none());
+        let cfg = load(&[("DATABASE_URL", "postgres://u@h/db"), ("DATA_DIR", "/srv/ff")]).expect("valid config");
+        assert_eq!(cfg.database_url, "postgres://u@h/db");
+        assert_eq!(cfg.embedded_runner.map(|r| r.data_dir), Some(PathBuf::from("/srv/ff/runner")));
     }
 
     #[test]
@@ -295,8 +341,8 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.starts_with("BIND_ADDR:"), "{err}");
-        let err = load(&[]).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.starts_with("DATABASE_URL is required"), "{err}");
+        let err = load(&[("RUNNER_CONCURRENCY", "0")]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("RUNNER_CONCURRENCY:"), "{err}");
         let err = load(&[("DATABASE_URL", "mysql://x:secret@h/db")]).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("DATABASE_URL") && !err.contains("secret"), "{err}");
         let err = load(&[("DATABASE_URL", "postgres://h/db"), ("S3_BUCKET", "Bad_Bucket")])

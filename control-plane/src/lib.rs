@@ -1,9 +1,11 @@
 //! Fast-Flow control plane: HTTP API and SSE, run lifecycle, the runner-facing
-//! NATS API, log archiving and the sweeper. See ARCHITECTURE.md.
+//! NATS API (or the embedded runner of the single node), log archiving and the
+//! sweeper. See ARCHITECTURE.md.
 
 pub mod app;
 pub mod bus;
 pub mod config;
+pub mod embedded_runner;
 pub mod http;
 pub mod logs;
 pub mod object_store;

@@ -1,7 +1,10 @@
 //! The NATS request/reply API runners talk to: claim, exit report, heartbeat.
 //! Every replica subscribes in one queue group, so each request is handled once.
+//! The single node's embedded runner calls the same handlers through
+//! `bus::local::LocalLink`.
 
 use crate::app::App;
+use crate::bus::nats::NatsBus;
 use crate::runs;
 use futures::StreamExt;
 use serde::Serialize;
@@ -11,24 +14,24 @@ use shared::subjects;
 use std::future::Future;
 use tokio_util::sync::CancellationToken;
 
-pub async fn serve(app: App, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let client = app.bus.client().clone();
+pub async fn serve(app: App, bus: NatsBus, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = bus.client().clone();
     let mut claims = client.queue_subscribe(subjects::CLAIM, subjects::CONTROL_PLANE_QUEUE.into()).await?;
     let mut exits = client.queue_subscribe(subjects::EXIT, subjects::CONTROL_PLANE_QUEUE.into()).await?;
     let mut heartbeats = client.queue_subscribe(subjects::HEARTBEAT, subjects::CONTROL_PLANE_QUEUE.into()).await?;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            Some(msg) = claims.next() => spawn_reply(&app, msg, handle_claim),
-            Some(msg) = exits.next() => spawn_reply(&app, msg, handle_exit),
-            Some(msg) = heartbeats.next() => spawn_reply(&app, msg, handle_heartbeat),
+            Some(msg) = claims.next() => spawn_reply(&app, &client, msg, handle_claim),
+            Some(msg) = exits.next() => spawn_reply(&app, &client, msg, handle_exit),
+            Some(msg) = heartbeats.next() => spawn_reply(&app, &client, msg, heartbeat),
             else => return Ok(()),
         }
     }
 }
 
 /// Decodes a request, runs its handler in its own task and sends the reply.
-fn spawn_reply<Req, Rep, F, Fut>(app: &App, msg: async_nats::Message, handler: F)
+fn spawn_reply<Req, Rep, F, Fut>(app: &App, client: &async_nats::Client, msg: async_nats::Message, handler: F)
 where
     Req: DeserializeOwned + Send + 'static,
     Rep: Serialize + Send,
@@ -36,6 +39,7 @@ where
     Fut: Future<Output = Option<Rep>> + Send,
 {
     let app = app.clone();
+    let client = client.clone();
     tokio::spawn(async move {
         let Some(reply_to) = msg.reply.clone() else { return };
         let request: Req = match serde_json::from_slice(&msg.payload) {
@@ -45,7 +49,6 @@ where
                 return;
             }
         };
-        let client = app.bus.client().clone();
         // `None`: no answer, the runner times out and retries (transient failure).
         let Some(reply) = handler(app, request).await else { return };
         match serde_json::to_vec(&reply) {
@@ -73,7 +76,9 @@ async fn handle_exit(app: App, report: ExitReport) -> Option<ExitReply> {
     Some(runs::finish(&app, &report).await)
 }
 
-async fn handle_heartbeat(app: App, hb: Heartbeat) -> Option<HeartbeatReply> {
+/// Records the heartbeat and renews the runner's leases; the reply carries
+/// cancel notices and the attempts it no longer holds. `None`: not recorded.
+pub(crate) async fn heartbeat(app: App, hb: Heartbeat) -> Option<HeartbeatReply> {
     if let Err(e) = app.store.record_heartbeat(&hb).await {
         tracing::warn!(runner_id = %hb.runner_id, error = %e, "could not record heartbeat");
         return None;

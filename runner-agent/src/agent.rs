@@ -1,66 +1,85 @@
 //! The runner assembled: connect, then claim, execute and heartbeat until shut down.
 //!
 //! Shutdown: the first signal stops claiming and waits for running attempts to
-//! finish; a second one stops them.
+//! finish; a second one stops them. The single-node control plane embeds the
+//! same loop through [`serve`] with its in-process link.
 
 use crate::active::{Active, StopReason};
 use crate::code_cache::CodeCache;
 use crate::config::Config;
 use crate::docker::Docker;
 use crate::execution::Executor;
+use crate::link::ControlLink;
+use crate::link::nats::NatsLink;
 use crate::{claimer, heartbeat, reattach};
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 
+/// The `runner-agent` process: NATS link, then [`serve`].
 pub async fn run(
     config: Config,
     first_signal: CancellationToken,
     second_signal: CancellationToken,
 ) -> anyhow::Result<()> {
+    let config = prepare(config)?;
+    let docker = Docker::connect().await.context("cannot reach the Docker engine")?;
+    let link = NatsLink::connect(&config.nats_url, &config.runner_id)
+        .await
+        .with_context(|| format!("NATS_URL: cannot connect to {}", config.nats_url))?;
+    serve(config, docker, Arc::new(link), first_signal, second_signal, None).await
+}
+
+/// Creates the data and uv cache folders, settles the runner id (persisted in
+/// the data folder) and makes the paths absolute (Docker bind mounts need that).
+pub fn prepare(config: Config) -> anyhow::Result<Arc<Config>> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("RUNNER_DATA_DIR: cannot create {}", config.data_dir.display()))?;
     std::fs::create_dir_all(&config.uv_cache_dir)
         .with_context(|| format!("UV_CACHE_DIR: cannot create {}", config.uv_cache_dir.display()))?;
     let mut config = config;
     config.load_or_persist_runner_id()?;
-    // Docker needs absolute host paths for bind mounts.
     config.data_dir = std::fs::canonicalize(&config.data_dir).context("RUNNER_DATA_DIR")?;
     config.uv_cache_dir = std::fs::canonicalize(&config.uv_cache_dir).context("UV_CACHE_DIR")?;
-    let config = Arc::new(config);
+    Ok(Arc::new(config))
+}
 
-    let docker = Docker::connect().await.context("cannot reach the Docker engine")?;
-    let nats = async_nats::ConnectOptions::new()
-        .name(format!("fastflow-runner-{}", config.runner_id))
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(&config.nats_url)
-        .await
-        .with_context(|| format!("NATS_URL: cannot connect to {}", config.nats_url))?;
-    let js = async_nats::jetstream::new(nats.clone());
+/// Re-attaches to this runner's leftover containers, then claims and executes
+/// until `first_signal` (drain) and `second_signal` (stop running attempts).
+/// `ready` fires once the leftovers are adopted and claiming starts.
+pub async fn serve(
+    config: Arc<Config>,
+    docker: Docker,
+    link: Arc<dyn ControlLink>,
+    first_signal: CancellationToken,
+    second_signal: CancellationToken,
+    ready: Option<oneshot::Sender<()>>,
+) -> anyhow::Result<()> {
     let active = Active::default();
     let executor = Executor {
         config: config.clone(),
         docker,
-        nats: nats.clone(),
-        js: js.clone(),
-        code: CodeCache::new(config.data_dir.join("code"), js),
+        link: link.clone(),
+        code: CodeCache::new(config.data_dir.join("code"), link.clone()),
         active: active.clone(),
     };
-    tracing::info!(runner_id = %config.runner_id, slots = config.concurrency, "runner ready");
+    tracing::info!(runner_id = %config.runner_id, pool = %config.pool, slots = config.concurrency, "runner ready");
 
     let slots = Arc::new(Semaphore::new(config.concurrency as usize));
     // Before claiming anything new and before the heartbeat loop: take over the
     // containers an earlier process of this runner left behind.
     reattach::adopt_orphans(&executor, &slots).await;
+    if let Some(ready) = ready {
+        let _ = ready.send(());
+    }
 
     let background = CancellationToken::new();
-    let heartbeats = tokio::spawn(heartbeat::run(config.clone(), nats.clone(), active.clone(), background.clone()));
+    let heartbeats = tokio::spawn(heartbeat::run(config.clone(), link.clone(), active.clone(), background.clone()));
     let cancels = tokio::spawn(heartbeat::listen_for_cancels(
         config.runner_id.clone(),
-        nats.clone(),
+        link.clone(),
         active.clone(),
         background.clone(),
     ));
@@ -78,6 +97,6 @@ pub async fn run(
     }
     background.cancel();
     let _ = tokio::join!(heartbeats, cancels);
-    nats.flush().await.ok();
+    link.flush().await;
     Ok(())
 }

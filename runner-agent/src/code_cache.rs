@@ -1,12 +1,11 @@
-//! Pipeline code bundles fetched from the NATS object store, verified against
+//! Pipeline code bundles fetched through the control link, verified against
 //! their sha256 and unpacked once per digest under `<data dir>/code/<digest>`.
 
-use async_nats::jetstream;
+use crate::link::ControlLink;
 use sha2::{Digest, Sha256};
 use shared::protocol::CodeBundleRef;
-use shared::subjects;
 use std::path::{Path, PathBuf};
-use tokio::io::AsyncReadExt;
+use std::sync::Arc;
 
 const MAX_BUNDLE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -23,12 +22,12 @@ pub enum Error {
 #[derive(Clone)]
 pub struct CodeCache {
     dir: PathBuf,
-    js: jetstream::Context,
+    link: Arc<dyn ControlLink>,
 }
 
 impl CodeCache {
-    pub fn new(dir: PathBuf, js: jetstream::Context) -> CodeCache {
-        CodeCache { dir, js }
+    pub fn new(dir: PathBuf, link: Arc<dyn ControlLink>) -> CodeCache {
+        CodeCache { dir, link }
     }
 
     /// The host folder holding the bundle's files, fetching it if needed.
@@ -57,10 +56,10 @@ impl CodeCache {
         if code.size > MAX_BUNDLE_BYTES {
             return Err(unavailable(format!("larger than {MAX_BUNDLE_BYTES} bytes")));
         }
-        let store = self.js.get_object_store(subjects::CODE_BUCKET).await.map_err(|e| unavailable(e.to_string()))?;
-        let object = store.get(&code.digest).await.map_err(|e| unavailable(e.to_string()))?;
-        let mut data = Vec::with_capacity(code.size as usize);
-        object.take(MAX_BUNDLE_BYTES + 1).read_to_end(&mut data).await.map_err(|e| unavailable(e.to_string()))?;
+        let data = self.link.fetch_bundle(code, MAX_BUNDLE_BYTES).await.map_err(|e| unavailable(e.to_string()))?;
+        if data.len() as u64 > MAX_BUNDLE_BYTES {
+            return Err(unavailable(format!("larger than {MAX_BUNDLE_BYTES} bytes")));
+        }
         Ok(data)
     }
 }

@@ -5,10 +5,11 @@ use crate::active::{Active, StopReason};
 use crate::code_cache::CodeCache;
 use crate::config::Config;
 use crate::docker::{self, BindMount, ContainerSpec, Docker, Limits, Output};
+use crate::link::ControlLink;
 use crate::log_pump::{self, LogPump};
 use futures::StreamExt;
+use shared::LogStream;
 use shared::protocol::{AttemptRef, ExitOutcome, ExitReply, ExitReport, JobSpec};
-use shared::{LogStream, subjects};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 const UV_CACHE_MOUNT: &str = "/uv-cache";
-const EXIT_REPORT_TIMEOUT: Duration = Duration::from_secs(300);
 const EXIT_REPORT_PATIENCE: Duration = Duration::from_secs(3600);
 
 /// Labels of a job container: enough to rebuild its attempt after a runner restart.
@@ -73,8 +73,7 @@ impl Orphan {
 pub struct Executor {
     pub config: Arc<Config>,
     pub docker: Docker,
-    pub nats: async_nats::Client,
-    pub js: async_nats::jetstream::Context,
+    pub link: Arc<dyn ControlLink>,
     pub code: CodeCache,
     pub active: Active,
 }
@@ -108,7 +107,7 @@ impl Executor {
     /// Executes an attempt to the end; never panics, always deregisters it.
     pub async fn execute(self, job: JobSpec, stop: watch::Receiver<Option<StopReason>>) {
         let at = AttemptRef { run_id: job.run_id, attempt: job.attempt, fencing_token: job.fencing_token };
-        let mut pump = LogPump::new(self.js.clone(), &at, self.nats.max_payload(), job.log_max_bytes);
+        let mut pump = LogPump::new(self.link.clone(), &at, job.log_max_bytes);
         let ended = match self.run_container(&job, &mut pump, stop).await {
             Ok(ended) => ended,
             Err(e) => Ended::SetupFailed(e.to_string()),
@@ -147,7 +146,7 @@ impl Executor {
             published_lines = point.lines,
             "re-attached to a container left by an earlier runner process"
         );
-        let mut pump = LogPump::resume(self.js.clone(), &at, self.nats.max_payload(), orphan.log_max_bytes, point);
+        let mut pump = LogPump::resume(self.link.clone(), &at, orphan.log_max_bytes, point);
         let ended = match self.follow_orphan(&orphan, &mut pump, stop).await {
             Ok(ended) => ended,
             Err(e) => Ended::SetupFailed(e.to_string()),
@@ -196,7 +195,7 @@ impl Executor {
         let mut delay = Duration::from_millis(500);
         let mut tries = 0;
         loop {
-            match log_pump::resume_point(&self.js, at).await {
+            match log_pump::resume_point(self.link.as_ref(), at).await {
                 Ok(point) => return Ok(point),
                 Err(e) if tries >= 6 => return Err(e),
                 Err(e) => tracing::warn!(error = %e, "reading the published log failed; retrying"),
@@ -427,23 +426,19 @@ impl Executor {
     /// Reports until the control plane answers for good. `true`: the
     /// container may go (accepted, or the attempt is not ours any more).
     async fn report_exit(&self, report: &ExitReport) -> bool {
-        let Ok(payload) = serde_json::to_vec(report) else { return false };
         let started = Instant::now();
         let mut delay = Duration::from_millis(500);
         loop {
-            let request = async_nats::Request::new().payload(payload.clone().into()).timeout(Some(EXIT_REPORT_TIMEOUT));
-            let answer = self.nats.send_request(subjects::EXIT, request).await;
-            let reason = match answer.map(|m| serde_json::from_slice::<ExitReply>(&m.payload)) {
-                Ok(Ok(ExitReply::Accepted)) => {
+            let reason = match self.link.report_exit(report).await {
+                Ok(ExitReply::Accepted) => {
                     tracing::info!(run_id = %report.attempt.run_id, "exit accepted");
                     return true;
                 }
-                Ok(Ok(ExitReply::Rejected { reason })) => {
+                Ok(ExitReply::Rejected { reason }) => {
                     tracing::warn!(run_id = %report.attempt.run_id, %reason, "exit report rejected");
                     return true;
                 }
-                Ok(Ok(ExitReply::RetryLater { reason })) => reason,
-                Ok(Err(e)) => format!("unreadable reply: {e}"),
+                Ok(ExitReply::RetryLater { reason }) => reason,
                 Err(e) => e.to_string(),
             };
             if started.elapsed() > EXIT_REPORT_PATIENCE {

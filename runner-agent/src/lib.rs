@@ -1,4 +1,4 @@
-//! Fast-Flow runner agent: claims runs over NATS, executes each in a fresh
+//! Fast-Flow runner agent: claims runs (over NATS, or in-process in the single node), executes each in a fresh
 //! Docker container, streams its output, reports its exit. See ARCHITECTURE.md.
 
 pub mod active;
@@ -9,6 +9,7 @@ pub mod config;
 pub mod docker;
 pub mod execution;
 pub mod heartbeat;
+pub mod link;
 pub mod log_batcher;
 pub mod log_pump;
 pub mod reattach;

@@ -1,15 +1,17 @@
-//! Publishes a run's log batches to JetStream, waiting for acks (≤ 32 in
-//! flight, re-sent under the same message id when an ack fails), and reads back
-//! what an earlier runner process already published (for a restart).
+//! Publishes a run's log batches through the control link, waiting for acks
+//! (≤ 32 in flight, re-sent under the same first line when an ack fails, which
+//! the link de-duplicates), and reads back what an earlier runner process
+//! already published (for a restart).
 
 pub use crate::log_batcher::ResumePoint;
+use crate::link::{ControlLink, LogAck};
 use crate::log_batcher::{Batcher, max_line_for};
-use async_nats::jetstream::{self, context::PublishAckFuture};
 use bytes::Bytes;
-use shared::log_batch::{FENCING_TOKEN_HEADER, FIRST_LINE_HEADER};
+use futures::StreamExt;
+use shared::LogStream;
 use shared::protocol::{AttemptRef, LogTotals};
-use shared::{LogStream, subjects};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -24,80 +26,44 @@ pub struct Error(String);
 struct Pending {
     first_line: u64,
     payload: Bytes,
-    ack: PublishAckFuture,
+    ack: LogAck,
 }
 
-/// Reads what `logs.<run>.<attempt>` holds now (batches of this attempt's
-/// fencing token only) into a [`ResumePoint`]. Reads every batch rather than
-/// only the last one: lines Fast-Flow wrote itself (image pull progress, a
-/// timeout notice) are numbered too but are not in the container's output, so
-/// the number of output records per stream is what re-read output must skip.
-pub async fn resume_point(js: &jetstream::Context, at: &AttemptRef) -> Result<ResumePoint, Error> {
-    use async_nats::jetstream::{consumer, stream::LastRawMessageErrorKind};
-    use futures::StreamExt;
+/// Reads what the link holds now for this attempt (batches of its fencing
+/// token only) into a [`ResumePoint`]. Reads every batch rather than only the
+/// last one: lines Fast-Flow wrote itself (image pull progress, a timeout
+/// notice) are numbered too but are not in the container's output, so the
+/// number of output records per stream is what re-read output must skip.
+pub async fn resume_point(link: &dyn ControlLink, at: &AttemptRef) -> Result<ResumePoint, Error> {
     let err = |e: &dyn std::fmt::Display| Error(format!("reading the published log: {e}"));
-    let subject = subjects::log_subject(at.run_id, at.attempt);
-    let stream = js.get_stream(subjects::LOGS_STREAM).await.map_err(|e| err(&e))?;
-    let last = match stream.get_last_raw_message_by_subject(&subject).await {
-        Ok(msg) => msg.sequence,
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(ResumePoint::default()),
-        Err(e) => return Err(err(&e)),
-    };
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: subject,
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| err(&e))?;
-    let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
-    let token = at.fencing_token.to_string();
+    let mut batches = link.published_log(at).await.map_err(|e| err(&e))?;
     let mut point = ResumePoint::default();
-    while let Some(msg) = messages.next().await {
-        let msg = msg.map_err(|e| err(&e))?;
-        let sequence = msg.info().map_err(|e| err(&e))?.stream_sequence;
-        let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
-        if header(FENCING_TOKEN_HEADER).as_deref() == Some(token.as_str())
-            && let Some(first) = header(FIRST_LINE_HEADER).and_then(|v| v.parse::<u64>().ok())
-        {
-            point.absorb(first, &msg.payload).map_err(|e| err(&e))?;
-        }
-        if sequence >= last {
-            return Ok(point);
-        }
+    while let Some(batch) = batches.next().await {
+        let (first, payload) = batch.map_err(|e| err(&e))?;
+        point.absorb(first, &payload).map_err(|e| err(&e))?;
     }
-    Err(Error("the published log ended before its last message".into()))
+    Ok(point)
 }
 
 pub struct LogPump {
-    js: jetstream::Context,
-    subject: String,
-    msg_id_prefix: String,
-    token: String,
+    link: Arc<dyn ControlLink>,
+    at: AttemptRef,
     batcher: Batcher,
     in_flight: VecDeque<Pending>,
 }
 
 impl LogPump {
-    /// `max_payload` is the server's message size limit; records stay below it.
-    pub fn new(js: jetstream::Context, at: &AttemptRef, max_payload: usize, limit: Option<u64>) -> LogPump {
-        LogPump::resume(js, at, max_payload, limit, ResumePoint::default())
+    /// Records stay below the link's payload limit.
+    pub fn new(link: Arc<dyn ControlLink>, at: &AttemptRef, limit: Option<u64>) -> LogPump {
+        LogPump::resume(link, at, limit, ResumePoint::default())
     }
 
     /// A pump that continues an attempt's log after `point` (see [`Batcher::resume`]).
-    pub fn resume(
-        js: jetstream::Context,
-        at: &AttemptRef,
-        max_payload: usize,
-        limit: Option<u64>,
-        point: ResumePoint,
-    ) -> LogPump {
+    pub fn resume(link: Arc<dyn ControlLink>, at: &AttemptRef, limit: Option<u64>, point: ResumePoint) -> LogPump {
+        let max_payload = link.max_log_payload();
         LogPump {
-            js,
-            subject: subjects::log_subject(at.run_id, at.attempt),
-            msg_id_prefix: format!("{}:{}:", at.run_id, at.attempt),
-            token: at.fencing_token.to_string(),
+            link,
+            at: at.clone(),
             batcher: Batcher::resume(max_line_for(max_payload), limit, point),
             in_flight: VecDeque::new(),
         }
@@ -145,13 +111,10 @@ impl LogPump {
         Ok(totals)
     }
 
-    async fn send(&self, first_line: u64, payload: Bytes) -> Result<PublishAckFuture, Error> {
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(payload)
-            .message_id(format!("{}{first_line}", self.msg_id_prefix))
-            .header(FIRST_LINE_HEADER, first_line.to_string().as_str())
-            .header(FENCING_TOKEN_HEADER, self.token.as_str());
-        self.js.send_publish(self.subject.clone(), publish).await.map_err(|e| Error(e.to_string()))
+    /// Owns what it needs, so `&self` (not `Sync`: it holds ack futures) is not kept across the await.
+    fn send(&self, first_line: u64, payload: Bytes) -> impl Future<Output = Result<LogAck, Error>> + Send + 'static {
+        let (link, at) = (self.link.clone(), self.at.clone());
+        async move { link.publish_log(&at, first_line, payload).await.map_err(|e| Error(e.to_string())) }
     }
 
     /// Waits for the oldest ack; re-publishes (de-duplicated by message id) on failure.

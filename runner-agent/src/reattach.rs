@@ -58,7 +58,7 @@ pub async fn adopt_orphans(executor: &Executor, slots: &Arc<Semaphore>) -> usize
     // tells which attempts the control plane gave up on (stale: their container is
     // removed) or cancelled while this runner was down. Unanswered, re-attach anyway;
     // the heartbeat loop will tell.
-    if !heartbeat::beat(&executor.config, &executor.nats, &executor.active).await {
+    if !heartbeat::beat(&executor.config, executor.link.as_ref(), &executor.active).await {
         tracing::warn!("control plane did not answer the first heartbeat; re-attaching anyway");
     }
     let count = adopted.len();

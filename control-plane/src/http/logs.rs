@@ -18,7 +18,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{Stream, StreamExt};
-use shared::{RunStatus, subjects};
+use crate::bus::FinishedEvents;
+use shared::RunStatus;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
@@ -76,7 +77,7 @@ async fn text(
         }
         (None, RunStatus::Queued) => Body::empty(),
         (None, _) => {
-            let reader = SnapshotReader::open(app.bus.jetstream(), run.id, run.attempt, run.fencing_token)
+            let reader = SnapshotReader::open(&app.bus, run.id, run.attempt, run.fencing_token)
                 .await
                 .map_err(ApiError::internal)?;
             Body::from_stream(futures::stream::try_unfold(reader, |mut r| async move {
@@ -135,8 +136,6 @@ enum FollowError {
     Live(#[from] live::Error),
     #[error(transparent)]
     Archive(#[from] crate::logs::archived::Error),
-    #[error("NATS: {0}")]
-    Nats(String),
     #[error("run disappeared")]
     Gone,
 }
@@ -185,13 +184,7 @@ impl RateLimiter {
 impl Follower {
     async fn follow(&mut self, run: Run) -> Result<(), FollowError> {
         // Subscribe before re-reading the run, so a finish in between is not missed.
-        let mut finished = self
-            .app
-            .bus
-            .client()
-            .subscribe(subjects::run_finished(run.id))
-            .await
-            .map_err(|e| FollowError::Nats(e.to_string()))?;
+        let mut finished = self.app.bus.finished_events(run.id).await.map_err(live::Error::from)?;
         let mut run = self.reload(&run).await?;
         loop {
             if self.attempt < run.attempt {
@@ -238,7 +231,7 @@ impl Follower {
         self.app.store.get_run(run.id).await?.ok_or(FollowError::Gone)
     }
 
-    async fn wait_queued(&self, finished: &mut async_nats::Subscriber) -> Result<(), Disconnected> {
+    async fn wait_queued(&self, finished: &mut FinishedEvents) -> Result<(), Disconnected> {
         tokio::select! {
             _ = finished.next() => Ok(()),
             _ = tokio::time::sleep(Duration::from_millis(500)) => Ok(()),
@@ -250,22 +243,22 @@ impl Follower {
     async fn follow_live(
         &mut self,
         run: &Run,
-        finished: &mut async_nats::Subscriber,
+        finished: &mut FinishedEvents,
     ) -> Result<Result<(), Disconnected>, FollowError> {
-        let mut messages = live::follow(self.app.bus.jetstream(), run.id, run.attempt).await?;
+        let mut batches = self.app.bus.follow_log(run.id, run.attempt).await.map_err(live::Error::from)?;
         let mut poll = tokio::time::interval(STATUS_POLL);
         poll.tick().await;
         loop {
             tokio::select! {
-                msg = messages.next() => match msg {
-                    Some(Ok(msg)) => {
-                        let lines = live::decode_batch(msg.headers.as_ref(), &msg.payload, run.fencing_token)?;
+                batch = batches.next() => match batch {
+                    Some(Ok(batch)) => {
+                        let lines = live::decode_batch(&batch, run.fencing_token)?;
                         if self.send_lines(lines).await.is_err() {
                             return Ok(Err(Disconnected));
                         }
                     }
                     Some(Err(e)) => {
-                        tracing::debug!(run_id = %run.id, error = %e, "live log consumer interrupted; resuming");
+                        tracing::debug!(run_id = %run.id, error = %e, "live log follower interrupted; resuming");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         return Ok(Ok(()));
                     }
@@ -295,7 +288,7 @@ impl Follower {
         } else if run.started_at.is_some() {
             // Final without an archive (its runner was lost and archiving failed): what NATS still has.
             let mut reader =
-                SnapshotReader::open(self.app.bus.jetstream(), run.id, run.attempt, run.fencing_token).await?;
+                SnapshotReader::open(&self.app.bus, run.id, run.attempt, run.fencing_token).await?;
             while let Some(lines) = reader.next_lines().await? {
                 if self.send_lines(lines).await.is_err() {
                     return Ok(());

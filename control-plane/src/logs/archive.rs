@@ -1,11 +1,11 @@
-//! Writing an attempt's whole log from JetStream to the object store.
+//! Writing an attempt's whole live log from the bus to the log store.
 //! Memory stays bounded: lines stream through multipart uploads.
 
 use super::live::{self, SnapshotReader};
 use super::{encode_index_entry, index_key, log_key};
 use crate::object_store::{self, ObjectStore};
 use crate::store::runs::ArchivedLog;
-use async_nats::jetstream;
+use crate::bus::Bus;
 use shared::protocol::{AttemptRef, LogTotals};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,12 +26,12 @@ pub struct Archived {
 /// Archives everything the stream holds for the attempt. `expected` is what
 /// the runner says it published, when it said so.
 pub async fn archive(
-    js: &jetstream::Context,
+    bus: &Bus,
     objects: &ObjectStore,
     at: &AttemptRef,
     expected: Option<LogTotals>,
 ) -> Result<Archived, Error> {
-    let mut reader = SnapshotReader::open(js, at.run_id, at.attempt, at.fencing_token).await?;
+    let mut reader = SnapshotReader::open(bus, at.run_id, at.attempt, at.fencing_token).await?;
     let key = log_key(at.run_id, at.attempt);
     let mut log = objects.begin_upload(&key).await?;
     let mut index = objects.begin_upload(&index_key(at.run_id, at.attempt)).await?;

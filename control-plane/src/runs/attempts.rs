@@ -62,7 +62,7 @@ pub async fn finish(app: &App, report: &ExitReport) -> ExitReply {
     if run.status.is_final() {
         return ExitReply::Accepted;
     }
-    let archived = match archive::archive(app.bus.jetstream(), &app.objects, at, Some(report.log)).await {
+    let archived = match archive::archive(&app.bus, &app.objects, at, Some(report.log)).await {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(run_id = %at.run_id, error = %e, "archiving failed; runner will retry");

@@ -68,7 +68,7 @@ pub async fn expire_timeouts(app: &App) -> Result<usize, Error> {
 /// end it. `true` if this replica ended it.
 async fn take_over(app: &App, run: &Run, outcome: &Outcome) -> Result<bool, Error> {
     let at = run.attempt_ref();
-    let archived = match archive::archive(app.bus.jetstream(), &app.objects, &at, None).await {
+    let archived = match archive::archive(&app.bus, &app.objects, &at, None).await {
         Ok(archived) => Some(archived.log),
         Err(e) => {
             tracing::warn!(run_id = %run.id, error = %e, "could not archive the log");

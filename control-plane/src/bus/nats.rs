@@ -1,34 +1,33 @@
-//! The control plane's side of NATS: streams, job offers, code bundles in the
-//! object store, and core-NATS notices (cancel, run finished).
+//! The bus over NATS: streams, job offers, code bundles in the object store,
+//! live log batches, and core-NATS notices (cancel, run finished).
 //!
 //! NATS only delivers; Postgres decides. Every stream and bucket is (re)created
 //! idempotently, so a NATS server that lost its store heals on the next sweep.
 
-use async_nats::jetstream::{self, object_store, stream};
+use super::{Error, RawBatch};
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, object_store, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use shared::log_batch::{FENCING_TOKEN_HEADER, FIRST_LINE_HEADER};
 use shared::protocol::{CancelNotice, CodeBundleRef, JobOffer};
 use shared::subjects;
 use std::time::Duration;
 use uuid::Uuid;
 
-#[derive(Debug, thiserror::Error)]
-#[error("NATS: {context}: {source}")]
-pub struct Error {
-    context: &'static str,
-    source: async_nats::Error,
-}
-
 fn nats<E: Into<async_nats::Error>>(context: &'static str) -> impl FnOnce(E) -> Error {
-    move |e| Error { context, source: e.into() }
+    move |e| Error::Nats { context, source: e.into() }
 }
 
 #[derive(Clone)]
-pub struct Bus {
+pub struct NatsBus {
+    url: String,
     client: async_nats::Client,
     js: jetstream::Context,
 }
 
-impl Bus {
-    pub async fn connect(url: &str) -> Result<Bus, Error> {
+impl NatsBus {
+    pub async fn connect(url: &str) -> Result<NatsBus, Error> {
         let client = async_nats::ConnectOptions::new()
             .name("fastflow-control-plane")
             .retry_on_initial_connect()
@@ -37,7 +36,7 @@ impl Bus {
             .await
             .map_err(nats("connect"))?;
         let js = jetstream::new(client.clone());
-        let bus = Bus { client, js };
+        let bus = NatsBus { url: url.to_owned(), client, js };
         bus.ensure_streams().await?;
         Ok(bus)
     }
@@ -46,8 +45,8 @@ impl Bus {
         &self.client
     }
 
-    pub fn jetstream(&self) -> &jetstream::Context {
-        &self.js
+    pub fn describe(&self) -> String {
+        format!("nats jetstream at {}", self.url)
     }
 
     /// Creates the jobs and logs streams and the code bucket if missing.
@@ -164,5 +163,71 @@ impl Bus {
             .await
             .map_err(nats("flush"))?
             .map_err(nats("flush"))
+    }
+
+    pub async fn finished_events(&self, run_id: Uuid) -> Result<async_nats::Subscriber, Error> {
+        self.client.subscribe(subjects::run_finished(run_id)).await.map_err(nats("subscribe to run events"))
+    }
+
+    pub async fn log_cursor(&self, run_id: Uuid, attempt: i32) -> Result<LogCursor, Error> {
+        let stream = self.js.get_stream(subjects::LOGS_STREAM).await.map_err(nats("get logs stream"))?;
+        Ok(LogCursor { stream, subject: subjects::log_subject(run_id, attempt), next_seq: 1 })
+    }
+
+    /// An ordered consumer from the start of the subject (ephemeral: the server
+    /// drops it when the reader goes away).
+    pub async fn follow_log(&self, run_id: Uuid, attempt: i32) -> Result<LogFollower, Error> {
+        let stream = self.js.get_stream(subjects::LOGS_STREAM).await.map_err(nats("get logs stream"))?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subjects::log_subject(run_id, attempt),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats("follow log"))?;
+        Ok(LogFollower(consumer.messages().await.map_err(nats("follow log"))?))
+    }
+}
+
+fn raw_batch(headers: Option<&HeaderMap>, payload: Bytes) -> RawBatch {
+    let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+    RawBatch {
+        first_line: header(FIRST_LINE_HEADER).and_then(|v| v.parse().ok()),
+        token: header(FENCING_TOKEN_HEADER).and_then(|v| v.parse().ok()),
+        payload,
+    }
+}
+
+/// Reads a subject's messages by stream sequence, one direct get each.
+pub struct LogCursor {
+    stream: stream::Stream,
+    subject: String,
+    next_seq: u64,
+}
+
+impl LogCursor {
+    pub async fn next_batch(&mut self) -> Result<Option<RawBatch>, Error> {
+        use stream::LastRawMessageErrorKind;
+        let msg =
+            self.stream.raw_message_builder().sequence(self.next_seq).next_by_subject(self.subject.clone()).send().await;
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+            Err(e) => return Err(nats("read log")(e)),
+        };
+        self.next_seq = msg.sequence + 1;
+        Ok(Some(raw_batch(Some(&msg.headers), msg.payload)))
+    }
+}
+
+pub struct LogFollower(consumer::pull::Ordered);
+
+impl LogFollower {
+    pub async fn next(&mut self) -> Option<Result<RawBatch, Error>> {
+        match self.0.next().await? {
+            Ok(msg) => Some(Ok(raw_batch(msg.headers.as_ref(), msg.payload.clone()))),
+            Err(e) => Some(Err(nats("follow log")(e))),
+        }
     }
 }

@@ -1,0 +1,489 @@
+//! The in-process bus of the single node: offers in per-pool queues, notices on
+//! broadcast channels, and live log batches in one append-only spool file per
+//! attempt under `DATA_DIR/live-logs` (so a killed process still has what its
+//! runner published, exactly like a JetStream stream, and a restarted runner
+//! resumes after it). [`LocalLink`] is the embedded runner's side of it.
+
+use super::{Error, RawBatch};
+use crate::app::App;
+use crate::{runner_api, runs};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use runner_agent::link::{ControlLink, LinkError, LogAck, Offer, OfferHandle};
+use shared::protocol::{
+    AttemptRef, CancelNotice, ClaimReply, ClaimRequest, CodeBundleRef, ExitReply, ExitReport, Heartbeat,
+    HeartbeatReply, JobOffer,
+};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{Notify, broadcast, watch};
+use uuid::Uuid;
+
+/// How long `next_offer` waits before answering "nothing".
+const OFFER_WAIT: Duration = Duration::from_secs(5);
+/// Largest log batch the embedded runner sends (the same as NATS' usual limit).
+pub const MAX_LOG_PAYLOAD: usize = 8 * 1024 * 1024;
+/// Spool frame header: first_line u64 LE, fencing token i64 LE, payload length u32 LE.
+const FRAME_HEADER: usize = 20;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the state consistent; a panic cannot tear it.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Default)]
+struct Offers {
+    queues: HashMap<String, VecDeque<JobOffer>>,
+    /// Queued or handed to the runner and not yet settled.
+    outstanding: HashSet<(Uuid, i32)>,
+}
+
+#[derive(Clone)]
+pub struct LocalBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    spool_dir: PathBuf,
+    offers: Mutex<Offers>,
+    offered: Notify,
+    cancels: broadcast::Sender<(String, CancelNotice)>,
+    finished: broadcast::Sender<Uuid>,
+    spools: Mutex<HashMap<(Uuid, i32), Arc<Spool>>>,
+}
+
+impl LocalBus {
+    /// `spool_dir` holds the live logs; it is created if missing.
+    pub fn open(spool_dir: PathBuf) -> Result<LocalBus, Error> {
+        std::fs::create_dir_all(&spool_dir).map_err(|e| spool_err(&spool_dir, e))?;
+        Ok(LocalBus {
+            inner: Arc::new(Inner {
+                spool_dir,
+                offers: Mutex::new(Offers::default()),
+                offered: Notify::new(),
+                cancels: broadcast::channel(256).0,
+                finished: broadcast::channel(1024).0,
+                spools: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!("in-process with the embedded runner (live logs in {})", self.inner.spool_dir.display())
+    }
+
+    pub fn offer(&self, pool: &str, run_id: Uuid, attempt: i32) {
+        let mut offers = lock(&self.inner.offers);
+        if offers.outstanding.insert((run_id, attempt)) {
+            offers.queues.entry(pool.to_owned()).or_default().push_back(JobOffer { run_id, attempt });
+        }
+        drop(offers);
+        self.inner.offered.notify_waiters();
+    }
+
+    pub fn has_offer(&self, _pool: &str, run_id: Uuid) -> bool {
+        lock(&self.inner.offers).outstanding.iter().any(|(id, _)| *id == run_id)
+    }
+
+    /// The next offer of `pool`, waiting up to [`OFFER_WAIT`].
+    async fn next_offer(&self, pool: &str) -> Option<JobOffer> {
+        let deadline = tokio::time::Instant::now() + OFFER_WAIT;
+        loop {
+            // Register before looking, so an offer in between is not missed.
+            let notified = self.inner.offered.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(job) = lock(&self.inner.offers).queues.get_mut(pool).and_then(VecDeque::pop_front) {
+                return Some(job);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    fn settle(&self, job: &JobOffer) {
+        lock(&self.inner.offers).outstanding.remove(&(job.run_id, job.attempt));
+    }
+
+    fn requeue(&self, pool: &str, job: JobOffer) {
+        lock(&self.inner.offers).queues.entry(pool.to_owned()).or_default().push_back(job);
+        self.inner.offered.notify_waiters();
+    }
+
+    pub fn notify_cancel(&self, runner_id: &str, notice: &CancelNotice) {
+        let _ = self.inner.cancels.send((runner_id.to_owned(), notice.clone()));
+    }
+
+    pub fn notify_finished(&self, run_id: Uuid) {
+        let _ = self.inner.finished.send(run_id);
+    }
+
+    pub fn finished_events(&self, run_id: Uuid) -> FinishedEvents {
+        FinishedEvents { run_id, rx: self.inner.finished.subscribe() }
+    }
+
+    /// The attempt's spool, loaded from disk if an earlier process left one.
+    fn spool(&self, run_id: Uuid, attempt: i32) -> Result<Arc<Spool>, Error> {
+        let mut spools = lock(&self.inner.spools);
+        if let Some(spool) = spools.get(&(run_id, attempt)) {
+            return Ok(spool.clone());
+        }
+        let spool = Arc::new(Spool::load(self.inner.spool_dir.join(format!("{run_id}.{attempt}.batches")))?);
+        spools.insert((run_id, attempt), spool.clone());
+        Ok(spool)
+    }
+
+    pub async fn purge_log(&self, run_id: Uuid, attempt: i32) -> Result<(), Error> {
+        let spool = lock(&self.inner.spools).remove(&(run_id, attempt));
+        let path = self.inner.spool_dir.join(format!("{run_id}.{attempt}.batches"));
+        if let Some(spool) = spool {
+            spool.purge();
+        }
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(spool_err(&path, e)),
+        }
+    }
+
+    pub async fn log_cursor(&self, run_id: Uuid, attempt: i32) -> Result<LogCursor, Error> {
+        Ok(LogCursor { spool: self.spool(run_id, attempt)?, next: 0 })
+    }
+
+    pub async fn follow_log(&self, run_id: Uuid, attempt: i32) -> Result<LogFollower, Error> {
+        let spool = self.spool(run_id, attempt)?;
+        let grown = spool.grown.subscribe();
+        Ok(LogFollower { cursor: LogCursor { spool, next: 0 }, grown })
+    }
+
+    fn append(&self, at: &AttemptRef, first_line: u64, payload: &[u8]) -> Result<(), Error> {
+        self.spool(at.run_id, at.attempt)?.append(at.fencing_token, first_line, payload)
+    }
+}
+
+fn spool_err(path: &Path, source: std::io::Error) -> Error {
+    Error::Spool { path: path.display().to_string(), source }
+}
+
+pub struct FinishedEvents {
+    run_id: Uuid,
+    rx: broadcast::Receiver<Uuid>,
+}
+
+impl FinishedEvents {
+    pub async fn next(&mut self) {
+        loop {
+            match self.rx.recv().await {
+                Ok(id) if id == self.run_id => return,
+                Ok(_) => {}
+                // Missed some events: maybe ours; the caller re-checks the run.
+                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Frame {
+    /// Where the payload starts in the file.
+    offset: u64,
+    len: u32,
+    first_line: u64,
+    token: i64,
+}
+
+/// One attempt's live log: an append-only file of framed batches and their index.
+struct Spool {
+    path: PathBuf,
+    state: Mutex<SpoolState>,
+    /// Number of frames, bumped on every append (and on purge) to wake followers.
+    grown: watch::Sender<usize>,
+}
+
+struct SpoolState {
+    writer: Option<std::fs::File>,
+    reader: Option<Arc<std::fs::File>>,
+    frames: Vec<Frame>,
+    end: u64,
+    purged: bool,
+    /// Highest first line written per fencing token: a re-sent batch is skipped.
+    last_first_line: HashMap<i64, u64>,
+}
+
+impl Spool {
+    /// Indexes an existing file (cutting off a frame torn by a crash) or starts empty.
+    fn load(path: PathBuf) -> Result<Spool, Error> {
+        let mut state = SpoolState {
+            writer: None,
+            reader: None,
+            frames: Vec::new(),
+            end: 0,
+            purged: false,
+            last_first_line: HashMap::new(),
+        };
+        match std::fs::read(&path) {
+            Ok(data) => {
+                let mut at = 0usize;
+                while data.len() - at >= FRAME_HEADER {
+                    let field = |from: usize| {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&data[at + from..at + from + 8]);
+                        b
+                    };
+                    let first_line = u64::from_le_bytes(field(0));
+                    let token = i64::from_le_bytes(field(8));
+                    let mut len = [0u8; 4];
+                    len.copy_from_slice(&data[at + 16..at + 20]);
+                    let len = u32::from_le_bytes(len);
+                    if data.len() - at - FRAME_HEADER < len as usize {
+                        break;
+                    }
+                    state.frames.push(Frame { offset: (at + FRAME_HEADER) as u64, len, first_line, token });
+                    state.last_first_line.insert(token, first_line);
+                    at += FRAME_HEADER + len as usize;
+                }
+                state.end = at as u64;
+                if at < data.len() {
+                    tracing::warn!(path = %path.display(), torn_bytes = data.len() - at, "cutting off a torn log batch");
+                    let file = std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| spool_err(&path, e))?;
+                    file.set_len(state.end).map_err(|e| spool_err(&path, e))?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(spool_err(&path, e)),
+        }
+        let frames = state.frames.len();
+        Ok(Spool { path, state: Mutex::new(state), grown: watch::channel(frames).0 })
+    }
+
+    fn append(&self, token: i64, first_line: u64, payload: &[u8]) -> Result<(), Error> {
+        let len = u32::try_from(payload.len()).map_err(|_| Error::CorruptSpool {
+            path: self.path.display().to_string(),
+            message: "batch larger than 4 GiB".into(),
+        })?;
+        let mut state = lock(&self.state);
+        if state.purged {
+            // Archived already: late batches of a runner that lost the attempt change nothing.
+            return Ok(());
+        }
+        if state.last_first_line.get(&token).is_some_and(|last| first_line <= *last) {
+            return Ok(());
+        }
+        if state.writer.is_none() {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(|e| spool_err(&self.path, e))?;
+            state.writer = Some(file);
+        }
+        let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
+        frame.extend_from_slice(&first_line.to_le_bytes());
+        frame.extend_from_slice(&token.to_le_bytes());
+        frame.extend_from_slice(&len.to_le_bytes());
+        frame.extend_from_slice(payload);
+        if let Some(writer) = state.writer.as_mut() {
+            writer.write_all(&frame).map_err(|e| spool_err(&self.path, e))?;
+        }
+        let offset = state.end + FRAME_HEADER as u64;
+        state.end += frame.len() as u64;
+        state.frames.push(Frame { offset, len, first_line, token });
+        state.last_first_line.insert(token, first_line);
+        let count = state.frames.len();
+        drop(state);
+        self.grown.send_replace(count);
+        Ok(())
+    }
+
+    fn purge(&self) {
+        let mut state = lock(&self.state);
+        state.purged = true;
+        state.writer = None;
+        let count = state.frames.len();
+        drop(state);
+        self.grown.send_replace(count);
+    }
+
+    /// Frame `index`, if written yet, with a handle to read it.
+    fn frame(&self, index: usize) -> Result<Option<(Frame, Arc<std::fs::File>)>, Error> {
+        let mut state = lock(&self.state);
+        let Some(frame) = state.frames.get(index).copied() else { return Ok(None) };
+        if state.reader.is_none() {
+            let file = std::fs::File::open(&self.path).map_err(|e| spool_err(&self.path, e))?;
+            state.reader = Some(Arc::new(file));
+        }
+        Ok(state.reader.clone().map(|r| (frame, r)))
+    }
+
+    fn is_purged(&self) -> bool {
+        lock(&self.state).purged
+    }
+}
+
+pub struct LogCursor {
+    spool: Arc<Spool>,
+    next: usize,
+}
+
+impl LogCursor {
+    pub async fn next_batch(&mut self) -> Result<Option<RawBatch>, Error> {
+        let Some((frame, file)) = self.spool.frame(self.next)? else { return Ok(None) };
+        let path = self.spool.path.clone();
+        let payload = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; frame.len as usize];
+            file.read_exact_at(&mut buf, frame.offset).map(|()| buf)
+        })
+        .await
+        .map_err(|e| spool_err(&path, std::io::Error::other(e)))?
+        .map_err(|e| spool_err(&path, e))?;
+        self.next += 1;
+        Ok(Some(RawBatch { first_line: Some(frame.first_line), token: Some(frame.token), payload: payload.into() }))
+    }
+}
+
+pub struct LogFollower {
+    cursor: LogCursor,
+    grown: watch::Receiver<usize>,
+}
+
+impl LogFollower {
+    pub async fn next(&mut self) -> Option<Result<RawBatch, Error>> {
+        loop {
+            match self.cursor.next_batch().await {
+                Ok(Some(batch)) => return Some(Ok(batch)),
+                Ok(None) if self.cursor.spool.is_purged() => return None,
+                Ok(None) => {
+                    if self.grown.changed().await.is_err() {
+                        return None;
+                    }
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// The embedded runner's link: the same claim, heartbeat and exit handling the
+/// NATS runner API runs, called directly.
+pub struct LocalLink {
+    app: App,
+    bus: LocalBus,
+}
+
+impl LocalLink {
+    pub fn new(app: App, bus: LocalBus) -> LocalLink {
+        LocalLink { app, bus }
+    }
+}
+
+struct LocalOffer {
+    bus: LocalBus,
+    pool: String,
+    job: JobOffer,
+}
+
+#[async_trait::async_trait]
+impl OfferHandle for LocalOffer {
+    async fn ack(self: Box<Self>) {
+        self.bus.settle(&self.job);
+    }
+
+    async fn retry_later(self: Box<Self>, delay: Duration) {
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            self.bus.requeue(&self.pool, self.job);
+        });
+    }
+}
+
+#[async_trait::async_trait]
+impl ControlLink for LocalLink {
+    async fn next_offer(&self, pool: &str) -> Result<Option<Offer>, LinkError> {
+        Ok(self.bus.next_offer(pool).await.map(|job| Offer {
+            job: job.clone(),
+            handle: Box::new(LocalOffer { bus: self.bus.clone(), pool: pool.to_owned(), job }),
+        }))
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> Result<ClaimReply, LinkError> {
+        runs::claim(&self.app, request.run_id, request.attempt, &request.runner_id)
+            .await
+            .map_err(|e| LinkError::new("claim", e))
+    }
+
+    async fn heartbeat(&self, beat: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
+        runner_api::heartbeat(self.app.clone(), beat.clone())
+            .await
+            .ok_or_else(|| LinkError::new("heartbeat", "the store did not record it"))
+    }
+
+    async fn report_exit(&self, report: &ExitReport) -> Result<ExitReply, LinkError> {
+        Ok(runs::finish(&self.app, report).await)
+    }
+
+    async fn cancel_notices(&self, runner_id: &str) -> Result<BoxStream<'static, CancelNotice>, LinkError> {
+        let runner_id = runner_id.to_owned();
+        let notices = tokio_stream::wrappers::BroadcastStream::new(self.bus.inner.cancels.subscribe());
+        Ok(notices
+            .filter_map(move |item| {
+                let runner_id = runner_id.clone();
+                async move {
+                    match item {
+                        Ok((to, notice)) if to == runner_id => Some(notice),
+                        // Missed notices are repeated by heartbeat replies.
+                        _ => None,
+                    }
+                }
+            })
+            .boxed())
+    }
+
+    async fn fetch_bundle(&self, code: &CodeBundleRef, _max_bytes: u64) -> Result<Vec<u8>, LinkError> {
+        match self.app.store.load_bundle(&code.digest).await {
+            Ok(Some(data)) => Ok(data),
+            Ok(None) => Err(LinkError::new("code bundle", "not in the store")),
+            Err(e) => Err(LinkError::new("code bundle", e)),
+        }
+    }
+
+    fn max_log_payload(&self) -> usize {
+        MAX_LOG_PAYLOAD
+    }
+
+    async fn publish_log(&self, at: &AttemptRef, first_line: u64, payload: Bytes) -> Result<LogAck, LinkError> {
+        self.bus.append(at, first_line, &payload).map_err(|e| LinkError::new("log spool", e))?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
+
+    async fn published_log(
+        &self,
+        at: &AttemptRef,
+    ) -> Result<BoxStream<'static, Result<(u64, Bytes), LinkError>>, LinkError> {
+        let cursor = self.bus.log_cursor(at.run_id, at.attempt).await.map_err(|e| LinkError::new("log spool", e))?;
+        let token = at.fencing_token;
+        // Streamed batch by batch: a resumed log may be large.
+        let batches = futures::stream::unfold(cursor, move |mut cursor| async move {
+            loop {
+                match cursor.next_batch().await {
+                    Ok(Some(batch)) => {
+                        if batch.token == Some(token)
+                            && let Some(first) = batch.first_line
+                        {
+                            return Some((Ok((first, batch.payload)), cursor));
+                        }
+                    }
+                    Ok(None) => return None,
+                    Err(e) => return Some((Err(LinkError::new("log spool", e)), cursor)),
+                }
+            }
+        });
+        Ok(batches.boxed())
+    }
+}

@@ -1,0 +1,55 @@
+//! The single node's runner: the runner agent's own claim/execute loop
+//! (`runner_agent::agent::serve`, the same executor code), linked in-process.
+//!
+//! On shutdown it stops claiming and leaves running containers alone: the next
+//! start re-attaches to them by their labels, as after a crash, so stopping the
+//! node never kills a job.
+
+use crate::app::App;
+use crate::bus::local::LocalLink;
+use anyhow::Context;
+use runner_agent::docker::Docker;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+pub async fn run(
+    app: App,
+    link: LocalLink,
+    ready: oneshot::Sender<()>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(config) = app.config.embedded_runner.clone() else {
+        anyhow::bail!("no embedded runner is configured");
+    };
+    let config = runner_agent::agent::prepare(config).context("embedded runner")?;
+    let mut ready = Some(ready);
+    // Docker may come up after the control plane: the API serves meanwhile.
+    let docker = loop {
+        match Docker::connect().await {
+            Ok(docker) => break docker,
+            Err(e) => {
+                tracing::error!(error = %e, "embedded runner: cannot reach the Docker engine; retrying every 5 s");
+                // Nothing to re-attach without Docker: let the sweeper start.
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        }
+    };
+    tracing::info!(runner_id = %config.runner_id, "embedded runner: using the Docker engine");
+    // Draining is not needed here: see the module comment.
+    let never = CancellationToken::new();
+    tokio::select! {
+        served = runner_agent::agent::serve(config, docker, Arc::new(link), never.clone(), never, ready) => served,
+        _ = shutdown.cancelled() => {
+            tracing::info!("embedded runner stopped; running jobs keep running and are re-attached at the next start");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The runner's link over NATS: offers from the pool's durable pull consumer on
+//! the WorkQueue jobs stream, request/reply to the control-plane queue group,
+//! log batches to the logs stream, code bundles from the object store.
+
+use super::{ControlLink, LinkError, LogAck, Offer, OfferHandle};
+use async_nats::jetstream::{self, consumer};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use shared::log_batch::{FENCING_TOKEN_HEADER, FIRST_LINE_HEADER};
+use shared::protocol::{
+    AttemptRef, CancelNotice, ClaimReply, ClaimRequest, CodeBundleRef, ExitReply, ExitReport, Heartbeat,
+    HeartbeatReply, JobOffer,
+};
+use shared::subjects;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::sync::Mutex;
+
+const FETCH_EXPIRY: Duration = Duration::from_secs(5);
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+const EXIT_REPORT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Offers stay invisible to other runners this long while one decides.
+const OFFER_ACK_WAIT: Duration = Duration::from_secs(30);
+
+pub struct NatsLink {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    /// The pool's durable consumer, created on first use and after failures.
+    consumer: Mutex<Option<consumer::PullConsumer>>,
+}
+
+impl NatsLink {
+    pub async fn connect(url: &str, runner_id: &str) -> Result<NatsLink, LinkError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("fastflow-runner-{runner_id}"))
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| LinkError::new("connect", e))?;
+        let js = jetstream::new(client.clone());
+        Ok(NatsLink { client, js, consumer: Mutex::new(None) })
+    }
+
+    async fn request<Req: Serialize + Sync, Rep: DeserializeOwned>(
+        &self,
+        context: &'static str,
+        subject: &'static str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Rep, LinkError> {
+        let payload = serde_json::to_vec(body).map_err(|e| LinkError::new(context, e))?;
+        let request = async_nats::Request::new().payload(payload.into()).timeout(Some(timeout));
+        let reply = self.client.send_request(subject, request).await.map_err(|e| LinkError::new(context, e))?;
+        serde_json::from_slice(&reply.payload).map_err(|e| LinkError::new(context, format!("unreadable reply: {e}")))
+    }
+
+    async fn pool_consumer(&self, pool: &str) -> Result<consumer::PullConsumer, async_nats::Error> {
+        let mut cached = self.consumer.lock().await;
+        if let Some(c) = cached.as_ref() {
+            return Ok(c.clone());
+        }
+        let stream = self.js.get_stream(subjects::JOBS_STREAM).await?;
+        let name = subjects::pool_consumer(pool);
+        let created = stream
+            .get_or_create_consumer(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: subjects::job_offers_of_pool(pool),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: OFFER_ACK_WAIT,
+                    max_ack_pending: 10_000,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(cached.insert(created).clone())
+    }
+}
+
+struct NatsOffer(jetstream::Message);
+
+#[async_trait::async_trait]
+impl OfferHandle for NatsOffer {
+    async fn ack(self: Box<Self>) {
+        let _ = self.0.ack().await;
+    }
+
+    async fn retry_later(self: Box<Self>, delay: Duration) {
+        let _ = self.0.ack_with(jetstream::AckKind::Nak(Some(delay))).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl ControlLink for NatsLink {
+    /// One offer, fetched only when asked (the claimer asks with a free slot), so
+    /// no AckWait timer runs on an offer this runner cannot take yet.
+    async fn next_offer(&self, pool: &str) -> Result<Option<Offer>, LinkError> {
+        let consumer = self.pool_consumer(pool).await.map_err(|e| LinkError::new("job stream", e))?;
+        let fetched = async {
+            let mut batch = consumer.batch().max_messages(1).expires(FETCH_EXPIRY).messages().await?;
+            batch.next().await.transpose()
+        }
+        .await;
+        let msg = match fetched {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                // Re-create the consumer next time (the server may have lost it).
+                *self.consumer.lock().await = None;
+                return Err(LinkError::new("fetching offers", e));
+            }
+        };
+        match serde_json::from_slice::<JobOffer>(&msg.payload) {
+            Ok(job) => Ok(Some(Offer { job, handle: Box::new(NatsOffer(msg)) })),
+            Err(_) => {
+                tracing::warn!(subject = %msg.subject, "dropping a malformed offer");
+                let _ = msg.ack_with(jetstream::AckKind::Term).await;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> Result<ClaimReply, LinkError> {
+        self.request("claim", subjects::CLAIM, request, CLAIM_TIMEOUT).await
+    }
+
+    async fn heartbeat(&self, beat: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
+        self.request("heartbeat", subjects::HEARTBEAT, beat, HEARTBEAT_TIMEOUT).await
+    }
+
+    async fn report_exit(&self, report: &ExitReport) -> Result<ExitReply, LinkError> {
+        self.request("exit report", subjects::EXIT, report, EXIT_REPORT_TIMEOUT).await
+    }
+
+    async fn cancel_notices(&self, runner_id: &str) -> Result<BoxStream<'static, CancelNotice>, LinkError> {
+        let sub = self
+            .client
+            .subscribe(subjects::runner_cancel(runner_id))
+            .await
+            .map_err(|e| LinkError::new("cancel subscription", e))?;
+        Ok(sub
+            .filter_map(|msg| async move {
+                match serde_json::from_slice::<CancelNotice>(&msg.payload) {
+                    Ok(notice) => Some(notice),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "malformed cancel notice");
+                        None
+                    }
+                }
+            })
+            .boxed())
+    }
+
+    async fn fetch_bundle(&self, code: &CodeBundleRef, max_bytes: u64) -> Result<Vec<u8>, LinkError> {
+        let err = |e: &dyn std::fmt::Display| LinkError::new("code bundle", e);
+        let store = self.js.get_object_store(subjects::CODE_BUCKET).await.map_err(|e| err(&e))?;
+        let object = store.get(&code.digest).await.map_err(|e| err(&e))?;
+        let mut data = Vec::with_capacity(code.size.min(max_bytes) as usize);
+        object.take(max_bytes + 1).read_to_end(&mut data).await.map_err(|e| err(&e))?;
+        Ok(data)
+    }
+
+    fn max_log_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    async fn publish_log(&self, at: &AttemptRef, first_line: u64, payload: Bytes) -> Result<LogAck, LinkError> {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(format!("{}:{}:{first_line}", at.run_id, at.attempt))
+            .header(FIRST_LINE_HEADER, first_line.to_string().as_str())
+            .header(FENCING_TOKEN_HEADER, at.fencing_token.to_string().as_str());
+        let ack = self
+            .js
+            .send_publish(subjects::log_subject(at.run_id, at.attempt), publish)
+            .await
+            .map_err(|e| LinkError::new("publish log batch", e))?;
+        Ok(Box::pin(async move { ack.await.map(|_| ()).map_err(|e| LinkError::new("log batch ack", e)) }))
+    }
+
+    /// Reads every batch the subject holds up to its last message now, keeping
+    /// those of this attempt's fencing token.
+    async fn published_log(
+        &self,
+        at: &AttemptRef,
+    ) -> Result<BoxStream<'static, Result<(u64, Bytes), LinkError>>, LinkError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let err = |e: &dyn std::fmt::Display| LinkError::new("reading the published log", e);
+        let subject = subjects::log_subject(at.run_id, at.attempt);
+        let stream = self.js.get_stream(subjects::LOGS_STREAM).await.map_err(|e| err(&e))?;
+        let last = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(msg) => msg.sequence,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(futures::stream::empty().boxed()),
+            Err(e) => return Err(err(&e)),
+        };
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(&e))?;
+        let messages = consumer.messages().await.map_err(|e| err(&e))?;
+        let token = at.fencing_token.to_string();
+        // Ends after the message that was last when we started.
+        let batches = futures::stream::unfold((messages, false), move |(mut messages, done)| {
+            let token = token.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    let msg = match messages.next().await {
+                        Some(Ok(msg)) => msg,
+                        Some(Err(e)) => return Some((Err(err(&e)), (messages, true))),
+                        None => {
+                            let e = LinkError::new("reading the published log", "ended before its last message");
+                            return Some((Err(e), (messages, true)));
+                        }
+                    };
+                    let sequence = match msg.info() {
+                        Ok(info) => info.stream_sequence,
+                        Err(e) => return Some((Err(err(&e)), (messages, true))),
+                    };
+                    let header =
+                        |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+                    let is_last = sequence >= last;
+                    if header(FENCING_TOKEN_HEADER).as_deref() == Some(token.as_str())
+                        && let Some(first) = header(FIRST_LINE_HEADER).and_then(|v| v.parse::<u64>().ok())
+                    {
+                        return Some((Ok((first, msg.payload.clone())), (messages, is_last)));
+                    }
+                    if is_last {
+                        return None;
+                    }
+                }
+            }
+        });
+        Ok(batches.boxed())
+    }
+
+    async fn flush(&self) {
+        let _ = self.client.flush().await;
+    }
+}
