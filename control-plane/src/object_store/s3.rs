@@ -1,11 +1,10 @@
-//! Object storage for archived run logs.
+//! The S3 backend of [`super::ObjectStore`].
 //!
 //! Architecture invariant: this is the only module that knows `aws-sdk-s3`. It speaks to any
 //! S3-compatible server (AWS, MinIO, SeaweedFS, s3s-fs), which is why the client is built by hand
 //! with path-style addressing and checksums only "when required": third-party servers reject or
 //! mis-handle the SDK's default CRC trailers (aws-sdk-rust #1240).
 
-use std::fmt;
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
@@ -20,52 +19,23 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration};
 use bytes::Bytes;
 
-/// Size of one multipart part, and so the memory bound of an [`Upload`]. S3 wants parts of at
+use super::{Error, S3Settings};
+
+/// Size of one multipart part, and so the memory bound of an [`S3Upload`]. S3 wants parts of at
 /// least 5 MiB (except the last) and at most 10 000 of them: objects up to ~78 GiB.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("object {key:?} not found")]
-    NotFound { key: String },
-    #[error("object {key:?} has {size} bytes; cannot read from byte {from_byte}")]
-    InvalidRange { key: String, from_byte: u64, size: u64 },
-    /// Transport or service failure (after the SDK's retries); the message never holds secrets.
-    #[error("object store unavailable: {0}")]
-    Unavailable(String),
-}
-
 #[derive(Clone)]
-pub struct S3Settings {
-    /// `None` means AWS itself; set it for MinIO, SeaweedFS, s3s-fs...
-    pub endpoint: Option<String>,
-    pub bucket: String,
-    pub region: String,
-    pub access_key_id: String,
-    pub secret_access_key: String,
-}
-
-impl fmt::Debug for S3Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("S3Settings")
-            .field("endpoint", &self.endpoint)
-            .field("bucket", &self.bucket)
-            .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .finish()
-    }
-}
-
-#[derive(Clone)]
-pub struct ObjectStore {
+pub struct S3Store {
     client: Client,
     bucket: String,
+    /// For [`S3Store::describe`]; `None` means AWS.
+    endpoint: Option<String>,
 }
 
-impl ObjectStore {
+impl S3Store {
     /// Builds the client and creates the bucket if it is missing.
-    pub async fn connect(settings: &S3Settings) -> Result<ObjectStore, Error> {
+    pub async fn connect(settings: &S3Settings) -> Result<S3Store, Error> {
         let credentials =
             Credentials::new(&settings.access_key_id, &settings.secret_access_key, None, None, "fastflow-settings");
         // The attempt timeout ends when response headers arrive, so it bounds one part upload
@@ -86,7 +56,11 @@ impl ObjectStore {
         if let Some(endpoint) = &settings.endpoint {
             config = config.endpoint_url(endpoint);
         }
-        let store = ObjectStore { client: Client::from_conf(config.build()), bucket: settings.bucket.clone() };
+        let store = S3Store {
+            client: Client::from_conf(config.build()),
+            bucket: settings.bucket.clone(),
+            endpoint: settings.endpoint.clone(),
+        };
         store.ensure_bucket(&settings.region).await?;
         Ok(store)
     }
@@ -115,14 +89,19 @@ impl ObjectStore {
         }
     }
 
+    pub fn describe(&self) -> String {
+        let at = self.endpoint.as_deref().unwrap_or("AWS");
+        format!("s3 bucket `{}` at {at}", self.bucket)
+    }
+
     pub async fn health(&self) -> Result<(), Error> {
         let head = self.client.head_bucket().bucket(&self.bucket).send().await;
         head.map(drop).map_err(|e| unavailable("head_bucket", &self.bucket, e))
     }
 
-    /// Starts writing one object of any size with bounded memory (see [`Upload`]).
-    pub async fn begin_upload(&self, key: &str) -> Result<Upload, Error> {
-        Ok(Upload {
+    /// Starts writing one object of any size with bounded memory (see [`S3Upload`]).
+    pub async fn begin_upload(&self, key: &str) -> Result<S3Upload, Error> {
+        Ok(S3Upload {
             store: self.clone(),
             key: key.to_owned(),
             buf: Vec::with_capacity(PART_SIZE),
@@ -141,21 +120,20 @@ impl ObjectStore {
 
     /// Streams an object from `from_byte` on. Reading from exactly the end gives an empty
     /// reader, so a follower that has caught up needs no special case.
-    pub async fn get_stream(&self, key: &str, from_byte: u64) -> Result<ObjectReader, Error> {
+    pub async fn get_stream(&self, key: &str, from_byte: u64) -> Result<S3Reader, Error> {
         let mut get = self.client.get_object().bucket(&self.bucket).key(key);
         if from_byte > 0 {
             get = get.range(format!("bytes={from_byte}-"));
         }
         match get.send().await {
-            Ok(out) => Ok(ObjectReader {
-                size: out.content_length().map_or(0, |n| u64::try_from(n).unwrap_or(0)),
-                body: out.body,
-            }),
+            Ok(out) => {
+                Ok(S3Reader { size: out.content_length().map_or(0, |n| u64::try_from(n).unwrap_or(0)), body: out.body })
+            }
             // S3 answers 416 for a range that starts at (or past) the end of the object.
             Err(e) if status(&e) == Some(416) => {
-                let size = self.size(key).await?;
+                let size = self.size(key).await?.ok_or_else(|| Error::NotFound { key: key.to_owned() })?;
                 if from_byte == size {
-                    Ok(ObjectReader { size: 0, body: ByteStream::default() })
+                    Ok(S3Reader { size: 0, body: ByteStream::default() })
                 } else {
                     Err(Error::InvalidRange { key: key.to_owned(), from_byte, size })
                 }
@@ -164,10 +142,16 @@ impl ObjectStore {
         }
     }
 
-    async fn size(&self, key: &str) -> Result<u64, Error> {
+    /// Size of an object, `None` if it does not exist.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, Error> {
         let head = self.client.head_object().bucket(&self.bucket).key(key);
-        let out = head.send().await.map_err(|e| classify("head_object", key, e))?;
-        Ok(out.content_length().map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+        match head.send().await {
+            Ok(out) => Ok(Some(out.content_length().map_or(0, |n| u64::try_from(n).unwrap_or(0)))),
+            Err(e) => match classify("head_object", key, e) {
+                Error::NotFound { .. } => Ok(None),
+                e => Err(e),
+            },
+        }
     }
 
     /// Deletes an object; deleting a missing key is not an error (S3 semantics).
@@ -178,10 +162,10 @@ impl ObjectStore {
 }
 
 /// Writer for one object: buffers up to [`PART_SIZE`], then sends a multipart part. Nothing is
-/// visible under the key until [`Upload::finish`] succeeds; dropping an unfinished upload
+/// visible under the key until [`S3Upload::finish`] succeeds; dropping an unfinished upload
 /// aborts its multipart upload in the background so its parts do not linger.
-pub struct Upload {
-    store: ObjectStore,
+pub struct S3Upload {
+    store: S3Store,
     key: String,
     buf: Vec<u8>,
     total: u64,
@@ -193,7 +177,7 @@ pub struct Upload {
     broken: bool,
 }
 
-impl Upload {
+impl S3Upload {
     pub async fn write(&mut self, mut data: &[u8]) -> Result<(), Error> {
         self.check_usable()?;
         while !data.is_empty() {
@@ -292,7 +276,7 @@ impl Upload {
     }
 }
 
-impl Drop for Upload {
+impl Drop for S3Upload {
     fn drop(&mut self) {
         // Without a runtime (process shutdown) the parts stay until a bucket lifecycle rule
         // removes them; they are never visible as an object either way.
@@ -323,13 +307,13 @@ where
 
 /// Remaining bytes of one object, streamed.
 #[derive(Debug)]
-pub struct ObjectReader {
+pub struct S3Reader {
     /// Bytes left to read when the reader was created.
     pub size: u64,
     body: ByteStream,
 }
 
-impl ObjectReader {
+impl S3Reader {
     /// Next chunk of the body, `None` at the end.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
         self.body
