@@ -522,7 +522,7 @@ impl TestEnv {
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("/health body is not JSON ({e}): {text}"));
         assert_eq!(
             body,
-            json!({"status": "ok", "checks": {"database": "ok", "nats": "ok", "object_store": "ok"}}),
+            json!({"status": "ok", "checks": {"database": "ok", "bus": "ok", "log_store": "ok"}}),
             "unexpected /health body of control plane #{i}"
         );
     }

@@ -72,8 +72,8 @@ async fn a_postgres_restart_mid_run_loses_nothing_and_later_runs_work() {
     assert_eq!(health.body["status"], "unavailable", "/health with Postgres down: {}", health.text);
     let database = health.body["checks"]["database"].as_str().unwrap_or_default();
     assert!(database.starts_with("error"), "the database check should name the failure: {}", health.text);
-    assert_eq!(health.body["checks"]["nats"], "ok", "{}", health.text);
-    assert_eq!(health.body["checks"]["object_store"], "ok", "{}", health.text);
+    assert_eq!(health.body["checks"]["bus"], "ok", "{}", health.text);
+    assert_eq!(health.body["checks"]["log_store"], "ok", "{}", health.text);
     tokio::time::sleep(Duration::from_secs(2).saturating_sub(stopped_at.elapsed())).await;
     env.start_postgres().await;
     eprintln!("Postgres was down for {:?}", stopped_at.elapsed());
