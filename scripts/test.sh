@@ -3,8 +3,10 @@
 # Docker engine (scripts/dev-deps.sh), builds everything, runs unit, integration
 # and end-to-end tests against those real services. Exits non-zero on any failure.
 #
-#   scripts/test.sh                 # everything
-#   scripts/test.sh -p tests hello  # extra arguments go to `cargo test`
+#   scripts/test.sh                 # everything, then the quick start itself (scripts/test-quickstart.sh)
+#   scripts/test.sh -p tests hello  # extra arguments go to `cargo test` (no quick-start check)
+#
+# FASTFLOW_SKIP_QUICKSTART_TEST=1 skips the quick-start check (it needs a release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +38,13 @@ else
   # No doctests: the crates have none, and empty doctest runs would end the output.
   cargo test --locked --workspace --lib --bins --tests 2>&1 | tee "$out" || status=$?
 fi
+# The README's first command, as a new user runs it (counted as one more test).
+quickstart=""
+if [ "$#" -eq 0 ] && [ "${FASTFLOW_SKIP_QUICKSTART_TEST:-0}" != 1 ]; then
+  step "quick start (scripts/test-quickstart.sh)"
+  if scripts/test-quickstart.sh; then quickstart=passed; else quickstart=failed; status=1; fi
+fi
 # One closing line over every test binary.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "\n%d passed, %d failed\n", p, f }' "$out"
+awk -v q="$quickstart" '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { if (q == "passed") p++; if (q == "failed") f++; printf "\n%d passed, %d failed\n", p, f }' "$out"
 exit "$status"
