@@ -1,9 +1,9 @@
 //! The control plane assembled: its state (shared by HTTP handlers, the runner
 //! API and the sweeper) and its long-running tasks.
 
+use crate::bus::Bus;
 use crate::bus::local::{LocalBus, LocalLink};
 use crate::bus::nats::NatsBus;
-use crate::bus::Bus;
 use crate::config::Config;
 use crate::object_store::ObjectStore;
 use crate::pipelines::Catalog;

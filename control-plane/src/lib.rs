@@ -8,6 +8,7 @@ pub mod config;
 pub mod embedded_runner;
 pub mod http;
 pub mod logs;
+pub mod migrate;
 pub mod object_store;
 pub mod pipelines;
 pub mod runner_api;

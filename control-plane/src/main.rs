@@ -1,10 +1,20 @@
 use anyhow::Context;
-use control_plane::{App, Config};
+use control_plane::object_store::ObjectStore;
+use control_plane::store::Store;
+use control_plane::{App, Config, migrate};
 use tokio_util::sync::CancellationToken;
+
+const USAGE: &str = "usage:
+  control-plane                                        serve (settings from the environment; see README)
+  control-plane migrate-store --from URL --to URL      copy all runs, code bundles and archived logs
+      --from sqlite://./data/fastflow.db --to postgres://user:pw@host/db
+      Logs are read from LOGS_DIR (default ./logs) and written to the S3 store named by
+      S3_ENDPOINT/S3_BUCKET/AWS_* (without those, logs stay in LOGS_DIR). Safe to run again.";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     control_plane::telemetry::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -12,6 +22,21 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    match args.first().map(String::as_str) {
+        None => serve(config).await,
+        Some("migrate-store") => migrate_store(config, &args[1..]).await,
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => {
+            eprintln!("control-plane: unknown command `{other}`\n{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     let app = App::connect(config).await?;
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
@@ -21,4 +46,48 @@ async fn main() -> anyhow::Result<()> {
         signal.cancel();
     });
     app.run(shutdown).await.context("control plane stopped")
+}
+
+async fn migrate_store(config: Config, args: &[String]) -> anyhow::Result<()> {
+    let (mut from, mut to) = (None, None);
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--from" => from = rest.next().cloned(),
+            "--to" => to = rest.next().cloned(),
+            _ => {
+                eprintln!("control-plane migrate-store: unexpected argument `{arg}`\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let (Some(from), Some(to)) = (from, to) else {
+        eprintln!("control-plane migrate-store: both --from and --to are required\n{USAGE}");
+        std::process::exit(2);
+    };
+    let redact = control_plane::config::redact_url;
+    if from == to {
+        anyhow::bail!("--from and --to name the same store ({})", redact(&from));
+    }
+    let source = Store::connect(&from).await.with_context(|| format!("--from {}", redact(&from)))?;
+    let target = Store::connect(&to).await.with_context(|| format!("--to {}", redact(&to)))?;
+    let logs = match &config.s3 {
+        Some(s3) => {
+            let src = ObjectStore::local(config.logs_dir.clone()).context("LOGS_DIR")?;
+            let dst = ObjectStore::connect(s3).await.context("S3_ENDPOINT: cannot use the object store")?;
+            println!("logs: from {} to {}", src.describe(), dst.describe());
+            Some((src, dst))
+        }
+        None => {
+            println!("logs: staying in {} (set S3_ENDPOINT/S3_BUCKET to move them to S3)", config.logs_dir.display());
+            None
+        }
+    };
+    println!("store: from {} ({}) to {} ({})", redact(&from), source.kind(), redact(&to), target.kind());
+    let totals = migrate::migrate(&source, &target, logs.as_ref().map(|(s, d)| (s, d)), &mut |t| {
+        println!("migrate-store: {t}");
+    })
+    .await?;
+    println!("migrate-store: done: {totals}");
+    Ok(())
 }

@@ -190,6 +190,16 @@ impl FinishedEvents {
     }
 }
 
+fn decode_frame_header(header: &[u8; FRAME_HEADER]) -> (u64, i64, u32) {
+    let mut first_line = [0u8; 8];
+    first_line.copy_from_slice(&header[0..8]);
+    let mut token = [0u8; 8];
+    token.copy_from_slice(&header[8..16]);
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&header[16..20]);
+    (u64::from_le_bytes(first_line), i64::from_le_bytes(token), u32::from_le_bytes(len))
+}
+
 #[derive(Clone, Copy)]
 struct Frame {
     /// Where the payload starts in the file.
@@ -228,32 +238,27 @@ impl Spool {
             purged: false,
             last_first_line: HashMap::new(),
         };
-        match std::fs::read(&path) {
-            Ok(data) => {
-                let mut at = 0usize;
-                while data.len() - at >= FRAME_HEADER {
-                    let field = |from: usize| {
-                        let mut b = [0u8; 8];
-                        b.copy_from_slice(&data[at + from..at + from + 8]);
-                        b
-                    };
-                    let first_line = u64::from_le_bytes(field(0));
-                    let token = i64::from_le_bytes(field(8));
-                    let mut len = [0u8; 4];
-                    len.copy_from_slice(&data[at + 16..at + 20]);
-                    let len = u32::from_le_bytes(len);
-                    if data.len() - at - FRAME_HEADER < len as usize {
+        match std::fs::File::open(&path) {
+            Ok(file) => {
+                // Only the frame headers are read: a spool can hold a large log.
+                let size = file.metadata().map_err(|e| spool_err(&path, e))?.len();
+                let mut at = 0u64;
+                let mut header = [0u8; FRAME_HEADER];
+                while size - at >= FRAME_HEADER as u64 {
+                    file.read_exact_at(&mut header, at).map_err(|e| spool_err(&path, e))?;
+                    let (first_line, token, len) = decode_frame_header(&header);
+                    if size - at - (FRAME_HEADER as u64) < u64::from(len) {
                         break;
                     }
-                    state.frames.push(Frame { offset: (at + FRAME_HEADER) as u64, len, first_line, token });
+                    state.frames.push(Frame { offset: at + FRAME_HEADER as u64, len, first_line, token });
                     state.last_first_line.insert(token, first_line);
-                    at += FRAME_HEADER + len as usize;
+                    at += FRAME_HEADER as u64 + u64::from(len);
                 }
-                state.end = at as u64;
-                if at < data.len() {
-                    tracing::warn!(path = %path.display(), torn_bytes = data.len() - at, "cutting off a torn log batch");
+                state.end = at;
+                if at < size {
+                    tracing::warn!(path = %path.display(), torn_bytes = size - at, "cutting off a torn log batch");
                     let file = std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| spool_err(&path, e))?;
-                    file.set_len(state.end).map_err(|e| spool_err(&path, e))?;
+                    file.set_len(at).map_err(|e| spool_err(&path, e))?;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -485,5 +490,114 @@ impl ControlLink for LocalLink {
             }
         });
         Ok(batches.boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fastflow-local-bus-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    fn at(run_id: Uuid, token: i64) -> AttemptRef {
+        AttemptRef { run_id, attempt: 1, fencing_token: token }
+    }
+
+    async fn all_batches(bus: &LocalBus, run_id: Uuid) -> Vec<(u64, i64, Vec<u8>)> {
+        let mut cursor = bus.log_cursor(run_id, 1).await.expect("cursor");
+        let mut out = Vec::new();
+        while let Some(b) = cursor.next_batch().await.expect("batch") {
+            out.push((b.first_line.expect("line"), b.token.expect("token"), b.payload.to_vec()));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn batches_survive_a_restart_and_a_torn_tail_is_cut_off() {
+        let dir = temp_dir();
+        let run_id = Uuid::new_v4();
+        let bus = LocalBus::open(dir.clone()).expect("open");
+        bus.append(&at(run_id, 1), 1, b"one").expect("append");
+        bus.append(&at(run_id, 1), 2, b"two").expect("append");
+        // A re-sent batch (same first line) is stored once.
+        bus.append(&at(run_id, 1), 2, b"two").expect("append");
+        bus.append(&at(run_id, 2), 1, b"other token").expect("append");
+        drop(bus);
+        // A crash in the middle of a write leaves half a frame.
+        let path = dir.join(format!("{run_id}.1.batches"));
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).expect("spool file");
+        file.write_all(&[7u8; FRAME_HEADER - 3]).expect("write");
+        drop(file);
+
+        let bus = LocalBus::open(dir.clone()).expect("reopen");
+        let expected = vec![(1, 1, b"one".to_vec()), (2, 1, b"two".to_vec()), (1, 2, b"other token".to_vec())];
+        assert_eq!(all_batches(&bus, run_id).await, expected);
+        // Appending after the cut continues a well-formed file.
+        bus.append(&at(run_id, 1), 3, b"three").expect("append");
+        drop(bus);
+        let bus = LocalBus::open(dir.clone()).expect("reopen");
+        assert_eq!(all_batches(&bus, run_id).await.len(), 4);
+        bus.purge_log(run_id, 1).await.expect("purge");
+        assert!(!path.exists(), "purge removes the spool file");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[tokio::test]
+    async fn a_follower_gets_batches_as_they_come_and_ends_at_purge() {
+        let dir = temp_dir();
+        let run_id = Uuid::new_v4();
+        let bus = LocalBus::open(dir.clone()).expect("open");
+        let mut follower = bus.follow_log(run_id, 1).await.expect("follow");
+        let writer = bus.clone();
+        tokio::spawn(async move {
+            for line in 1..=3u64 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                writer.append(&at(run_id, 5), line, format!("batch {line}").as_bytes()).expect("append");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            writer.purge_log(run_id, 1).await.expect("purge");
+        });
+        let mut seen = Vec::new();
+        while let Some(batch) = tokio::time::timeout(Duration::from_secs(5), follower.next()).await.expect("in time") {
+            seen.push(batch.expect("batch").first_line.expect("line"));
+        }
+        assert_eq!(seen, vec![1, 2, 3]);
+        // Late batches of an archived attempt are dropped.
+        bus.append(&at(run_id, 5), 4, b"late").expect("append");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[tokio::test]
+    async fn offers_are_queued_once_per_attempt_and_come_back_when_retried() {
+        let bus = LocalBus::open(temp_dir()).expect("open");
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        bus.offer("default", a, 1);
+        bus.offer("default", a, 1);
+        bus.offer("gpu", b, 1);
+        assert!(bus.has_offer("default", a) && bus.has_offer("gpu", b));
+        let first = bus.next_offer("default").await.expect("an offer");
+        assert_eq!((first.run_id, first.attempt), (a, 1));
+        // Still outstanding until settled; nothing else for this pool.
+        assert!(bus.has_offer("default", a));
+        tokio::time::pause();
+        assert!(bus.next_offer("default").await.is_none(), "the duplicate offer was dropped");
+        tokio::time::resume();
+        bus.requeue("default", first.clone());
+        let again = bus.next_offer("default").await.expect("the offer again");
+        bus.settle(&again);
+        assert!(!bus.has_offer("default", a));
+        // A waiting runner is woken by a new offer.
+        let waiter = {
+            let bus = bus.clone();
+            tokio::spawn(async move { bus.next_offer("default").await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        bus.offer("default", a, 2);
+        let woken = waiter.await.expect("task").expect("an offer");
+        assert_eq!(woken.attempt, 2);
     }
 }

@@ -209,8 +209,13 @@ pub struct LogCursor {
 impl LogCursor {
     pub async fn next_batch(&mut self) -> Result<Option<RawBatch>, Error> {
         use stream::LastRawMessageErrorKind;
-        let msg =
-            self.stream.raw_message_builder().sequence(self.next_seq).next_by_subject(self.subject.clone()).send().await;
+        let msg = self
+            .stream
+            .raw_message_builder()
+            .sequence(self.next_seq)
+            .next_by_subject(self.subject.clone())
+            .send()
+            .await;
         let msg = match msg {
             Ok(msg) => msg,
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),

@@ -6,6 +6,7 @@
 
 use super::error::ApiError;
 use super::{AppState, extract};
+use crate::bus::FinishedEvents;
 use crate::logs::LogLine;
 use crate::logs::archived::ArchiveReader;
 use crate::logs::live::{self, SnapshotReader};
@@ -18,7 +19,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{Stream, StreamExt};
-use crate::bus::FinishedEvents;
 use shared::RunStatus;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -287,8 +287,7 @@ impl Follower {
             }
         } else if run.started_at.is_some() {
             // Final without an archive (its runner was lost and archiving failed): what NATS still has.
-            let mut reader =
-                SnapshotReader::open(&self.app.bus, run.id, run.attempt, run.fencing_token).await?;
+            let mut reader = SnapshotReader::open(&self.app.bus, run.id, run.attempt, run.fencing_token).await?;
             while let Some(lines) = reader.next_lines().await? {
                 if self.send_lines(lines).await.is_err() {
                     return Ok(());

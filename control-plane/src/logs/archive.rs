@@ -3,9 +3,9 @@
 
 use super::live::{self, SnapshotReader};
 use super::{encode_index_entry, index_key, log_key};
+use crate::bus::Bus;
 use crate::object_store::{self, ObjectStore};
 use crate::store::runs::ArchivedLog;
-use crate::bus::Bus;
 use shared::protocol::{AttemptRef, LogTotals};
 
 #[derive(Debug, thiserror::Error)]
