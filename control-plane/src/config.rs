@@ -114,13 +114,13 @@ impl Config {
     pub fn from_source(src: &Source<'_>) -> Result<Config, Error> {
         let database_url = src.get("DATABASE_URL").ok_or(Error::Missing {
             name: "DATABASE_URL",
-            message: "set it to a postgres:// URL (the single-node SQLite mode does not exist yet)",
+            message: "set it to a postgres:// URL, or sqlite://<path> for a single node",
         })?;
-        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
+        if !["postgres://", "postgresql://", "sqlite://"].iter().any(|scheme| database_url.starts_with(scheme)) {
             return Err(Error::Invalid {
                 name: "DATABASE_URL",
                 value: redact_url(&database_url),
-                message: "expected a postgres:// URL".into(),
+                message: "expected a postgres:// or sqlite:// URL".into(),
             });
         }
         let nats_url = src.string("NATS_URL", "nats://127.0.0.1:4222");
