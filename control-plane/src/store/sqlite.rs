@@ -749,3 +749,31 @@ impl SqliteStore {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The durability and locking settings are in effect on the connections
+    /// the store really uses, and the read pool cannot write.
+    #[tokio::test]
+    async fn pragmas_and_read_only_reader() {
+        let dir = std::env::temp_dir().join(format!("fastflow-sqlite-{}", Uuid::new_v4().simple()));
+        let path = dir.join("db/fastflow.db");
+        let store = SqliteStore::connect(&path.to_string_lossy()).await.expect("connect");
+        let (mode,): (String,) = sqlx::query_as("pragma journal_mode").fetch_one(&store.writer).await.expect("mode");
+        let (sync,): (i64,) = sqlx::query_as("pragma synchronous").fetch_one(&store.writer).await.expect("sync");
+        let (fk,): (i64,) = sqlx::query_as("pragma foreign_keys").fetch_one(&store.writer).await.expect("fk");
+        let (busy,): (i64,) = sqlx::query_as("pragma busy_timeout").fetch_one(&store.writer).await.expect("busy");
+        let write_on_reader = sqlx::query("insert into code_bundles (digest, data, created_at) values ('x', x'00', 0)")
+            .execute(&store.reader)
+            .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(mode, "wal");
+        assert_eq!(sync, 2, "synchronous = FULL");
+        assert_eq!(fk, 1);
+        assert_eq!(busy, 5000);
+        assert!(write_on_reader.is_err(), "the read pool is read-only");
+        assert_eq!(store.writer.options().get_max_connections(), 1);
+    }
+}
