@@ -335,6 +335,12 @@ mod tests {
     }
 
     #[test]
+    fn accepts_a_sqlite_database() {
+        let cfg = load(&[("DATABASE_URL", "sqlite://./data/fastflow.db")]).expect("valid config");
+        assert_eq!(cfg.database_url, "sqlite://./data/fastflow.db");
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         let err = load(&[("DATABASE_URL", "postgres://u@h/db"), ("BIND_ADDR", "nope")])
             .err()

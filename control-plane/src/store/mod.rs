@@ -1,44 +1,102 @@
-//! Postgres access. Only this module (and its children) writes SQL; run status
-//! transitions live in [`runs`] alone and are guarded in the statement itself.
+//! The database. Only this module (and its children) writes SQL; run status
+//! transitions live in the backends alone and are guarded in the statement
+//! itself. Two backends, chosen at start from the URL: Postgres (`postgres.rs`,
+//! many replicas) and SQLite (`sqlite.rs`, the single-node default). The public
+//! types and the `Store` methods (in `runs.rs`, `runners.rs`, `bundles.rs`,
+//! `transfer.rs`) are the same for both; each method only dispatches.
+
+/// The columns every run query returns, in `Run::from_row`'s terms (both backends).
+macro_rules! run_columns {
+    () => {
+        "id, pipeline_name, pool, status, attempt, trigger, params, spec, runner_id, fencing_token,
+         cancel_requested_at, cancel_force, waiting_reason, log_expired_at, exit_code, failure_reason, error_message, log_key, log_size_bytes,
+         created_at, started_at, finished_at"
+    };
+}
 
 pub mod bundles;
+mod postgres;
 pub mod runners;
 pub mod runs;
+mod sqlite;
+pub mod transfer;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use std::time::Duration;
+use postgres::PgStore;
+use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    #[error("unsupported database URL scheme `{0}`: expected postgres://, postgresql:// or sqlite://")]
+    UnsupportedUrl(String),
+    #[error("cannot create the directory of the SQLite database {path}: {source}")]
+    CreateDir { path: String, source: std::io::Error },
+}
+
+impl From<sqlx::Error> for Error {
+    /// A value the row cannot hold (unknown status, bad uuid, bad JSON) is a
+    /// corrupt row, not a database failure.
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => Error::Corrupt(e.to_string()),
+            e => Error::Database(e),
+        }
+    }
 }
 
 #[derive(Clone)]
 pub struct Store {
-    pool: PgPool,
+    backend: Backend,
 }
 
+#[derive(Clone)]
+enum Backend {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
+}
+
+/// Calls the same method on whichever backend this store uses.
+macro_rules! dispatch {
+    ($store:ident . $method:ident ( $($arg:expr),* $(,)? )) => {
+        match &$store.backend {
+            $crate::store::Backend::Postgres(db) => db.$method($($arg),*).await,
+            $crate::store::Backend::Sqlite(db) => db.$method($($arg),*).await,
+        }
+    };
+}
+pub(crate) use dispatch;
+
 impl Store {
-    /// Connects and brings the schema up to date (concurrent replicas are
-    /// serialised by sqlx's migration lock).
+    /// Connects and brings the schema up to date. `postgres://` and
+    /// `postgresql://` use Postgres (concurrent replicas are serialised by
+    /// sqlx's migration lock); `sqlite://<path>` uses SQLite, creating the file
+    /// and its directory if missing.
     pub async fn connect(url: &str) -> Result<Store, Error> {
-        let pool =
-            PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(5)).connect(url).await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres(PgStore::connect(url).await?)
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            Backend::Sqlite(SqliteStore::connect(path).await?)
+        } else {
+            // Only the scheme: the rest may hold a password.
+            return Err(Error::UnsupportedUrl(url.split(':').next().unwrap_or_default().to_string()));
+        };
+        Ok(Store { backend })
+    }
+
+    /// `"postgres"` or `"sqlite"`.
+    pub fn kind(&self) -> &'static str {
+        match &self.backend {
+            Backend::Postgres(_) => "postgres",
+            Backend::Sqlite(_) => "sqlite",
+        }
     }
 
     pub async fn ping(&self) -> Result<(), Error> {
-        sqlx::query("select 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    pub(crate) fn pool(&self) -> &PgPool {
-        &self.pool
+        dispatch!(self.ping())
     }
 }

@@ -1,28 +1,19 @@
 //! Runs and their status transitions. Every transition is one statement guarded
 //! by the state it expects (`where status = …`), so concurrent replicas and
-//! stale runners can never move a run backwards or twice.
+//! stale runners can never move a run backwards or twice. The SQL is in the
+//! backends (`postgres.rs`, `sqlite.rs`); these methods say what each one
+//! guarantees, on both.
 
-use super::{Error, Store};
+use super::{Error, Store, dispatch};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use shared::protocol::AttemptRef;
 use shared::{FailureReason, RunStatus};
-use sqlx::postgres::PgRow;
-use sqlx::{FromRow, Row};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// The columns every run query returns, in `Run::from_row`'s terms.
-macro_rules! run_columns {
-    () => {
-        "id, pipeline_name, pool, status, attempt, trigger, params, spec, runner_id, fencing_token,
-         cancel_requested_at, cancel_force, waiting_reason, log_expired_at, exit_code, failure_reason, error_message, log_key, log_size_bytes,
-         created_at, started_at, finished_at"
-    };
-}
-
 /// A run as stored; serialises to the public JSON shape.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Run {
     pub id: Uuid,
     pub pipeline_name: String,
@@ -61,38 +52,6 @@ impl Run {
     }
 }
 
-impl<'r> FromRow<'r, PgRow> for Run {
-    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
-        let status: String = row.try_get("status")?;
-        let reason: Option<String> = row.try_get("failure_reason")?;
-        let decode = |e: shared::status::ParseError| sqlx::Error::Decode(Box::new(e));
-        Ok(Run {
-            id: row.try_get("id")?,
-            pipeline_name: row.try_get("pipeline_name")?,
-            pool: row.try_get("pool")?,
-            status: status.parse().map_err(decode)?,
-            attempt: row.try_get("attempt")?,
-            trigger: row.try_get("trigger")?,
-            params: row.try_get("params")?,
-            spec: row.try_get("spec")?,
-            runner_id: row.try_get("runner_id")?,
-            fencing_token: row.try_get("fencing_token")?,
-            cancel_requested_at: row.try_get("cancel_requested_at")?,
-            cancel_force: row.try_get("cancel_force")?,
-            waiting_reason: row.try_get("waiting_reason")?,
-            log_expired_at: row.try_get("log_expired_at")?,
-            exit_code: row.try_get("exit_code")?,
-            failure_reason: reason.map(|r| r.parse()).transpose().map_err(decode)?,
-            error_message: row.try_get("error_message")?,
-            log_key: row.try_get("log_key")?,
-            log_size_bytes: row.try_get("log_size_bytes")?,
-            created_at: row.try_get("created_at")?,
-            started_at: row.try_get("started_at")?,
-            finished_at: row.try_get("finished_at")?,
-        })
-    }
-}
-
 pub struct NewRun<'a> {
     pub id: Uuid,
     pub pipeline_name: &'a str,
@@ -126,9 +85,6 @@ pub struct ArchivedLog {
     pub size: i64,
 }
 
-/// Arbitrary constant naming the advisory lock that serialises claims.
-const CLAIM_LOCK: i64 = 0x4661_7374_466c_6f77; // "FastFlow"
-
 pub struct Claim<'a> {
     pub run_id: Uuid,
     pub attempt: i32,
@@ -148,7 +104,7 @@ pub enum ClaimResult {
 }
 
 /// One finished attempt, as listed in a run's `attempts`.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AttemptRecord {
     pub attempt: i32,
     pub status: String,
@@ -170,138 +126,37 @@ pub struct LeaseState {
     pub cancel_force: bool,
 }
 
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
 impl Store {
     pub async fn insert_run(&self, new: NewRun<'_>) -> Result<Run, Error> {
-        let run = sqlx::query_as::<_, Run>(concat!(
-            "insert into runs (id, pipeline_name, pool, status, params, spec) values ($1, $2, $5, 'queued', $3, $4)
-             returning ",
-            run_columns!()
-        ))
-        .bind(new.id)
-        .bind(new.pipeline_name)
-        .bind(new.params)
-        .bind(new.spec)
-        .bind(new.pool)
-        .fetch_one(self.pool())
-        .await?;
-        Ok(run)
+        dispatch!(self.insert_run(new))
     }
 
     pub async fn get_run(&self, id: Uuid) -> Result<Option<Run>, Error> {
-        let run = sqlx::query_as::<_, Run>(concat!("select ", run_columns!(), " from runs where id = $1"))
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(run)
+        dispatch!(self.get_run(id))
     }
 
     /// Newest first, keyset-paginated on (created_at, id).
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, Error> {
-        let (before_ts, before_id) = filter.before.unzip();
-        let runs = sqlx::query_as::<_, Run>(concat!(
-            "select ",
-            run_columns!(),
-            " from runs
-             where ($1::text is null or pipeline_name = $1)
-               and ($2::text is null or status = $2)
-               and ($3::timestamptz is null or (created_at, id) < ($3, $4))
-             order by created_at desc, id desc
-             limit $5"
-        ))
-        .bind(filter.pipeline.as_deref())
-        .bind(filter.status.map(|s| s.as_str()))
-        .bind(before_ts)
-        .bind(before_id)
-        .bind(filter.limit)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(runs)
+        dispatch!(self.list_runs(filter))
     }
 
     /// The claim: succeeds for exactly one caller while the attempt is queued
     /// and the concurrency limits leave room, handing out a fresh fencing token
-    /// and a lease. Claims are serialised by a transaction-scoped advisory lock
-    /// so two replicas cannot both take the last free slot.
+    /// and a lease. Claims are serialised (Postgres: a transaction-scoped
+    /// advisory lock; SQLite: the single writer connection) so two replicas
+    /// cannot both take the last free slot.
     pub async fn claim(&self, claim: &Claim<'_>) -> Result<ClaimResult, Error> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("select pg_advisory_xact_lock($1)").bind(CLAIM_LOCK).execute(&mut *tx).await?;
-        let (running, running_here): (i64, i64) = sqlx::query_as(
-            "select count(*), count(*) filter (where pipeline_name = $1) from runs where status = 'running'",
-        )
-        .bind(claim.pipeline_name)
-        .fetch_one(&mut *tx)
-        .await?;
-        let blocked_by = if claim.max_running.is_some_and(|max| running >= max) {
-            Some("max_concurrent_runs")
-        } else if claim.max_running_of_pipeline.is_some_and(|max| running_here >= max) {
-            Some("pipeline_max_concurrent")
-        } else {
-            None
-        };
-        let (not_before,): (Option<DateTime<Utc>>,) =
-            sqlx::query_as("select case when not_before > now() then not_before end from runs where id = $1")
-                .bind(claim.run_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .unwrap_or((None,));
-        let blocked_by = if not_before.is_some() { Some("retry_backoff") } else { blocked_by };
-        if let Some(reason) = blocked_by {
-            sqlx::query("update runs set waiting_reason = $3 where id = $1 and attempt = $2 and status = 'queued'")
-                .bind(claim.run_id)
-                .bind(claim.attempt)
-                .bind(reason)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            return Ok(ClaimResult::Waiting(reason));
-        }
-        let run = sqlx::query_as::<_, Run>(concat!(
-            "update runs set status = 'running', runner_id = $3, fencing_token = fencing_token + 1,
-                 lease_expires_at = now() + make_interval(secs => $4), started_at = now(), waiting_reason = null
-             where id = $1 and attempt = $2 and status = 'queued'
-             returning ",
-            run_columns!()
-        ))
-        .bind(claim.run_id)
-        .bind(claim.attempt)
-        .bind(claim.runner_id)
-        .bind(secs(claim.lease))
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(match run {
-            Some(run) => ClaimResult::Granted(Box::new(run)),
-            None => ClaimResult::Gone,
-        })
+        dispatch!(self.claim(claim))
     }
 
     /// Runs executing or waiting now, overall and of one pipeline.
     pub async fn count_active(&self, pipeline_name: &str) -> Result<(i64, i64), Error> {
-        let counts = sqlx::query_as(
-            "select count(*), count(*) filter (where pipeline_name = $1) from runs
-             where status in ('queued', 'running')",
-        )
-        .bind(pipeline_name)
-        .fetch_one(self.pool())
-        .await?;
-        Ok(counts)
+        dispatch!(self.count_active(pipeline_name))
     }
 
     /// Queued runs held back by a concurrency limit, oldest first.
     pub async fn waiting_runs(&self, limit: i64) -> Result<Vec<(Uuid, i32, String)>, Error> {
-        let rows = sqlx::query_as(
-            "select id, attempt, pool from runs where status = 'queued' and waiting_reason is not null
-               and (not_before is null or not_before <= now())
-             order by created_at limit $1",
-        )
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows)
+        dispatch!(self.waiting_runs(limit))
     }
 
     /// Extends the leases of the attempts a runner still holds; attempts it no
@@ -315,36 +170,13 @@ impl Store {
         if held.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<Uuid> = held.iter().map(|a| a.run_id).collect();
-        let attempts: Vec<i32> = held.iter().map(|a| a.attempt).collect();
-        let tokens: Vec<i64> = held.iter().map(|a| a.fencing_token).collect();
-        let rows: Vec<(Uuid, i32, i64, bool, bool)> = sqlx::query_as(
-            "update runs r set lease_expires_at = now() + make_interval(secs => $5)
-             from unnest($2::uuid[], $3::int[], $4::bigint[]) as h(id, attempt, token)
-             where r.id = h.id and r.attempt = h.attempt and r.fencing_token = h.token
-               and r.status = 'running' and r.runner_id = $1
-             returning r.id, r.attempt, r.fencing_token, r.cancel_requested_at is not null, r.cancel_force",
-        )
-        .bind(runner_id)
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(&tokens)
-        .bind(secs(lease))
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(run_id, attempt, fencing_token, cancel_requested, cancel_force)| LeaseState {
-                attempt: AttemptRef { run_id, attempt, fencing_token },
-                cancel_requested,
-                cancel_force,
-            })
-            .collect())
+        dispatch!(self.renew_leases(runner_id, held, lease))
     }
 
     /// Ends a running attempt held with this token: records it in
     /// `run_attempts`, then either finalises the run or, with `retry_after`,
-    /// queues the next attempt to start no earlier than that.
+    /// queues the next attempt to start no earlier than that. All of it happens
+    /// atomically, or nothing at all (stale token, not running).
     pub async fn end_attempt(
         &self,
         at: &AttemptRef,
@@ -352,133 +184,40 @@ impl Store {
         log: Option<&ArchivedLog>,
         retry_after: Option<Duration>,
     ) -> Result<Option<Run>, Error> {
-        // One statement: the guard (`current`) locks the row, the attempt is
-        // recorded, and the run moves on, or nothing happens at all.
-        macro_rules! record_attempt_then {
-            ($update:literal) => {
-                concat!(
-                    "with current as (
-                         select id, attempt, runner_id, started_at from runs
-                         where id = $1 and attempt = $2 and fencing_token = $3 and status = 'running' for update),
-                     recorded as (
-                         insert into run_attempts (run_id, attempt, status, failure_reason, exit_code, error_message,
-                             runner_id, started_at, finished_at, log_key, log_size_bytes)
-                         select id, attempt, $4, $5, $6, $7, runner_id, started_at, now(), $8, coalesce($9, 0)
-                         from current) ",
-                    $update,
-                    " from current where r.id = current.id returning r.*"
-                )
-            };
-        }
-        const FINAL: &str = record_attempt_then!(
-            "update runs r set status = $4, failure_reason = $5, exit_code = $6, error_message = $7,
-                 log_key = $8, log_size_bytes = coalesce($9, 0), finished_at = now(), lease_expires_at = null"
-        );
-        const RETRY: &str = record_attempt_then!(
-            "update runs r set status = 'queued', attempt = r.attempt + 1, runner_id = null,
-                 lease_expires_at = null, cancel_requested_at = null, cancel_force = false,
-                 exit_code = null, failure_reason = null, error_message = null, log_key = null,
-                 log_size_bytes = 0, started_at = null, finished_at = null,
-                 not_before = now() + make_interval(secs => $10), waiting_reason = 'retry_backoff'"
-        );
-        let run = sqlx::query_as::<_, Run>(if retry_after.is_some() { RETRY } else { FINAL })
-            .bind(at.run_id)
-            .bind(at.attempt)
-            .bind(at.fencing_token)
-            .bind(outcome.status.as_str())
-            .bind(outcome.reason.map(|r| r.as_str()))
-            .bind(outcome.exit_code)
-            .bind(outcome.error_message.as_deref())
-            .bind(log.map(|l| l.key.as_str()))
-            .bind(log.map(|l| l.size))
-            .bind(retry_after.map(secs).unwrap_or_default())
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(run)
+        dispatch!(self.end_attempt(at, outcome, log, retry_after))
     }
 
     /// The finished attempts of a run, oldest first.
     pub async fn attempts(&self, run_id: Uuid) -> Result<Vec<AttemptRecord>, Error> {
-        let rows = sqlx::query_as::<_, AttemptRecord>(
-            "select attempt, status, failure_reason, exit_code, error_message, runner_id, started_at,
-                    finished_at, log_key, log_size_bytes
-             from run_attempts where run_id = $1 order by attempt",
-        )
-        .bind(run_id)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows)
+        dispatch!(self.attempts(run_id))
     }
 
     /// Cancels a run that no runner holds yet; it will never start.
     pub async fn cancel_queued(&self, id: Uuid) -> Result<Option<Run>, Error> {
-        let run = sqlx::query_as::<_, Run>(concat!(
-            "update runs set status = 'cancelled', failure_reason = 'cancelled',
-                 cancel_requested_at = now(), finished_at = now()
-             where id = $1 and status = 'queued'
-             returning ",
-            run_columns!()
-        ))
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(run)
+        dispatch!(self.cancel_queued(id))
     }
 
     /// Marks a running run for cancellation; its runner stops it and reports.
     pub async fn request_cancel(&self, id: Uuid, force: bool) -> Result<Option<Run>, Error> {
-        let run = sqlx::query_as::<_, Run>(concat!(
-            "update runs set cancel_requested_at = coalesce(cancel_requested_at, now()),
-                 cancel_force = cancel_force or $2
-             where id = $1 and status = 'running'
-             returning ",
-            run_columns!()
-        ))
-        .bind(id)
-        .bind(force)
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(run)
+        dispatch!(self.request_cancel(id, force))
     }
 
     /// Queued runs created before `older_than` ago and not in a retry
     /// back-off: candidates for a re-offer.
     pub async fn stale_queued(&self, older_than: Duration, limit: i64) -> Result<Vec<(Uuid, i32, String)>, Error> {
-        let rows = sqlx::query_as(
-            "select id, attempt, pool from runs
-             where status = 'queued' and created_at < now() - make_interval(secs => $1)
-               and (not_before is null or not_before <= now())
-             order by created_at limit $2",
-        )
-        .bind(secs(older_than))
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows)
+        dispatch!(self.stale_queued(older_than, limit))
     }
 
     /// Running attempts that outlived their timeout by more than `slack`: their
     /// runner did not stop them (frozen, or cut off but still renewing).
     pub async fn overdue_runs(&self, slack: Duration, limit: i64) -> Result<Vec<Run>, Error> {
-        let runs = sqlx::query_as::<_, Run>(concat!(
-            "select ",
-            run_columns!(),
-            " from runs
-             where status = 'running' and spec->>'timeout_seconds' is not null
-               and started_at + make_interval(secs => (spec->>'timeout_seconds')::float8 + $1) < now()
-             limit $2"
-        ))
-        .bind(secs(slack))
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(runs)
+        dispatch!(self.overdue_runs(slack, limit))
     }
 
     /// Marks archived logs past retention as expired and returns their keys for
     /// deletion: logs of finished runs beyond the newest `keep_runs` of their
-    /// pipeline, or finished more than `max_age` ago. Locked rows are skipped,
-    /// so each log is expired by one replica.
+    /// pipeline, or finished more than `max_age` ago. Each log is expired by one
+    /// replica (Postgres skips locked rows; SQLite has one writer).
     pub async fn expire_logs(
         &self,
         keep_runs: Option<i64>,
@@ -488,27 +227,7 @@ impl Store {
         if keep_runs.is_none() && max_age.is_none() {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query_as(
-            "with ranked as (
-                 select id, row_number() over (partition by pipeline_name order by created_at desc, id desc) as rank
-                 from runs where status in ('success', 'failed', 'cancelled')),
-             doomed as (
-                 select r.id from runs r join ranked k on k.id = r.id
-                 where r.log_key is not null and r.log_expired_at is null
-                   and (($1::bigint is not null and k.rank > $1)
-                        or ($2::float8 is not null and r.finished_at < now() - make_interval(secs => $2)))
-                 limit $3
-                 for update of r skip locked)
-             update runs r set log_expired_at = now()
-             from doomed where r.id = doomed.id
-             returning r.id, r.attempt, r.log_key",
-        )
-        .bind(keep_runs)
-        .bind(max_age.map(secs))
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows)
+        dispatch!(self.expire_logs(keep_runs, max_age, limit))
     }
 
     /// Fails queued runs that waited longer than `after` while no runner of
@@ -520,39 +239,11 @@ impl Store {
         runner_silence: Duration,
         limit: i64,
     ) -> Result<Vec<Run>, Error> {
-        let runs = sqlx::query_as::<_, Run>(
-            "with stuck as (
-                 select id from runs r
-                 where status = 'queued' and coalesce(not_before, created_at) < now() - make_interval(secs => $1)
-                   and not exists (select 1 from runners w where w.pool = r.pool
-                                   and w.last_heartbeat_at > now() - make_interval(secs => $2))
-                 limit $3
-                 for update skip locked)
-             update runs r set status = 'failed', failure_reason = 'no_runner', finished_at = now(),
-                 error_message = 'no runner of pool `' || r.pool || '` was available',
-                 waiting_reason = null
-             from stuck where r.id = stuck.id
-             returning r.*",
-        )
-        .bind(secs(after))
-        .bind(secs(runner_silence))
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(runs)
+        dispatch!(self.fail_unrunnable(after, runner_silence, limit))
     }
 
     /// Running attempts whose lease ran out: their runner is gone or cut off.
     pub async fn expired_leases(&self, limit: i64) -> Result<Vec<Run>, Error> {
-        let runs = sqlx::query_as::<_, Run>(concat!(
-            "select ",
-            run_columns!(),
-            " from runs where status = 'running' and lease_expires_at < now()
-             order by lease_expires_at limit $1"
-        ))
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(runs)
+        dispatch!(self.expired_leases(limit))
     }
 }
