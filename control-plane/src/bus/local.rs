@@ -61,6 +61,7 @@ impl LocalBus {
     /// `spool_dir` holds the live logs; it is created if missing.
     pub fn open(spool_dir: PathBuf) -> Result<LocalBus, Error> {
         std::fs::create_dir_all(&spool_dir).map_err(|e| spool_err(&spool_dir, e))?;
+        let spool_dir = std::fs::canonicalize(&spool_dir).map_err(|e| spool_err(&spool_dir, e))?;
         Ok(LocalBus {
             inner: Arc::new(Inner {
                 spool_dir,
