@@ -30,7 +30,9 @@ impl App {
         let store = Store::connect(&config.database_url).await.context("DATABASE_URL: cannot use the database")?;
         tracing::info!("store: {} at {}", store.kind(), crate::config::redact_url(&config.database_url));
         let bus = match &config.nats_url {
-            Some(url) => Bus::Nats(NatsBus::connect(url).await.context("NATS_URL: cannot use NATS JetStream")?),
+            Some(url) => {
+                Bus::Nats(Box::new(NatsBus::connect(url).await.context("NATS_URL: cannot use NATS JetStream")?))
+            }
             None => Bus::Local(
                 LocalBus::open(config.data_dir.join("live-logs")).context("DATA_DIR: cannot keep live logs")?,
             ),
@@ -53,7 +55,7 @@ impl App {
             .with_context(|| format!("BIND_ADDR: cannot listen on {}", self.config.bind_addr))?;
         tracing::info!(addr = %self.config.bind_addr, "listening on http://{}", self.config.bind_addr);
         let runners = match &self.bus {
-            Bus::Nats(bus) => tokio::spawn(runner_api::serve(self.clone(), bus.clone(), shutdown.clone())),
+            Bus::Nats(bus) => tokio::spawn(runner_api::serve(self.clone(), (**bus).clone(), shutdown.clone())),
             Bus::Local(bus) => {
                 let link = LocalLink::new(self.clone(), bus.clone());
                 let (ready, adopted) = tokio::sync::oneshot::channel();

@@ -40,7 +40,8 @@ pub async fn run(executor: Executor, slots: Arc<Semaphore>, stop_claiming: Cance
             offer.handle.ack().await;
             continue;
         }
-        let request = ClaimRequest { run_id: job.run_id, attempt: job.attempt, runner_id: executor.config.runner_id.clone() };
+        let request =
+            ClaimRequest { run_id: job.run_id, attempt: job.attempt, runner_id: executor.config.runner_id.clone() };
         match executor.link.claim(&request).await {
             Ok(ClaimReply::Granted { job }) => {
                 offer.handle.ack().await;

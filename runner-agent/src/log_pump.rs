@@ -3,8 +3,8 @@
 //! the link de-duplicates), and reads back what an earlier runner process
 //! already published (for a restart).
 
-pub use crate::log_batcher::ResumePoint;
 use crate::link::{ControlLink, LogAck};
+pub use crate::log_batcher::ResumePoint;
 use crate::log_batcher::{Batcher, max_line_for};
 use bytes::Bytes;
 use futures::StreamExt;

@@ -35,7 +35,7 @@ pub struct RawBatch {
 
 #[derive(Clone)]
 pub enum Bus {
-    Nats(nats::NatsBus),
+    Nats(Box<nats::NatsBus>),
     Local(local::LocalBus),
 }
 
@@ -127,7 +127,7 @@ impl Bus {
     /// Reads an attempt's live log as stored now, batch by batch.
     pub async fn log_cursor(&self, run_id: Uuid, attempt: i32) -> Result<LogCursor, Error> {
         match self {
-            Bus::Nats(b) => Ok(LogCursor::Nats(b.log_cursor(run_id, attempt).await?)),
+            Bus::Nats(b) => Ok(LogCursor::Nats(Box::new(b.log_cursor(run_id, attempt).await?))),
             Bus::Local(b) => Ok(LogCursor::Local(b.log_cursor(run_id, attempt).await?)),
         }
     }
@@ -135,7 +135,7 @@ impl Bus {
     /// Follows an attempt's live log from its start as it grows.
     pub async fn follow_log(&self, run_id: Uuid, attempt: i32) -> Result<LogFollower, Error> {
         match self {
-            Bus::Nats(b) => Ok(LogFollower::Nats(b.follow_log(run_id, attempt).await?)),
+            Bus::Nats(b) => Ok(LogFollower::Nats(Box::new(b.follow_log(run_id, attempt).await?))),
             Bus::Local(b) => Ok(LogFollower::Local(b.follow_log(run_id, attempt).await?)),
         }
     }
@@ -169,7 +169,7 @@ impl FinishedEvents {
 }
 
 pub enum LogCursor {
-    Nats(nats::LogCursor),
+    Nats(Box<nats::LogCursor>),
     Local(local::LogCursor),
 }
 
@@ -184,7 +184,7 @@ impl LogCursor {
 }
 
 pub enum LogFollower {
-    Nats(nats::LogFollower),
+    Nats(Box<nats::LogFollower>),
     Local(local::LogFollower),
 }
 

@@ -68,7 +68,10 @@ pub trait ControlLink: Send + Sync + 'static {
     async fn publish_log(&self, at: &AttemptRef, first_line: u64, payload: Bytes) -> Result<LogAck, LinkError>;
     /// The batches already published for this exact attempt and fencing token,
     /// in order, as `(first_line, payload)` (used to resume after a restart).
-    async fn published_log(&self, at: &AttemptRef) -> Result<BoxStream<'static, Result<(u64, Bytes), LinkError>>, LinkError>;
+    async fn published_log(
+        &self,
+        at: &AttemptRef,
+    ) -> Result<BoxStream<'static, Result<(u64, Bytes), LinkError>>, LinkError>;
     /// Sends whatever is buffered (best effort, at shutdown).
     async fn flush(&self) {}
 }

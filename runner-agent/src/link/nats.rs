@@ -196,7 +196,9 @@ impl ControlLink for NatsLink {
         let stream = self.js.get_stream(subjects::LOGS_STREAM).await.map_err(|e| err(&e))?;
         let last = match stream.get_last_raw_message_by_subject(&subject).await {
             Ok(msg) => msg.sequence,
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(futures::stream::empty().boxed()),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(futures::stream::empty().boxed());
+            }
             Err(e) => return Err(err(&e)),
         };
         let consumer = stream
