@@ -4,13 +4,13 @@ use crate::api::Run;
 use crate::expected::log_lines;
 use crate::sse::SseTranscript;
 
-/// The three views of a finished run's log agree: `GET …/logs`, the S3 archive
-/// (byte for byte), and the SSE stream (ids 1..n in order; its stdout/stderr lines
+/// The three views of a finished run's log agree: `GET …/logs`, the archived log
+/// in the log store (byte for byte), and the SSE stream (ids 1..n in order; its stdout/stderr lines
 /// are the log's lines; its `end` carries the final run).
 pub fn assert_logs_agree(run: &Run, http_log: &[u8], archive: &[u8], sse: &SseTranscript) {
     assert!(
         http_log == archive,
-        "GET logs ({} bytes) and the S3 archive ({} bytes) of run {} differ:\nHTTP: {:?}\nS3:   {:?}",
+        "GET logs ({} bytes) and the archived log ({} bytes) of run {} differ:\nHTTP:    {:?}\narchive: {:?}",
         http_log.len(),
         archive.len(),
         run.id,

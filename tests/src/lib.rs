@@ -1,10 +1,17 @@
 //! Harness for Fast-Flow's end-to-end tests.
 //!
-//! Every test builds its own [`TestEnv`]: a private nats-server, a fresh Postgres
-//! database, a fresh S3 bucket, a private pipelines folder, and real
-//! `control-plane` / `runner-agent` processes wired to them. Nothing is mocked; the
-//! harness observes the product only through its public surfaces (HTTP API, S3
-//! archive, Docker engine).
+//! Every test builds its own [`TestEnv`], in one of two modes:
+//! - distributed ([`TestEnvOptions::default`]): a private nats-server, a fresh
+//!   Postgres database, a fresh S3 bucket, a private pipelines folder, and real
+//!   `control-plane` / `runner-agent` processes wired to them;
+//! - single node ([`TestEnvOptions::single_node`]): one `control-plane` process
+//!   given none of the services' addresses, keeping SQLite and the archived logs
+//!   under the test's temp dir and running jobs with its embedded runner.
+//!
+//! Tests about the API and about how runs behave are written once and run in both
+//! modes with [`in_both_modes!`], so neither configuration can rot. Nothing is
+//! mocked; the harness observes the product only through its public surfaces (HTTP
+//! API, the log store — S3 bucket or directory —, Docker engine).
 //!
 //! The shared services come from `scripts/dev-deps.sh up`, which writes
 //! `/var/tmp/fastflow-dev/env.sh`; see [`DevEnv`] for the variables it must export.
@@ -38,5 +45,46 @@ pub use docker::{docker_containers_with_label, docker_inspect, docker_now};
 pub use docker_events::ContainerCreations;
 pub use s3::Digest;
 pub use sse::{LogLine, SseEvent, SseStream, SseTranscript};
-pub use test_env::{TestEnv, TestEnvOptions};
+pub use test_env::{Mode, TestEnv, TestEnvOptions};
 pub use wait::poll_until;
+
+/// Defines tests that run in both modes with the same body.
+///
+/// ```ignore
+/// in_both_modes! {
+///     /// Doc comment of the pair.
+///     async fn a_run_succeeds(options) {
+///         let env = TestEnv::start(options.runners(1)).await;
+///         // …
+///     }
+/// }
+/// ```
+///
+/// expands each function to a module of that name holding the body (which gets the
+/// [`TestEnvOptions`] of its mode as `options`) and two tests, `<name>::distributed`
+/// (from [`TestEnvOptions::default`]) and `<name>::single_node` (from
+/// [`TestEnvOptions::single_node`]). The body sees the enclosing file's items.
+#[macro_export]
+macro_rules! in_both_modes {
+    ($($(#[$meta:meta])* async fn $name:ident($options:ident) $body:block)*) => {
+        $(
+            $(#[$meta])*
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                async fn body($options: $crate::TestEnvOptions) $body
+
+                #[tokio::test(flavor = "multi_thread")]
+                async fn distributed() {
+                    body($crate::TestEnvOptions::default()).await
+                }
+
+                #[tokio::test(flavor = "multi_thread")]
+                async fn single_node() {
+                    body($crate::TestEnvOptions::single_node()).await
+                }
+            }
+        )*
+    };
+}

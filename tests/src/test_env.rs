@@ -1,4 +1,4 @@
-//! `TestEnv`: one isolated Fast-Flow deployment per test.
+//! `TestEnv`: one isolated Fast-Flow deployment per test, distributed or single-node.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,19 +37,48 @@ const RUNNER_MUST_NOT_SEE: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
 ];
+/// Variables of the test process (from env.sh) that select the distributed seams;
+/// a single node is started without them, so it must not need them.
+const SINGLE_NODE_MUST_NOT_SEE: &[&str] = &[
+    "DATABASE_URL",
+    "NATS_URL",
+    "S3_ENDPOINT",
+    "S3_BUCKET",
+    "S3_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "FASTFLOW_PG_ADMIN_URL",
+];
 /// Lines of each process log printed when a test fails.
 const LOG_TAIL_LINES: usize = 80;
+
+/// Which deployment a [`TestEnv`] builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A private nats-server, a fresh Postgres database and S3 bucket, control-plane
+    /// replicas and runner-agent processes.
+    Distributed,
+    /// One `control-plane` process and no services at all: SQLite in
+    /// `<test dir>/data`, archived logs as files in `<test dir>/archive`, the
+    /// in-process bus and the embedded runner.
+    SingleNode,
+}
 
 /// How many of each process to start.
 #[derive(Debug, Clone)]
 pub struct TestEnvOptions {
+    pub mode: Mode,
+    /// Control-plane replicas (the single node is always exactly one).
     pub control_planes: usize,
+    /// Runner processes; in single-node mode 1 (the embedded runner) or 0 (the
+    /// embedded runner serves a pool nobody uses, so default-pool runs stay queued).
     pub runners: usize,
     /// RUNNER_CONCURRENCY of every runner.
     pub runner_concurrency: usize,
     /// Extra environment variables of every control plane (set last, so they win).
     pub control_plane_env: Vec<(String, String)>,
-    /// Extra environment variables of every runner (set last, so they win).
+    /// Extra environment variables of every runner (set last, so they win); in
+    /// single-node mode they go to the one process, before `control_plane_env`.
     pub runner_env: Vec<(String, String)>,
     /// Run the control planes against a Postgres cluster of the test's own (which
     /// the test may stop and restart) instead of the shared one.
@@ -57,8 +86,10 @@ pub struct TestEnvOptions {
 }
 
 impl Default for TestEnvOptions {
+    /// The distributed deployment: one control plane, one runner.
     fn default() -> Self {
         Self {
+            mode: Mode::Distributed,
             control_planes: 1,
             runners: 1,
             runner_concurrency: 4,
@@ -70,6 +101,12 @@ impl Default for TestEnvOptions {
 }
 
 impl TestEnvOptions {
+    /// The single node: one `control-plane` with no DATABASE_URL, NATS_URL or S3
+    /// settings, running its embedded runner.
+    pub fn single_node() -> Self {
+        Self { mode: Mode::SingleNode, ..Self::default() }
+    }
+
     pub fn control_planes(mut self, n: usize) -> Self {
         self.control_planes = n;
         self
@@ -91,7 +128,7 @@ impl TestEnvOptions {
         self
     }
 
-    /// Passes `key=value` to every runner.
+    /// Passes `key=value` to every runner (in single-node mode: to the single node).
     pub fn runner_env(mut self, key: &str, value: &str) -> Self {
         self.runner_env.push((key.to_string(), value.to_string()));
         self
@@ -103,10 +140,32 @@ impl TestEnvOptions {
         self.private_postgres = true;
         self
     }
+
+    /// Panics when the options ask for what a single node cannot be.
+    fn check_single_node(&self) {
+        assert!(
+            self.control_planes == 1,
+            "TestEnvOptions::control_planes({}) is not available in single-node mode: the single node is exactly one \
+             control-plane process; keep this test distributed-only",
+            self.control_planes
+        );
+        assert!(
+            self.runners <= 1,
+            "TestEnvOptions::runners({}) is not available in single-node mode: the single node has one embedded \
+             runner (runners(0) makes it serve a pool nobody uses); keep this test distributed-only",
+            self.runners
+        );
+        assert!(
+            !self.private_postgres,
+            "TestEnvOptions::private_postgres() is not available in single-node mode: it uses SQLite"
+        );
+    }
 }
 
 struct ControlPlane {
     client: ControlPlaneClient,
+    /// Kept across [`TestEnv::restart_control_plane`].
+    port: u16,
     process: ChildProcess,
 }
 
@@ -115,23 +174,34 @@ struct Runner {
     process: ChildProcess,
 }
 
-/// A private deployment: nats-server, database, bucket, pipelines folder, control
-/// planes and runners. Dropping it kills every process and removes what it made.
-pub struct TestEnv {
-    pub dev: DevEnv,
-    /// The test's temp dir (kept when the test fails).
-    pub dir: PathBuf,
-    pub bucket: String,
-    pub pipelines_dir: PathBuf,
-    options: TestEnvOptions,
-    tag: String,
+/// What only a distributed deployment has: the services and their per-test state.
+struct Services {
     nats: NatsServer,
     db: TestDatabase,
     /// Set with [`TestEnvOptions::private_postgres`]; `db` then lives in it.
     private_pg: Option<PrivatePostgres>,
     s3: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+/// A private deployment: in distributed mode nats-server, database, bucket, control
+/// planes and runners; in single-node mode one control plane with its data under
+/// the test dir. Both have a private pipelines folder. Dropping it kills every
+/// process and removes what it made.
+pub struct TestEnv {
+    pub dev: DevEnv,
+    /// The test's temp dir (kept when the test fails).
+    pub dir: PathBuf,
+    pub pipelines_dir: PathBuf,
+    options: TestEnvOptions,
+    tag: String,
+    /// `None` in single-node mode.
+    services: Option<Services>,
     control_planes: Vec<ControlPlane>,
+    /// Runner processes (always empty in single-node mode).
     runners: Vec<Runner>,
+    /// RUNNER_ID of the single node's embedded runner (`runner-0-<tag>`).
+    embedded_runner_id: String,
     /// Counts container creations from before the first process starts.
     creations: crate::ContainerCreations,
     /// Environment variables of one runner only (by index), on top of the options'.
@@ -141,9 +211,15 @@ pub struct TestEnv {
 impl TestEnv {
     pub async fn start(options: TestEnvOptions) -> Self {
         let dev = DevEnv::from_env();
+        let single_node = options.mode == Mode::SingleNode;
+        if single_node {
+            options.check_single_node();
+        }
         // Fail before starting anything when the product was not built.
         dev.binary("control-plane");
-        dev.binary("runner-agent");
+        if !single_node {
+            dev.binary("runner-agent");
+        }
         let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let dir = std::env::temp_dir().join("fastflow-tests").join(format!("{}-{tag}", test_name()));
         std::fs::create_dir_all(dir.join("logs")).expect("cannot create the test dir");
@@ -154,47 +230,75 @@ impl TestEnv {
         let uv_cache = uv_cache_dir();
         std::fs::create_dir_all(&uv_cache).unwrap_or_else(|e| panic!("cannot create {}: {e}", uv_cache.display()));
 
-        let nats = NatsServer::start(&dev.nats_server_bin, &dir.join("nats")).await;
-        let private_pg = if options.private_postgres {
-            Some(PrivatePostgres::start(&dir.join("logs").join("postgres.log")).await)
-        } else {
-            None
-        };
-        let db = match &private_pg {
-            Some(pg) => TestDatabase::create(&pg.admin_url(), &pg.admin_url()).await,
-            None => TestDatabase::create(&dev.pg_admin_url, &dev.database_url).await,
-        };
-        let s3 = s3::client(&dev);
-        let bucket = format!("t-{}", uuid::Uuid::new_v4().simple());
+        let services = if single_node { None } else { Some(Services::start(&dev, &dir, &options).await) };
 
         let creations = crate::ContainerCreations::start().await;
         let mut env = Self {
             creations,
             dev,
+            embedded_runner_id: format!("runner-0-{tag}"),
             dir,
-            bucket,
             pipelines_dir,
             options: options.clone(),
             tag,
-            nats,
-            db,
-            private_pg,
-            s3,
+            services,
             control_planes: Vec::new(),
             runners: Vec::new(),
             runner_extra_env: std::collections::HashMap::new(),
         };
         // Start all replicas at once: concurrent migrations are part of the contract.
         for i in 0..options.control_planes {
-            env.spawn_control_plane(i);
+            let port = free_port();
+            let process = env.spawn_control_plane(i, port);
+            env.control_planes.push(ControlPlane {
+                client: ControlPlaneClient::new(format!("http://127.0.0.1:{port}")),
+                port,
+                process,
+            });
         }
         for i in 0..options.control_planes {
             env.wait_control_plane_ready(i).await;
         }
-        for _ in 0..options.runners {
-            env.start_runner().await;
+        if single_node {
+            env.wait_embedded_runner_listed().await;
+        } else {
+            for _ in 0..options.runners {
+                env.start_runner().await;
+            }
         }
         env
+    }
+
+    /// Whether this is the single node ([`TestEnvOptions::single_node`]).
+    pub fn is_single_node(&self) -> bool {
+        self.options.mode == Mode::SingleNode
+    }
+
+    /// The single node's DATA_DIR (`<test dir>/data`: its SQLite database, live log
+    /// spool and, under `runner/`, the embedded runner's data).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The single node's LOGS_DIR (`<test dir>/archive`): archived logs as files,
+    /// under the same keys as the S3 objects of the distributed mode.
+    pub fn archive_dir(&self) -> PathBuf {
+        self.dir.join("archive")
+    }
+
+    /// Path of the process log of control-plane replica `i` (appended across restarts).
+    pub fn control_plane_log_path(&self, i: usize) -> PathBuf {
+        self.dir.join("logs").join(format!("control-plane-{i}.log"))
+    }
+
+    /// The services of the distributed mode; panics naming `what` in single-node mode.
+    fn services(&mut self, what: &str) -> &mut Services {
+        self.services.as_mut().unwrap_or_else(|| panic!("{what} is not available in single-node mode"))
+    }
+
+    /// Panics naming `what` in single-node mode (runner processes do not exist there).
+    fn distributed_only(&self, what: &str) {
+        assert!(!self.is_single_node(), "{what} is not available in single-node mode");
     }
 
     /// Client for control-plane replica `i`.
@@ -202,9 +306,13 @@ impl TestEnv {
         &self.control_planes.get(i).unwrap_or_else(|| panic!("there is no control plane #{i}")).client
     }
 
-    /// RUNNER_ID of runner `i`.
+    /// RUNNER_ID of runner `i` (in single-node mode, runner 0 is the embedded runner).
     pub fn runner_id(&self, i: usize) -> &str {
-        &self.runners[i].id
+        if self.is_single_node() {
+            assert_eq!(i, 0, "the single node has only runner #0 (its embedded runner)");
+            return &self.embedded_runner_id;
+        }
+        &self.runners.get(i).unwrap_or_else(|| panic!("there is no runner #{i}")).id
     }
 
     /// Starts one more runner and waits until the control plane lists it; returns its index.
@@ -214,6 +322,7 @@ impl TestEnv {
 
     /// Starts one more runner with extra environment variables (e.g. `RUNNER_POOL`).
     pub async fn start_runner_with_env(&mut self, env: &[(&str, &str)]) -> usize {
+        self.distributed_only("start_runner");
         let i = self.runners.len();
         let id = format!("runner-{i}-{}", self.tag);
         let extra: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -228,6 +337,7 @@ impl TestEnv {
     /// RUNNER_ID and RUNNER_DATA_DIR (its log is appended to the same file), as a
     /// supervisor would after a crash.
     pub async fn restart_runner(&mut self, i: usize) {
+        self.distributed_only("restart_runner");
         assert!(
             self.runners[i].process.exit_status().is_some(),
             "runner #{i} still runs; kill it before restarting it"
@@ -239,6 +349,7 @@ impl TestEnv {
 
     /// Spawns runner process `i` with RUNNER_ID `id` and data dir `<test dir>/runner-<i>`.
     fn spawn_runner(&self, i: usize, id: &str) -> ChildProcess {
+        let nats_url = self.services.as_ref().expect("runner processes exist in distributed mode only").nats.url();
         let data_dir = self.dir.join(format!("runner-{i}"));
         std::fs::create_dir_all(&data_dir).expect("cannot create runner data dir");
         let mut command = Command::new(self.dev.binary("runner-agent"));
@@ -248,7 +359,7 @@ impl TestEnv {
             command.env_remove(name);
         }
         command
-            .env("NATS_URL", self.nats.url())
+            .env("NATS_URL", nats_url)
             .env("RUNNER_ID", id)
             .env("RUNNER_CONCURRENCY", self.options.runner_concurrency.to_string())
             .env("RUNNER_DATA_DIR", &data_dir)
@@ -265,49 +376,72 @@ impl TestEnv {
 
     /// kill -9 of runner `i` (its containers are left behind, as in a crash).
     pub fn kill_runner(&mut self, i: usize) {
+        self.distributed_only("kill_runner");
         self.runners[i].process.kill();
     }
 
     /// SIGSTOP of runner `i` (by PID): it keeps its connections but does nothing,
     /// as a hung host would. [`Self::thaw_runner`] resumes it.
     pub fn freeze_runner(&mut self, i: usize) {
+        self.distributed_only("freeze_runner");
         self.runners[i].process.signal("STOP");
     }
 
     /// SIGCONT of runner `i` (by PID).
     pub fn thaw_runner(&mut self, i: usize) {
+        self.distributed_only("thaw_runner");
         self.runners[i].process.signal("CONT");
     }
 
     /// kill -9 of the test's nats-server.
     pub fn kill_nats(&mut self) {
-        self.nats.kill();
+        self.services("kill_nats").nats.kill();
     }
 
     /// Restarts nats-server on the same port with an empty JetStream store.
     pub async fn restart_nats_with_empty_store(&mut self) {
-        self.nats.restart_with_empty_store().await;
+        self.services("restart_nats_with_empty_store").nats.restart_with_empty_store().await;
     }
 
     /// Restarts nats-server on the same port with its store directory kept (kills it
     /// first if it still runs): streams, consumers and messages on disk survive.
     pub async fn restart_nats_keeping_store(&mut self) {
-        self.nats.restart_keeping_store().await;
+        self.services("restart_nats_keeping_store").nats.restart_keeping_store().await;
     }
 
     /// kill -9 of control-plane replica `i` (by PID); its client stays in place and
-    /// fails to connect from now on.
+    /// fails to connect from now on. In single-node mode this is the whole node:
+    /// the job containers it started keep running.
     pub fn kill_control_plane(&mut self, i: usize) {
         self.control_planes[i].process.kill();
     }
 
+    /// Starts control-plane replica `i` again after [`Self::kill_control_plane`] (or
+    /// after it exited): a new process with the same environment, DATA_DIR and port
+    /// (so [`Self::cp`] keeps working), its output appended to the same log file.
+    /// Waits for /health, and in single-node mode for the embedded runner to be listed.
+    pub async fn restart_control_plane(&mut self, i: usize) {
+        assert!(
+            self.control_planes[i].process.exit_status().is_some(),
+            "control plane #{i} still runs; kill it before restarting it"
+        );
+        let port = self.control_planes[i].port;
+        self.control_planes[i].process = self.spawn_control_plane(i, port);
+        self.wait_control_plane_ready(i).await;
+        if self.is_single_node() {
+            self.wait_embedded_runner_listed().await;
+        }
+    }
+
     /// Sends `signal` (a name such as `TERM`, `INT`, `STOP`) to runner `i` by PID.
     pub fn signal_runner(&mut self, i: usize, signal: &str) {
+        self.distributed_only("signal_runner");
         self.runners[i].process.signal(signal);
     }
 
-    /// PID of runner `i` (panics once the test killed it).
+    /// PID of runner process `i` (panics once the test killed it).
     pub fn runner_pid(&self, i: usize) -> u32 {
+        self.distributed_only("runner_pid");
         self.runners[i].process.pid().unwrap_or_else(|| panic!("runner #{i} was killed by the test"))
     }
 
@@ -319,6 +453,7 @@ impl TestEnv {
     /// Waits until runner `i` exits by itself and returns its exit status; panics
     /// (with its log tail) after `timeout`.
     pub async fn wait_runner_exit(&mut self, i: usize, timeout: Duration) -> std::process::ExitStatus {
+        self.distributed_only("wait_runner_exit");
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(status) = self.runners[i].process.try_exit_status() {
@@ -336,21 +471,25 @@ impl TestEnv {
 
     /// The exit status of runner `i` if it has exited by itself, `None` while it runs.
     pub fn runner_exit_status(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        self.distributed_only("runner_exit_status");
         self.runners[i].process.try_exit_status()
     }
 
-    fn private_pg(&mut self) -> &mut PrivatePostgres {
-        self.private_pg.as_mut().expect("this TestEnv has no private Postgres; use TestEnvOptions::private_postgres()")
+    fn private_pg(&mut self, what: &str) -> &mut PrivatePostgres {
+        self.services(what)
+            .private_pg
+            .as_mut()
+            .expect("this TestEnv has no private Postgres; use TestEnvOptions::private_postgres()")
     }
 
     /// `pg_ctl -m immediate stop` of the private Postgres (connections cut, as in a crash).
     pub async fn stop_postgres(&mut self) {
-        self.private_pg().stop_immediate().await;
+        self.private_pg("stop_postgres").stop_immediate().await;
     }
 
     /// `pg_ctl -w start` of the private Postgres on its port, after [`Self::stop_postgres`].
     pub async fn start_postgres(&mut self) {
-        self.private_pg().start_server().await;
+        self.private_pg("start_postgres").start_server().await;
     }
 
     /// Immediate stop, then start again, of the private Postgres.
@@ -435,20 +574,48 @@ impl TestEnv {
         self.cp(0).stream_logs(run_id, last_event_id).await
     }
 
-    /// An object of the test's bucket, `None` when it does not exist.
+    /// An object of the log store, `None` when it does not exist: the test's S3
+    /// bucket in distributed mode, the file `<archive dir>/<key>` in single-node mode.
     pub async fn s3_get(&self, key: &str) -> Option<Bytes> {
-        s3::get(&self.s3, &self.bucket, key).await
+        match &self.services {
+            Some(services) => s3::get(&services.s3, &services.bucket, key).await,
+            None => {
+                let path = self.archive_path(key);
+                match tokio::fs::read(&path).await {
+                    Ok(bytes) => Some(Bytes::from(bytes)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => panic!("cannot read the archived file {}: {e}", path.display()),
+                }
+            }
+        }
     }
 
-    /// Length + SHA-256 of an object of the test's bucket, streamed.
+    /// Length + SHA-256 of an object of the log store (see [`Self::s3_get`]), streamed.
     pub async fn s3_digest(&self, key: &str) -> Option<Digest> {
-        s3::digest(&self.s3, &self.bucket, key).await
+        match &self.services {
+            Some(services) => s3::digest(&services.s3, &services.bucket, key).await,
+            None => file_digest(&self.archive_path(key)).await,
+        }
     }
 
-    /// The archived log of `attempt` of a run.
+    /// The archived log of `attempt` of a run, from the log store (key
+    /// `runs/<run_id>/<attempt>.log`, an S3 object or a file; see [`Self::s3_get`]).
     pub async fn archived_log(&self, run_id: &str, attempt: i64) -> Bytes {
         let key = format!("runs/{run_id}/{attempt}.log");
-        self.s3_get(&key).await.unwrap_or_else(|| panic!("S3 object {}/{key} does not exist", self.bucket))
+        self.s3_get(&key).await.unwrap_or_else(|| panic!("{} does not exist", self.describe_key(&key)))
+    }
+
+    /// Where a log-store key lives, for messages.
+    fn describe_key(&self, key: &str) -> String {
+        match &self.services {
+            Some(services) => format!("S3 object {}/{key}", services.bucket),
+            None => format!("archived file {}", self.archive_path(key).display()),
+        }
+    }
+
+    fn archive_path(&self, key: &str) -> PathBuf {
+        assert!(!key.starts_with('/') && !key.split('/').any(|part| part == ".."), "bad log-store key {key:?}");
+        self.archive_dir().join(key)
     }
 
     pub async fn docker_containers_with_label(&self, run_id: &str) -> Vec<String> {
@@ -466,27 +633,53 @@ impl TestEnv {
         docker::docker_inspect(container_id).await
     }
 
-    fn spawn_control_plane(&mut self, i: usize) {
-        let port = free_port();
+    /// Spawns control-plane replica `i` listening on `port`.
+    fn spawn_control_plane(&self, i: usize, port: u16) -> ChildProcess {
         let mut command = Command::new(self.dev.binary("control-plane"));
+        command.env("BIND_ADDR", format!("127.0.0.1:{port}"));
+        match &self.services {
+            Some(services) => {
+                command
+                    .env("DATABASE_URL", &services.db.url)
+                    .env("NATS_URL", services.nats.url())
+                    .env("S3_ENDPOINT", &self.dev.s3_endpoint)
+                    .env("S3_BUCKET", &services.bucket)
+                    .env("S3_REGION", &self.dev.s3_region)
+                    .env("AWS_ACCESS_KEY_ID", &self.dev.aws_access_key_id)
+                    .env("AWS_SECRET_ACCESS_KEY", &self.dev.aws_secret_access_key);
+            }
+            None => {
+                // No service addresses at all: the single node must not need them.
+                for name in SINGLE_NODE_MUST_NOT_SEE {
+                    command.env_remove(name);
+                }
+                command
+                    .env("DATA_DIR", self.data_dir())
+                    .env("LOGS_DIR", self.archive_dir())
+                    .env("RUNNER_ID", &self.embedded_runner_id)
+                    .env("RUNNER_CONCURRENCY", self.options.runner_concurrency.to_string())
+                    .env("UV_CACHE_DIR", uv_cache_dir());
+                if self.options.runners == 0 {
+                    // As if there were no runner: runs of the default pool stay queued.
+                    command.env("RUNNER_POOL", format!("nobody-{}", self.tag));
+                }
+            }
+        }
         command
-            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-            .env("DATABASE_URL", &self.db.url)
-            .env("NATS_URL", self.nats.url())
-            .env("S3_ENDPOINT", &self.dev.s3_endpoint)
-            .env("S3_BUCKET", &self.bucket)
-            .env("S3_REGION", &self.dev.s3_region)
-            .env("AWS_ACCESS_KEY_ID", &self.dev.aws_access_key_id)
-            .env("AWS_SECRET_ACCESS_KEY", &self.dev.aws_secret_access_key)
             .env("PIPELINES_DIR", &self.pipelines_dir)
             .env("WORKER_BASE_IMAGE", &self.dev.worker_base_image)
             .env("RUST_LOG", rust_log())
             .env("NO_COLOR", "1");
+        if self.is_single_node() {
+            command.envs(self.options.runner_env.iter().map(|(k, v)| (k, v)));
+        }
         command.envs(self.options.control_plane_env.iter().map(|(k, v)| (k, v)));
-        let log = self.dir.join("logs").join(format!("control-plane-{i}.log"));
-        let process = ChildProcess::spawn(&format!("control-plane #{i}"), command, &log);
-        self.control_planes
-            .push(ControlPlane { client: ControlPlaneClient::new(format!("http://127.0.0.1:{port}")), process });
+        let name = if self.is_single_node() {
+            format!("control-plane #{i} (single node)")
+        } else {
+            format!("control-plane #{i}")
+        };
+        ChildProcess::spawn(&name, command, &self.control_plane_log_path(i))
     }
 
     async fn wait_control_plane_ready(&mut self, i: usize) {
@@ -530,35 +723,22 @@ impl TestEnv {
     async fn wait_runner_registered(&mut self, i: usize) {
         let client = self.cp(0).clone();
         let runner = &mut self.runners[i];
-        let id = runner.id.clone();
-        let registered = poll_until(
-            &format!("runner {id} to appear in GET /api/v1/runners"),
-            Duration::from_secs(30),
-            Duration::from_millis(100),
-            || {
-                let exited = runner.process.exit_status();
-                let client = client.clone();
-                let id = id.clone();
-                async move {
-                    if let Some(status) = exited {
-                        return Ok(Err(status));
-                    }
-                    let response = client.list_runners().await;
-                    let found =
-                        response.body.as_array().is_some_and(|runners| runners.iter().any(|r| r["id"] == id.as_str()));
-                    if response.status == StatusCode::OK && found {
-                        Ok(Ok(()))
-                    } else {
-                        Err(format!("HTTP {}: {}", response.status, response.text))
-                    }
-                }
-            },
-        )
-        .await;
-        if let Err(status) = registered {
+        if let Err(status) = wait_runner_listed(&client, &runner.id, &mut runner.process).await {
             panic!(
                 "runner-agent #{i} exited during start-up ({status}); its log:\n{}",
                 self.runners[i].process.log_tail(LOG_TAIL_LINES)
+            );
+        }
+    }
+
+    /// Waits until the single node lists its embedded runner in GET /api/v1/runners.
+    async fn wait_embedded_runner_listed(&mut self) {
+        let client = self.cp(0).clone();
+        let id = self.embedded_runner_id.clone();
+        if let Err(status) = wait_runner_listed(&client, &id, &mut self.control_planes[0].process).await {
+            panic!(
+                "the single node exited before listing its embedded runner {id} ({status}); its log:\n{}",
+                self.control_planes[0].process.log_tail(LOG_TAIL_LINES)
             );
         }
     }
@@ -573,8 +753,79 @@ impl TestEnv {
         // Runners first, so no job is started on the way down; NATS last.
         self.runners.iter_mut().for_each(|r| stop(&mut r.process));
         self.control_planes.iter_mut().for_each(|cp| stop(&mut cp.process));
-        stop(&mut self.nats.process);
+        if let Some(services) = self.services.as_mut() {
+            stop(&mut services.nats.process);
+        }
         stopped
+    }
+}
+
+impl Services {
+    async fn start(dev: &DevEnv, dir: &Path, options: &TestEnvOptions) -> Self {
+        let nats = NatsServer::start(&dev.nats_server_bin, &dir.join("nats")).await;
+        let private_pg = if options.private_postgres {
+            Some(PrivatePostgres::start(&dir.join("logs").join("postgres.log")).await)
+        } else {
+            None
+        };
+        let db = match &private_pg {
+            Some(pg) => TestDatabase::create(&pg.admin_url(), &pg.admin_url()).await,
+            None => TestDatabase::create(&dev.pg_admin_url, &dev.database_url).await,
+        };
+        let s3 = s3::client(dev);
+        let bucket = format!("t-{}", uuid::Uuid::new_v4().simple());
+        Self { nats, db, private_pg, s3, bucket }
+    }
+}
+
+/// Polls GET /api/v1/runners until it lists `id`; `Err(how it ended)` when
+/// `process` (the runner, or the single node) exits first.
+async fn wait_runner_listed(client: &ControlPlaneClient, id: &str, process: &mut ChildProcess) -> Result<(), String> {
+    poll_until(
+        &format!("runner {id} to appear in GET /api/v1/runners"),
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let exited = process.exit_status();
+            let client = client.clone();
+            let id = id.to_string();
+            async move {
+                if let Some(status) = exited {
+                    return Ok(Err(status));
+                }
+                let response = client.list_runners().await;
+                let found =
+                    response.body.as_array().is_some_and(|runners| runners.iter().any(|r| r["id"] == id.as_str()));
+                if response.status == StatusCode::OK && found {
+                    Ok(Ok(()))
+                } else {
+                    Err(format!("HTTP {}: {}", response.status, response.text))
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// Length + SHA-256 of a file, streamed; `None` when it does not exist.
+async fn file_digest(path: &Path) -> Option<Digest> {
+    use tokio::io::AsyncReadExt;
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("cannot open the archived file {}: {e}", path.display()),
+    };
+    let mut digest = s3::DigestBuilder::default();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buffer)
+            .await
+            .unwrap_or_else(|e| panic!("cannot read the archived file {}: {e}", path.display()));
+        if n == 0 {
+            return Some(digest.finish());
+        }
+        digest.update(&buffer[..n]);
     }
 }
 
@@ -597,10 +848,12 @@ impl Drop for TestEnv {
         }
 
         // Async cleanup on a thread of its own: Drop may run inside or outside a runtime.
-        let labels: Vec<String> = self.runners.iter().map(|r| format!("fastflow-runner-id={}", r.id)).collect();
-        let db = self.db.clone();
-        let s3 = self.s3.clone();
-        let bucket = self.bucket.clone();
+        let mut runner_ids: Vec<String> = self.runners.iter().map(|r| r.id.clone()).collect();
+        if self.is_single_node() {
+            runner_ids.push(self.embedded_runner_id.clone());
+        }
+        let labels: Vec<String> = runner_ids.iter().map(|id| format!("fastflow-runner-id={id}")).collect();
+        let services = self.services.as_ref().map(|s| (s.db.clone(), s.s3.clone(), s.bucket.clone()));
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -610,11 +863,13 @@ impl Drop for TestEnv {
                 for label in &labels {
                     docker::remove_containers_with_label(label).await;
                 }
-                if let Err(e) = db.drop_database().await {
-                    eprintln!("warning: could not drop test database {}: {e}", db.name);
-                }
-                if let Err(e) = s3::delete_bucket(&s3, &bucket).await {
-                    eprintln!("warning: could not delete test bucket {bucket}: {e}");
+                if let Some((db, s3, bucket)) = services {
+                    if let Err(e) = db.drop_database().await {
+                        eprintln!("warning: could not drop test database {}: {e}", db.name);
+                    }
+                    if let Err(e) = s3::delete_bucket(&s3, &bucket).await {
+                        eprintln!("warning: could not delete test bucket {bucket}: {e}");
+                    }
                 }
             });
         });
@@ -632,10 +887,23 @@ fn rust_log() -> String {
     std::env::var("FASTFLOW_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_string())
 }
 
-/// libtest names each test's thread after the test.
+/// libtest names each test's thread after the test's path. The last two segments
+/// are kept, so that the two variants of an [`crate::in_both_modes!`] test
+/// (`<name>::distributed`, `<name>::single_node`) get distinct, recognisable dirs.
 fn test_name() -> String {
-    let name = std::thread::current().name().unwrap_or("test").rsplit("::").next().unwrap_or("test").to_string();
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).take(60).collect()
+    dir_name_of(std::thread::current().name().unwrap_or("test"))
+}
+
+fn dir_name_of(thread_name: &str) -> String {
+    let sanitize = |s: &str, max: usize| -> String {
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).take(max).collect()
+    };
+    let mut segments: Vec<&str> = thread_name.rsplit("::").take(2).collect();
+    segments.reverse();
+    match segments.as_slice() {
+        [test, variant] => format!("{}-{}", sanitize(test, 60), sanitize(variant, 20)),
+        _ => sanitize(thread_name, 60),
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -656,4 +924,20 @@ fn copy_dir(from: &Path, to: &Path) {
 /// Whether `haystack` contains `needle` as a byte substring.
 pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dir_name_of;
+
+    #[test]
+    fn both_variants_of_a_test_get_distinct_dir_names() {
+        let long = "a_very_long_test_name_that_goes_on_and_on_past_sixty_characters_for_sure";
+        let distributed = dir_name_of(&format!("{long}::distributed"));
+        let single = dir_name_of(&format!("{long}::single_node"));
+        assert_ne!(distributed, single);
+        assert!(single.ends_with("-single_node"), "{single}");
+        assert_eq!(dir_name_of("plain_test"), "plain_test");
+        assert_eq!(dir_name_of("module::plain_test"), "module-plain_test");
+    }
 }

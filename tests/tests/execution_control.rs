@@ -1,6 +1,10 @@
 //! Execution control: container hardening and resource limits, timeouts (runner and
 //! control plane), force cancel, concurrency limits (reject and queue), and runner
 //! self-fencing when it loses NATS.
+//!
+//! Tests in `in_both_modes!` run against the distributed deployment and the single
+//! node; the others need several replicas or runners, or control runner or NATS
+//! processes, and stay distributed-only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -9,7 +13,7 @@ use chrono::{DateTime, FixedOffset};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tests::checks::assert_finished;
-use tests::{Run, TestEnv, TestEnvOptions, assert_error_shape, poll_until};
+use tests::{Run, TestEnv, TestEnvOptions, assert_error_shape, in_both_modes, poll_until};
 
 const START: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
@@ -96,218 +100,226 @@ fn limits(inspect: &Value) -> (Value, Value, Value) {
     (host["Memory"].clone(), host["NanoCpus"].clone(), host["PidsLimit"].clone())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn job_containers_are_hardened_with_default_and_pipeline_limits() {
-    let env = TestEnv::start(TestEnvOptions::default()).await;
+in_both_modes! {
+    async fn job_containers_are_hardened_with_default_and_pipeline_limits(options) {
+        let env = TestEnv::start(options).await;
 
-    let plain = env.run_pipeline("sleeper", &[]).await;
-    let limited = env.run_pipeline("limited", &[]).await;
-
-    let inspect = inspect_running(&env, &plain.id).await;
-    assert_hardened(&inspect, "sleeper (defaults)");
-    let (memory, nano_cpus, pids) = limits(&inspect);
-    assert_eq!(i64_of(&memory, "Memory"), 2 * 1024 * 1024 * 1024, "default memory limit is 2 GiB");
-    assert_eq!(i64_of(&nano_cpus, "NanoCpus"), 2_000_000_000, "default CPU limit is 2 CPUs");
-    assert_eq!(i64_of(&pids, "PidsLimit"), 1024, "default pids limit");
-    // No swap on top of the memory limit.
-    assert_eq!(inspect["HostConfig"]["MemorySwap"], memory, "MemorySwap should equal Memory");
-
-    let inspect = inspect_running(&env, &limited.id).await;
-    assert_hardened(&inspect, "limited ([resources])");
-    let (memory, nano_cpus, pids) = limits(&inspect);
-    assert_eq!(i64_of(&memory, "Memory"), 64 * 1024 * 1024, "[resources] memory_mb = 64");
-    assert_eq!(i64_of(&nano_cpus, "NanoCpus"), 500_000_000, "[resources] cpus = 0.5");
-    assert_eq!(i64_of(&pids, "PidsLimit"), 64, "[resources] pids = 64");
-
-    for run in [&plain, &limited] {
-        let response = env.cp(0).cancel_run_with_body(&run.id, &json!({"force": true})).await;
-        response.expect(StatusCode::ACCEPTED);
-    }
-    for run in [&plain, &limited] {
-        let run = env.wait_final(&run.id, START).await;
-        assert_finished(&run, "cancelled", Some("cancelled"));
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn control_plane_env_changes_the_default_limits() {
-    // Changed values.
-    {
-        let env = TestEnv::start(
-            TestEnvOptions::default()
-                .control_plane_env("CONTAINER_MEMORY_MB", "512")
-                .control_plane_env("CONTAINER_CPUS", "1.5")
-                .control_plane_env("CONTAINER_PIDS_LIMIT", "200"),
-        )
-        .await;
         let plain = env.run_pipeline("sleeper", &[]).await;
         let limited = env.run_pipeline("limited", &[]).await;
 
         let inspect = inspect_running(&env, &plain.id).await;
-        assert_hardened(&inspect, "sleeper (changed defaults)");
+        assert_hardened(&inspect, "sleeper (defaults)");
         let (memory, nano_cpus, pids) = limits(&inspect);
-        assert_eq!(i64_of(&memory, "Memory"), 512 * 1024 * 1024, "CONTAINER_MEMORY_MB=512");
-        assert_eq!(i64_of(&nano_cpus, "NanoCpus"), 1_500_000_000, "CONTAINER_CPUS=1.5");
-        assert_eq!(i64_of(&pids, "PidsLimit"), 200, "CONTAINER_PIDS_LIMIT=200");
+        assert_eq!(i64_of(&memory, "Memory"), 2 * 1024 * 1024 * 1024, "default memory limit is 2 GiB");
+        assert_eq!(i64_of(&nano_cpus, "NanoCpus"), 2_000_000_000, "default CPU limit is 2 CPUs");
+        assert_eq!(i64_of(&pids, "PidsLimit"), 1024, "default pids limit");
+        // No swap on top of the memory limit.
+        assert_eq!(inspect["HostConfig"]["MemorySwap"], memory, "MemorySwap should equal Memory");
 
-        // A pipeline's own [resources] still win over the configured defaults.
-        let (memory, nano_cpus, pids) = limits(&inspect_running(&env, &limited.id).await);
-        assert_eq!(
-            (i64_of(&memory, "Memory"), i64_of(&nano_cpus, "NanoCpus"), i64_of(&pids, "PidsLimit")),
-            (64 * 1024 * 1024, 500_000_000, 64),
-            "[resources] of `limited` under changed defaults"
+        let inspect = inspect_running(&env, &limited.id).await;
+        assert_hardened(&inspect, "limited ([resources])");
+        let (memory, nano_cpus, pids) = limits(&inspect);
+        assert_eq!(i64_of(&memory, "Memory"), 64 * 1024 * 1024, "[resources] memory_mb = 64");
+        assert_eq!(i64_of(&nano_cpus, "NanoCpus"), 500_000_000, "[resources] cpus = 0.5");
+        assert_eq!(i64_of(&pids, "PidsLimit"), 64, "[resources] pids = 64");
+
+        for run in [&plain, &limited] {
+            let response = env.cp(0).cancel_run_with_body(&run.id, &json!({"force": true})).await;
+            response.expect(StatusCode::ACCEPTED);
+        }
+        for run in [&plain, &limited] {
+            let run = env.wait_final(&run.id, START).await;
+            assert_finished(&run, "cancelled", Some("cancelled"));
+        }
+    }
+}
+
+in_both_modes! {
+    async fn control_plane_env_changes_the_default_limits(options) {
+        // Changed values.
+        {
+            let env = TestEnv::start(
+                options
+                    .clone()
+                    .control_plane_env("CONTAINER_MEMORY_MB", "512")
+                    .control_plane_env("CONTAINER_CPUS", "1.5")
+                    .control_plane_env("CONTAINER_PIDS_LIMIT", "200"),
+            )
+            .await;
+            let plain = env.run_pipeline("sleeper", &[]).await;
+            let limited = env.run_pipeline("limited", &[]).await;
+
+            let inspect = inspect_running(&env, &plain.id).await;
+            assert_hardened(&inspect, "sleeper (changed defaults)");
+            let (memory, nano_cpus, pids) = limits(&inspect);
+            assert_eq!(i64_of(&memory, "Memory"), 512 * 1024 * 1024, "CONTAINER_MEMORY_MB=512");
+            assert_eq!(i64_of(&nano_cpus, "NanoCpus"), 1_500_000_000, "CONTAINER_CPUS=1.5");
+            assert_eq!(i64_of(&pids, "PidsLimit"), 200, "CONTAINER_PIDS_LIMIT=200");
+
+            // A pipeline's own [resources] still win over the configured defaults.
+            let (memory, nano_cpus, pids) = limits(&inspect_running(&env, &limited.id).await);
+            assert_eq!(
+                (i64_of(&memory, "Memory"), i64_of(&nano_cpus, "NanoCpus"), i64_of(&pids, "PidsLimit")),
+                (64 * 1024 * 1024, 500_000_000, 64),
+                "[resources] of `limited` under changed defaults"
+            );
+        }
+        // 0 lifts each limit.
+        {
+            let env = TestEnv::start(
+                options
+                    .control_plane_env("CONTAINER_MEMORY_MB", "0")
+                    .control_plane_env("CONTAINER_CPUS", "0")
+                    .control_plane_env("CONTAINER_PIDS_LIMIT", "0"),
+            )
+            .await;
+            let plain = env.run_pipeline("sleeper", &[]).await;
+            let inspect = inspect_running(&env, &plain.id).await;
+            assert_hardened(&inspect, "sleeper (limits lifted)");
+            let (memory, nano_cpus, pids) = limits(&inspect);
+            assert_eq!(i64_of(&memory, "Memory"), 0, "CONTAINER_MEMORY_MB=0 lifts the memory limit");
+            assert_eq!(i64_of(&nano_cpus, "NanoCpus"), 0, "CONTAINER_CPUS=0 lifts the CPU limit");
+            assert!(pids_unlimited(&pids), "CONTAINER_PIDS_LIMIT=0 lifts the pids limit, got PidsLimit {pids}");
+        }
+    }
+}
+
+in_both_modes! {
+    async fn a_fork_bomb_and_a_memory_hog_fail_and_the_runner_stays_healthy(options) {
+        let env = TestEnv::start(options).await;
+
+        let bomb = env.run_pipeline("fork_bomb", &[]).await;
+        let hog = env.run_pipeline("memory_hog", &[]).await;
+
+        let hog = env.wait_final(&hog.id, Duration::from_secs(90)).await;
+        assert_finished(&hog, "failed", Some("exit_code"));
+        assert_eq!(hog.exit_code, Some(137), "the OOM-killed memory hog should exit 137 (SIGKILL): {hog:#?}");
+
+        let bomb = env.wait_final(&bomb.id, Duration::from_secs(90)).await;
+        assert_eq!(bomb.status, "failed", "the fork bomb should fail: {bomb:#?}");
+        assert!(
+            matches!(bomb.failure_reason.as_deref(), Some("timeout" | "exit_code")),
+            "the fork bomb should fail by timeout or exit code: {bomb:#?}"
+        );
+        eprintln!("fork bomb ended {:?} / exit code {:?}", bomb.failure_reason, bomb.exit_code);
+
+        for run in [&hog, &bomb] {
+            wait_containers_gone(&env, &run.id, Duration::from_secs(30)).await;
+        }
+
+        // The same runner still runs jobs.
+        let mark = format!("after-{}", uuid::Uuid::new_v4().simple());
+        let quick = env.run_pipeline("quick", &[("FASTFLOW_MARK", &mark)]).await;
+        let quick = env.wait_final(&quick.id, START).await;
+        assert_finished(&quick, "success", None);
+        assert_eq!(quick.runner_id.as_deref(), Some(env.runner_id(0)), "{quick:#?}");
+        let log = env.logs(&quick.id).await;
+        assert_eq!(String::from_utf8_lossy(&log), format!("ran {mark}\n"));
+        let runners = env.cp(0).list_runners().await;
+        let listed = runners.expect(StatusCode::OK).as_array().cloned().unwrap_or_default();
+        assert!(
+            listed.iter().any(|r| r["id"] == env.runner_id(0)),
+            "the runner should still heartbeat: {}",
+            runners.text
         );
     }
-    // 0 lifts each limit.
-    {
+}
+
+in_both_modes! {
+    async fn a_job_ignoring_sigterm_is_killed_at_its_timeout(options) {
+        let env = TestEnv::start(options.runner_env("RUNNER_STOP_GRACE_SECONDS", "2")).await;
+
+        let created = env.run_pipeline("ignores_term", &[]).await;
+        wait_started(&env, &created.id).await;
+        let started = Instant::now();
+        let run = env.wait_final(&created.id, Duration::from_secs(15)).await;
+        assert_finished(&run, "failed", Some("timeout"));
+        assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+
+        let log = String::from_utf8_lossy(&env.logs(&run.id).await).into_owned();
+        assert!(
+            log.contains("fastflow: timeout reached; stopping the container"),
+            "the log should carry the timeout system line: {log:?}"
+        );
+        wait_containers_gone(&env, &run.id, Duration::from_secs(15)).await;
+    }
+}
+
+in_both_modes! {
+    async fn container_timeout_applies_to_pipelines_without_their_own(options) {
         let env = TestEnv::start(
-            TestEnvOptions::default()
-                .control_plane_env("CONTAINER_MEMORY_MB", "0")
-                .control_plane_env("CONTAINER_CPUS", "0")
-                .control_plane_env("CONTAINER_PIDS_LIMIT", "0"),
+            options.control_plane_env("CONTAINER_TIMEOUT", "3").runner_env("RUNNER_STOP_GRACE_SECONDS", "2"),
         )
         .await;
-        let plain = env.run_pipeline("sleeper", &[]).await;
-        let inspect = inspect_running(&env, &plain.id).await;
-        assert_hardened(&inspect, "sleeper (limits lifted)");
-        let (memory, nano_cpus, pids) = limits(&inspect);
-        assert_eq!(i64_of(&memory, "Memory"), 0, "CONTAINER_MEMORY_MB=0 lifts the memory limit");
-        assert_eq!(i64_of(&nano_cpus, "NanoCpus"), 0, "CONTAINER_CPUS=0 lifts the CPU limit");
-        assert!(pids_unlimited(&pids), "CONTAINER_PIDS_LIMIT=0 lifts the pids limit, got PidsLimit {pids}");
+
+        let created = env.run_pipeline("ignores_term_no_timeout", &[]).await;
+        wait_started(&env, &created.id).await;
+        let run = env.wait_final(&created.id, Duration::from_secs(20)).await;
+        assert_finished(&run, "failed", Some("timeout"));
+        let log = String::from_utf8_lossy(&env.logs(&run.id).await).into_owned();
+        assert!(log.contains("fastflow: timeout reached; stopping the container"), "log: {log:?}");
+        wait_containers_gone(&env, &run.id, Duration::from_secs(15)).await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_fork_bomb_and_a_memory_hog_fail_and_the_runner_stays_healthy() {
-    let env = TestEnv::start(TestEnvOptions::default()).await;
+in_both_modes! {
+    async fn force_cancel_kills_a_job_ignoring_sigterm_without_waiting_the_grace(options) {
+        let env = TestEnv::start(options.runner_env("RUNNER_STOP_GRACE_SECONDS", "30")).await;
 
-    let bomb = env.run_pipeline("fork_bomb", &[]).await;
-    let hog = env.run_pipeline("memory_hog", &[]).await;
+        let created = env.run_pipeline("ignores_term_no_timeout", &[]).await;
+        wait_started(&env, &created.id).await;
 
-    let hog = env.wait_final(&hog.id, Duration::from_secs(90)).await;
-    assert_finished(&hog, "failed", Some("exit_code"));
-    assert_eq!(hog.exit_code, Some(137), "the OOM-killed memory hog should exit 137 (SIGKILL): {hog:#?}");
+        // A malformed body is refused and changes nothing.
+        let bad = env.cp(0).cancel_run_with_body(&created.id, &json!({"force": "yes"})).await;
+        assert_error_shape(&bad, StatusCode::BAD_REQUEST);
+        assert_eq!(bad.body["error"]["details"]["field"], "body", "{}", bad.text);
+        assert_eq!(env.get_run(&created.id).await.status, "running");
 
-    let bomb = env.wait_final(&bomb.id, Duration::from_secs(90)).await;
-    assert_eq!(bomb.status, "failed", "the fork bomb should fail: {bomb:#?}");
-    assert!(
-        matches!(bomb.failure_reason.as_deref(), Some("timeout" | "exit_code")),
-        "the fork bomb should fail by timeout or exit code: {bomb:#?}"
-    );
-    eprintln!("fork bomb ended {:?} / exit code {:?}", bomb.failure_reason, bomb.exit_code);
-
-    for run in [&hog, &bomb] {
-        wait_containers_gone(&env, &run.id, Duration::from_secs(30)).await;
+        let cancel_sent = Instant::now();
+        let accepted = env.cp(0).cancel_run_with_body(&created.id, &json!({"force": true})).await;
+        let accepted = accepted.run(StatusCode::ACCEPTED);
+        assert_eq!(accepted.id, created.id);
+        let run = env.wait_final(&created.id, Duration::from_secs(12)).await;
+        let took = cancel_sent.elapsed();
+        assert_finished(&run, "cancelled", Some("cancelled"));
+        assert!(took < Duration::from_secs(12), "force cancel took {took:?} (runner grace is 30 s)");
+        wait_containers_gone(&env, &run.id, Duration::from_secs(15)).await;
     }
-
-    // The same runner still runs jobs.
-    let mark = format!("after-{}", uuid::Uuid::new_v4().simple());
-    let quick = env.run_pipeline("quick", &[("FASTFLOW_MARK", &mark)]).await;
-    let quick = env.wait_final(&quick.id, START).await;
-    assert_finished(&quick, "success", None);
-    assert_eq!(quick.runner_id.as_deref(), Some(env.runner_id(0)), "{quick:#?}");
-    let log = env.logs(&quick.id).await;
-    assert_eq!(String::from_utf8_lossy(&log), format!("ran {mark}\n"));
-    let runners = env.cp(0).list_runners().await;
-    let listed = runners.expect(StatusCode::OK).as_array().cloned().unwrap_or_default();
-    assert!(listed.iter().any(|r| r["id"] == env.runner_id(0)), "the runner should still heartbeat: {}", runners.text);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_job_ignoring_sigterm_is_killed_at_its_timeout() {
-    let env = TestEnv::start(TestEnvOptions::default().runner_env("RUNNER_STOP_GRACE_SECONDS", "2")).await;
+in_both_modes! {
+    async fn reject_policy_answers_429_while_the_limit_is_reached(options) {
+        let env = TestEnv::start(
+            options.control_plane_env("CONCURRENCY_POLICY", "reject").control_plane_env("MAX_CONCURRENT_RUNS", "1"),
+        )
+        .await;
 
-    let created = env.run_pipeline("ignores_term", &[]).await;
-    wait_started(&env, &created.id).await;
-    let started = Instant::now();
-    let run = env.wait_final(&created.id, Duration::from_secs(15)).await;
-    assert_finished(&run, "failed", Some("timeout"));
-    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+        let first = env.run_pipeline("sleeper", &[]).await;
+        env.wait_for_status(&first.id, |r| r.status == "running", START).await;
 
-    let log = String::from_utf8_lossy(&env.logs(&run.id).await).into_owned();
-    assert!(
-        log.contains("fastflow: timeout reached; stopping the container"),
-        "the log should carry the timeout system line: {log:?}"
-    );
-    wait_containers_gone(&env, &run.id, Duration::from_secs(15)).await;
-}
+        let refused = env.cp(0).create_run("quick", None).await;
+        assert_error_shape(&refused, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            refused.headers.get("retry-after").and_then(|v| v.to_str().ok()),
+            Some("5"),
+            "Retry-After header; headers: {:?}",
+            refused.headers
+        );
+        assert_eq!(refused.body["error"]["type"], "TooManyRuns", "{}", refused.text);
+        assert_eq!(refused.body["error"]["details"]["limit"], "MAX_CONCURRENT_RUNS", "{}", refused.text);
 
-#[tokio::test(flavor = "multi_thread")]
-async fn container_timeout_applies_to_pipelines_without_their_own() {
-    let env = TestEnv::start(
-        TestEnvOptions::default()
-            .control_plane_env("CONTAINER_TIMEOUT", "3")
-            .runner_env("RUNNER_STOP_GRACE_SECONDS", "2"),
-    )
-    .await;
+        // The refused request created no run.
+        let list = env.cp(0).list_runs(&[]).await;
+        let items = list.expect(StatusCode::OK)["items"].as_array().cloned().unwrap_or_default();
+        assert_eq!(items.len(), 1, "only the first run should exist: {}", list.text);
 
-    let created = env.run_pipeline("ignores_term_no_timeout", &[]).await;
-    wait_started(&env, &created.id).await;
-    let run = env.wait_final(&created.id, Duration::from_secs(20)).await;
-    assert_finished(&run, "failed", Some("timeout"));
-    let log = String::from_utf8_lossy(&env.logs(&run.id).await).into_owned();
-    assert!(log.contains("fastflow: timeout reached; stopping the container"), "log: {log:?}");
-    wait_containers_gone(&env, &run.id, Duration::from_secs(15)).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn force_cancel_kills_a_job_ignoring_sigterm_without_waiting_the_grace() {
-    let env = TestEnv::start(TestEnvOptions::default().runner_env("RUNNER_STOP_GRACE_SECONDS", "30")).await;
-
-    let created = env.run_pipeline("ignores_term_no_timeout", &[]).await;
-    wait_started(&env, &created.id).await;
-
-    // A malformed body is refused and changes nothing.
-    let bad = env.cp(0).cancel_run_with_body(&created.id, &json!({"force": "yes"})).await;
-    assert_error_shape(&bad, StatusCode::BAD_REQUEST);
-    assert_eq!(bad.body["error"]["details"]["field"], "body", "{}", bad.text);
-    assert_eq!(env.get_run(&created.id).await.status, "running");
-
-    let cancel_sent = Instant::now();
-    let accepted = env.cp(0).cancel_run_with_body(&created.id, &json!({"force": true})).await;
-    let accepted = accepted.run(StatusCode::ACCEPTED);
-    assert_eq!(accepted.id, created.id);
-    let run = env.wait_final(&created.id, Duration::from_secs(12)).await;
-    let took = cancel_sent.elapsed();
-    assert_finished(&run, "cancelled", Some("cancelled"));
-    assert!(took < Duration::from_secs(12), "force cancel took {took:?} (runner grace is 30 s)");
-    wait_containers_gone(&env, &run.id, Duration::from_secs(15)).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn reject_policy_answers_429_while_the_limit_is_reached() {
-    let env = TestEnv::start(
-        TestEnvOptions::default()
-            .control_plane_env("CONCURRENCY_POLICY", "reject")
-            .control_plane_env("MAX_CONCURRENT_RUNS", "1"),
-    )
-    .await;
-
-    let first = env.run_pipeline("sleeper", &[]).await;
-    env.wait_for_status(&first.id, |r| r.status == "running", START).await;
-
-    let refused = env.cp(0).create_run("quick", None).await;
-    assert_error_shape(&refused, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(
-        refused.headers.get("retry-after").and_then(|v| v.to_str().ok()),
-        Some("5"),
-        "Retry-After header; headers: {:?}",
-        refused.headers
-    );
-    assert_eq!(refused.body["error"]["type"], "TooManyRuns", "{}", refused.text);
-    assert_eq!(refused.body["error"]["details"]["limit"], "MAX_CONCURRENT_RUNS", "{}", refused.text);
-
-    // The refused request created no run.
-    let list = env.cp(0).list_runs(&[]).await;
-    let items = list.expect(StatusCode::OK)["items"].as_array().cloned().unwrap_or_default();
-    assert_eq!(items.len(), 1, "only the first run should exist: {}", list.text);
-
-    // Once the active run is gone, runs are accepted again.
-    env.cp(0).cancel_run_with_body(&first.id, &json!({"force": true})).await.expect(StatusCode::ACCEPTED);
-    env.wait_final(&first.id, START).await;
-    let again = env.run_pipeline("quick", &[]).await;
-    let again = env.wait_final(&again.id, START).await;
-    assert_finished(&again, "success", None);
+        // Once the active run is gone, runs are accepted again.
+        env.cp(0).cancel_run_with_body(&first.id, &json!({"force": true})).await.expect(StatusCode::ACCEPTED);
+        env.wait_final(&first.id, START).await;
+        let again = env.run_pipeline("quick", &[]).await;
+        let again = env.wait_final(&again.id, START).await;
+        assert_finished(&again, "success", None);
+    }
 }
 
 /// What polling `GET /api/v1/runs` saw while runs were queued and running.
@@ -431,47 +443,48 @@ async fn max_concurrent_runs_queues_runs_across_replicas() {
     assert_serial(&runs, Duration::from_secs(3));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn pipeline_max_concurrent_queues_only_that_pipeline() {
-    let env = TestEnv::start(TestEnvOptions::default()).await;
+in_both_modes! {
+    async fn pipeline_max_concurrent_queues_only_that_pipeline(options) {
+        let env = TestEnv::start(options).await;
 
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        ids.push(env.run_pipeline("one_at_a_time", &[]).await.id);
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(env.run_pipeline("one_at_a_time", &[]).await.id);
+        }
+        let other = env.run_pipeline("two_seconds", &[]).await;
+        let watched: BTreeSet<String> = ids.iter().cloned().collect();
+        let mut all = ids.clone();
+        all.push(other.id.clone());
+        let observed = observe_until_final(&env, &all, &watched).await;
+
+        assert!(
+            observed.max_running <= 1,
+            "max_concurrent = 1 but {} runs of one_at_a_time were running at once: {}",
+            observed.max_running,
+            observed.max_running_snapshot
+        );
+        assert!(
+            observed.waiting_reasons.values().any(|reasons| reasons.contains("pipeline_max_concurrent")),
+            "no queued run ever showed waiting_reason pipeline_max_concurrent: {observed:#?}"
+        );
+        assert!(
+            observed.ran_beside.contains(&other.id),
+            "the other pipeline's run should run beside one_at_a_time, not wait for it: {observed:#?}"
+        );
+        assert!(
+            !observed.waiting_reasons.contains_key(&other.id),
+            "the other pipeline's run should not have waited: {observed:#?}"
+        );
+
+        let mut runs = Vec::new();
+        for id in &ids {
+            let run = env.get_run(id).await;
+            assert_finished(&run, "success", None);
+            runs.push(run);
+        }
+        assert_serial(&runs, Duration::from_secs(3));
+        assert_finished(&env.get_run(&other.id).await, "success", None);
     }
-    let other = env.run_pipeline("two_seconds", &[]).await;
-    let watched: BTreeSet<String> = ids.iter().cloned().collect();
-    let mut all = ids.clone();
-    all.push(other.id.clone());
-    let observed = observe_until_final(&env, &all, &watched).await;
-
-    assert!(
-        observed.max_running <= 1,
-        "max_concurrent = 1 but {} runs of one_at_a_time were running at once: {}",
-        observed.max_running,
-        observed.max_running_snapshot
-    );
-    assert!(
-        observed.waiting_reasons.values().any(|reasons| reasons.contains("pipeline_max_concurrent")),
-        "no queued run ever showed waiting_reason pipeline_max_concurrent: {observed:#?}"
-    );
-    assert!(
-        observed.ran_beside.contains(&other.id),
-        "the other pipeline's run should run beside one_at_a_time, not wait for it: {observed:#?}"
-    );
-    assert!(
-        !observed.waiting_reasons.contains_key(&other.id),
-        "the other pipeline's run should not have waited: {observed:#?}"
-    );
-
-    let mut runs = Vec::new();
-    for id in &ids {
-        let run = env.get_run(id).await;
-        assert_finished(&run, "success", None);
-        runs.push(run);
-    }
-    assert_serial(&runs, Duration::from_secs(3));
-    assert_finished(&env.get_run(&other.id).await, "success", None);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,11 +1,13 @@
-//! Log streaming and archiving: SSE resume with Last-Event-ID, huge outputs.
+//! Log streaming and archiving: SSE resume with Last-Event-ID, huge outputs. Every
+//! test runs in both modes (`in_both_modes!`): the archive is the S3 bucket or the
+//! single node's log directory.
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use tests::checks::assert_finished;
 use tests::expected::{BIG_OUTPUT_LAST_LINE_BYTES, BIG_OUTPUT_YES_BYTES, big_output_digest};
-use tests::{LogLine, TestEnv, TestEnvOptions};
+use tests::{LogLine, TestEnv, in_both_modes};
 
 const RUN: Duration = Duration::from_secs(90);
 
@@ -17,85 +19,93 @@ fn output_lines(logs: &[(u64, LogLine)]) -> Vec<String> {
     logs.iter().filter(|(_, l)| l.stream != "system").map(|(_, l)| l.line.clone()).collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_log_stream_resumes_after_last_event_id_live_and_after_the_end() {
-    let env = TestEnv::start(TestEnvOptions::default()).await;
-    let run = env.run_pipeline("counter", &[]).await;
+in_both_modes! {
+    async fn a_log_stream_resumes_after_last_event_id_live_and_after_the_end(options) {
+        let env = TestEnv::start(options).await;
+        let run = env.run_pipeline("counter", &[]).await;
 
-    // Live: read 20 events, hang up, resume after the last id seen.
-    let mut first = env.stream_logs(&run.id, None).await;
-    let head = first.next_logs(20, RUN).await;
-    drop(first);
-    let last_id = head.last().map(|(id, _)| *id).expect("20 events");
-    let still_running = env.get_run(&run.id).await;
-    let mut second = env.stream_logs(&run.id, Some(last_id)).await;
-    let tail = second.collect_until_end(RUN).await;
+        // Live: read 20 events, hang up, resume after the last id seen.
+        let mut first = env.stream_logs(&run.id, None).await;
+        let head = first.next_logs(20, RUN).await;
+        drop(first);
+        let last_id = head.last().map(|(id, _)| *id).expect("20 events");
+        let still_running = env.get_run(&run.id).await;
+        let mut second = env.stream_logs(&run.id, Some(last_id)).await;
+        let tail = second.collect_until_end(RUN).await;
 
-    let mut all = head.clone();
-    all.extend(tail.logs.iter().cloned());
-    let ids: Vec<u64> = all.iter().map(|(id, _)| *id).collect();
-    let expected_ids: Vec<u64> = (1..=ids.len() as u64).collect();
-    assert_eq!(ids, expected_ids, "ids across the reconnect are not 1..n once each");
-    assert_eq!(output_lines(&all), counter_lines(), "lines across the reconnect");
-    assert_eq!(tail.end["status"], "success", "end event: {}", tail.end);
-    assert!(
-        !still_running.is_final(),
-        "counter already finished before the reconnect, so the live resume path was not exercised: {still_running:?}"
-    );
+        let mut all = head.clone();
+        all.extend(tail.logs.iter().cloned());
+        let ids: Vec<u64> = all.iter().map(|(id, _)| *id).collect();
+        let expected_ids: Vec<u64> = (1..=ids.len() as u64).collect();
+        assert_eq!(ids, expected_ids, "ids across the reconnect are not 1..n once each");
+        assert_eq!(output_lines(&all), counter_lines(), "lines across the reconnect");
+        assert_eq!(tail.end["status"], "success", "end event: {}", tail.end);
+        assert!(
+            !still_running.is_final(),
+            "counter already finished before the reconnect, so the live resume path was not exercised: \
+             {still_running:?}"
+        );
 
-    // After the end: resuming reads from the archive.
-    let finished = env.wait_final(&run.id, RUN).await;
-    assert_finished(&finished, "success", None);
-    let resume_at = all.iter().find(|(_, l)| l.line == "line 30").map(|(id, _)| *id).expect("line 30 was streamed");
-    let archived_tail = env.stream_logs(&run.id, Some(resume_at)).await.collect_until_end(RUN).await;
-    let expected: Vec<(u64, LogLine)> = all.iter().filter(|(id, _)| *id > resume_at).cloned().collect();
-    let got: Vec<(u64, String, String)> =
-        archived_tail.logs.iter().map(|(id, l)| (*id, l.line.clone(), l.stream.clone())).collect();
-    let want: Vec<(u64, String, String)> =
-        expected.iter().map(|(id, l)| (*id, l.line.clone(), l.stream.clone())).collect();
-    assert_eq!(got, want, "resume after the end must replay exactly the later lines");
-    assert_eq!(archived_tail.end["status"], "success");
+        // After the end: resuming reads from the archive.
+        let finished = env.wait_final(&run.id, RUN).await;
+        assert_finished(&finished, "success", None);
+        let resume_at = all.iter().find(|(_, l)| l.line == "line 30").map(|(id, _)| *id).expect("line 30 was streamed");
+        let archived_tail = env.stream_logs(&run.id, Some(resume_at)).await.collect_until_end(RUN).await;
+        let expected: Vec<(u64, LogLine)> = all.iter().filter(|(id, _)| *id > resume_at).cloned().collect();
+        let got: Vec<(u64, String, String)> =
+            archived_tail.logs.iter().map(|(id, l)| (*id, l.line.clone(), l.stream.clone())).collect();
+        let want: Vec<(u64, String, String)> =
+            expected.iter().map(|(id, l)| (*id, l.line.clone(), l.stream.clone())).collect();
+        assert_eq!(got, want, "resume after the end must replay exactly the later lines");
+        assert_eq!(archived_tail.end["status"], "success");
 
-    let last = *ids.last().expect("ids");
-    let nothing_left = env.stream_logs(&run.id, Some(last)).await.collect_until_end(RUN).await;
-    assert!(nothing_left.logs.is_empty(), "resuming after the last line must send only `end`: {:?}", nothing_left.logs);
+        let last = *ids.last().expect("ids");
+        let nothing_left = env.stream_logs(&run.id, Some(last)).await.collect_until_end(RUN).await;
+        assert!(
+            nothing_left.logs.is_empty(),
+            "resuming after the last line must send only `end`: {:?}",
+            nothing_left.logs
+        );
+    }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_200_mb_log_with_a_10_mib_line_is_archived_and_served_byte_exactly() {
-    let env = TestEnv::start(TestEnvOptions::default()).await;
-    // Computed while the job runs; independent of the product.
-    let expected = tokio::task::spawn_blocking(big_output_digest);
+in_both_modes! {
+    async fn a_200_mb_log_with_a_10_mib_line_is_archived_and_served_byte_exactly(options) {
+        let env = TestEnv::start(options).await;
+        // Computed while the job runs; independent of the product.
+        let expected = tokio::task::spawn_blocking(big_output_digest);
 
-    let created = env.run_pipeline("big_output", &[]).await;
-    let run = env.wait_final(&created.id, Duration::from_secs(900)).await;
-    assert_finished(&run, "success", None);
-    assert_eq!(run.exit_code, Some(0));
+        let created = env.run_pipeline("big_output", &[]).await;
+        let run = env.wait_final(&created.id, Duration::from_secs(900)).await;
+        assert_finished(&run, "success", None);
+        assert_eq!(run.exit_code, Some(0));
 
-    let expected = expected.await.expect("digest task");
-    assert_eq!(expected.len, BIG_OUTPUT_YES_BYTES + BIG_OUTPUT_LAST_LINE_BYTES);
-    assert_eq!(run.log_size_bytes, Some(expected.len), "{run:#?}");
+        let expected = expected.await.expect("digest task");
+        assert_eq!(expected.len, BIG_OUTPUT_YES_BYTES + BIG_OUTPUT_LAST_LINE_BYTES);
+        assert_eq!(run.log_size_bytes, Some(expected.len), "{run:#?}");
 
-    let archive = env.s3_digest(&format!("runs/{}/1.log", run.id)).await.expect("archived log exists");
-    assert_eq!(archive, expected, "the S3 archive differs from what the job printed");
+        let archive = env.s3_digest(&format!("runs/{}/1.log", run.id)).await.expect("archived log exists");
+        assert_eq!(archive, expected, "the archived log differs from what the job printed");
 
-    let (status, served) = env.cp(0).get_logs_digest(&run.id).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(served, expected, "GET logs differs from what the job printed");
+        let (status, served) = env.cp(0).get_logs_digest(&run.id).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(served, expected, "GET logs differs from what the job printed");
+    }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_idle_log_stream_stays_open_with_keep_alive_comments() {
-    // No runner: the run stays queued and its stream has nothing to say.
-    let env = TestEnv::start(TestEnvOptions::default().runners(0)).await;
-    let run = env.run_pipeline("quick", &[("FASTFLOW_MARK", "idle")]).await;
+in_both_modes! {
+    async fn an_idle_log_stream_stays_open_with_keep_alive_comments(options) {
+        // No runner: the run stays queued and its stream has nothing to say.
+        let env = TestEnv::start(options.runners(0)).await;
+        let run = env.run_pipeline("quick", &[("FASTFLOW_MARK", "idle")]).await;
 
-    let mut stream = env.stream_logs(&run.id, None).await;
-    stream.wait_for_comment(Duration::from_secs(40)).await;
-    assert!(
-        stream.buffered_events().all(|e| e.event == "log"),
-        "an idle stream of a queued run sent a non-log event: {:?}",
-        stream.buffered_events().collect::<Vec<_>>()
-    );
-    assert_eq!(env.get_run(&run.id).await.status, "queued");
+        let mut stream = env.stream_logs(&run.id, None).await;
+        stream.wait_for_comment(Duration::from_secs(40)).await;
+        assert!(
+            stream.buffered_events().all(|e| e.event == "log"),
+            "an idle stream of a queued run sent a non-log event: {:?}",
+            stream.buffered_events().collect::<Vec<_>>()
+        );
+        assert_eq!(env.get_run(&run.id).await.status, "queued");
+    }
 }

@@ -1,10 +1,13 @@
 //! Retries: attempts with their own logs and exit codes, back-off, the retry
 //! policy, and a lost runner's run finished by another runner exactly once.
+//!
+//! The first two tests run in both modes (`in_both_modes!`); the lost-runner tests
+//! kill or freeze runner processes and need two runners, so they stay distributed-only.
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use tests::{TestEnv, TestEnvOptions};
+use tests::{TestEnv, TestEnvOptions, in_both_modes};
 
 const RUN: Duration = Duration::from_secs(120);
 
@@ -19,70 +22,70 @@ fn two_runners_with_a_short_lease() -> TestEnvOptions {
         .runner_env("HEARTBEAT_INTERVAL_SECONDS", "1")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_flaky_job_is_retried_and_every_attempt_keeps_its_log_and_exit_code() {
-    let env = TestEnv::start(TestEnvOptions::default().control_plane_env("RETRY_BACKOFF_SECONDS", "0.3")).await;
-    let run = env.run_pipeline("flaky", &[]).await;
-    let done = env.wait_final(&run.id, RUN).await;
-    assert_eq!((done.status.as_str(), done.attempt, done.exit_code), ("success", 3, Some(0)), "{done:?}");
+in_both_modes! {
+    async fn a_flaky_job_is_retried_and_every_attempt_keeps_its_log_and_exit_code(options) {
+        let env = TestEnv::start(options.control_plane_env("RETRY_BACKOFF_SECONDS", "0.3")).await;
+        let run = env.run_pipeline("flaky", &[]).await;
+        let done = env.wait_final(&run.id, RUN).await;
+        assert_eq!((done.status.as_str(), done.attempt, done.exit_code), ("success", 3, Some(0)), "{done:?}");
 
-    let body = env.cp(0).get_run(&run.id).await.expect(StatusCode::OK).clone();
-    let attempts = body["attempts"].as_array().unwrap_or_else(|| panic!("no attempts list: {body}"));
-    let summary: Vec<(i64, &str, Option<&str>, Option<i64>)> = attempts
-        .iter()
-        .map(|a| {
-            (
-                a["attempt"].as_i64().unwrap_or(0),
-                a["status"].as_str().unwrap_or(""),
-                a["failure_reason"].as_str(),
-                a["exit_code"].as_i64(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        summary,
-        vec![
-            (1, "failed", Some("exit_code"), Some(1)),
-            (2, "failed", Some("exit_code"), Some(1)),
-            (3, "success", None, Some(0))
-        ],
-        "{body}"
-    );
-    for attempt in 1..=3 {
-        let log = env.cp(0).get_logs_query(&run.id, &[("attempt", &attempt.to_string())]).await;
-        assert_eq!(log.status, StatusCode::OK);
-        assert_eq!(String::from_utf8_lossy(&log.body), format!("attempt {attempt}\n"), "log of attempt {attempt}");
+        let body = env.cp(0).get_run(&run.id).await.expect(StatusCode::OK).clone();
+        let attempts = body["attempts"].as_array().unwrap_or_else(|| panic!("no attempts list: {body}"));
+        let summary: Vec<(i64, &str, Option<&str>, Option<i64>)> = attempts
+            .iter()
+            .map(|a| {
+                (
+                    a["attempt"].as_i64().unwrap_or(0),
+                    a["status"].as_str().unwrap_or(""),
+                    a["failure_reason"].as_str(),
+                    a["exit_code"].as_i64(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (1, "failed", Some("exit_code"), Some(1)),
+                (2, "failed", Some("exit_code"), Some(1)),
+                (3, "success", None, Some(0))
+            ],
+            "{body}"
+        );
+        for attempt in 1..=3 {
+            let log = env.cp(0).get_logs_query(&run.id, &[("attempt", &attempt.to_string())]).await;
+            assert_eq!(log.status, StatusCode::OK);
+            assert_eq!(String::from_utf8_lossy(&log.body), format!("attempt {attempt}\n"), "log of attempt {attempt}");
+        }
+        let bad = env.cp(0).get_logs_query(&run.id, &[("attempt", "4")]).await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+
+        // The stream walks through the attempts: ids `1`, then `2:1`, `3:1`.
+        let transcript = env.stream_logs(&run.id, None).await.collect_until_end(RUN).await;
+        assert_eq!(transcript.output_lines(), ["attempt 1", "attempt 2", "attempt 3"]);
+        assert_eq!(transcript.raw_ids, ["1", "2:1", "3:1"]);
+        assert_eq!(transcript.attempts, [serde_json::json!({"attempt": 2}), serde_json::json!({"attempt": 3})]);
+        // Resuming inside attempt 2 continues there.
+        let resumed = env.cp(0).stream_logs_after(&run.id, Some("2:1")).await.collect_until_end(RUN).await;
+        assert_eq!(resumed.output_lines(), ["attempt 3"]);
     }
-    let bad = env.cp(0).get_logs_query(&run.id, &[("attempt", "4")]).await;
-    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
-
-    // The stream walks through the attempts: ids `1`, then `2:1`, `3:1`.
-    let transcript = env.stream_logs(&run.id, None).await.collect_until_end(RUN).await;
-    assert_eq!(transcript.output_lines(), ["attempt 1", "attempt 2", "attempt 3"]);
-    assert_eq!(transcript.raw_ids, ["1", "2:1", "3:1"]);
-    assert_eq!(transcript.attempts, [serde_json::json!({"attempt": 2}), serde_json::json!({"attempt": 3})]);
-    // Resuming inside attempt 2 continues there.
-    let resumed = env.cp(0).stream_logs_after(&run.id, Some("2:1")).await.collect_until_end(RUN).await;
-    assert_eq!(resumed.output_lines(), ["attempt 3"]);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn retries_stop_at_the_limit_and_never_follow_a_cancel() {
-    let env = TestEnv::start(
-        TestEnvOptions::default()
-            .control_plane_env("RETRY_ATTEMPTS", "1")
-            .control_plane_env("RETRY_BACKOFF_SECONDS", "0.3"),
-    )
-    .await;
-    let failing = env.run_pipeline("fails", &[]).await;
-    let done = env.wait_final(&failing.id, RUN).await;
-    assert_eq!((done.status.as_str(), done.attempt, done.exit_code), ("failed", 2, Some(3)), "{done:?}");
+in_both_modes! {
+    async fn retries_stop_at_the_limit_and_never_follow_a_cancel(options) {
+        let env = TestEnv::start(
+            options.control_plane_env("RETRY_ATTEMPTS", "1").control_plane_env("RETRY_BACKOFF_SECONDS", "0.3"),
+        )
+        .await;
+        let failing = env.run_pipeline("fails", &[]).await;
+        let done = env.wait_final(&failing.id, RUN).await;
+        assert_eq!((done.status.as_str(), done.attempt, done.exit_code), ("failed", 2, Some(3)), "{done:?}");
 
-    let slow = env.run_pipeline("counter", &[]).await;
-    env.wait_for_log(&slow.id, "line 3", RUN).await;
-    env.cp(0).cancel_run(&slow.id).await.expect(StatusCode::ACCEPTED);
-    let cancelled = env.wait_final(&slow.id, RUN).await;
-    assert_eq!((cancelled.status.as_str(), cancelled.attempt), ("cancelled", 1), "{cancelled:?}");
+        let slow = env.run_pipeline("counter", &[]).await;
+        env.wait_for_log(&slow.id, "line 3", RUN).await;
+        env.cp(0).cancel_run(&slow.id).await.expect(StatusCode::ACCEPTED);
+        let cancelled = env.wait_final(&slow.id, RUN).await;
+        assert_eq!((cancelled.status.as_str(), cancelled.attempt), ("cancelled", 1), "{cancelled:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
