@@ -95,7 +95,10 @@ pub async fn migrate(
             {
                 let mut archived: Vec<(i32, &str)> =
                     attempts.iter().filter_map(|a| a.log_key.as_deref().map(|k| (a.attempt, k))).collect();
-                if let Some(key) = run.log_key.as_deref() {
+                // A final run's current attempt is also in its attempts; copy it once.
+                if let Some(key) = run.log_key.as_deref()
+                    && !archived.iter().any(|(attempt, _)| *attempt == run.attempt)
+                {
                     archived.push((run.attempt, key));
                 }
                 for (attempt, key) in archived {
@@ -103,10 +106,12 @@ pub async fn migrate(
                     copy_log(src, dst, &index_key(run.id, attempt), &mut totals).await?;
                 }
             }
+            // Attempts reference their run. An interrupted move may leave a run without some
+            // attempts: the next run of the command adds them.
+            totals.runs_copied += i64::from(to.import_run(record).await?);
             for attempt in &attempts {
                 totals.attempts_copied += i64::from(to.import_attempt(run.id, attempt).await?);
             }
-            totals.runs_copied += i64::from(to.import_run(record).await?);
             totals.runs_seen += 1;
         }
         progress(&totals);

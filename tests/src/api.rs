@@ -130,7 +130,7 @@ pub struct ControlPlaneClient {
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl ControlPlaneClient {
-    pub(crate) fn new(base_url: String) -> Self {
+    pub fn new(base_url: String) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
