@@ -77,21 +77,7 @@ run=$(curl -fsS -X POST "$URL/api/v1/pipelines/hello/run" -H 'content-type: appl
 id=$(printf '%s' "$run" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 echo "run $id queued; following its log:"
 # Each SSE log line as it arrives; the final `end` event carries the run.
-status=$(curl -fsSN "$URL/api/v1/runs/$id/logs/stream" | python3 -u -c '
-import json, sys
-event = None
-for raw in sys.stdin:
-    line = raw.rstrip("\n")
-    if line.startswith("event: "):
-        event = line[7:]
-    elif line.startswith("data: ") and event == "log":
-        print("  | " + json.loads(line[6:])["line"], file=sys.stderr, flush=True)
-    elif line.startswith("data: ") and event == "end":
-        run = json.loads(line[6:])
-        print("run finished: status=%s exit_code=%s" % (run["status"], run["exit_code"]), file=sys.stderr)
-        print(run["status"])
-        break
-')
+status=$(curl -fsSN "$URL/api/v1/runs/$id/logs/stream" | python3 -u scripts/lib/follow_run.py)
 
 cat <<MSG
 
