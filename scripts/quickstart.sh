@@ -64,7 +64,7 @@ for _ in $(seq 1 100); do
 done
 curl -fsS "$URL/health" || { echo; echo "the node does not answer /health; its log:" >&2; tail -20 "$LOG" >&2; exit 1; }
 echo
-grep -E 'store: |bus: |log store: ' "$LOG" | sed -E 's/^.*INFO [^ ]*:? ?/  /' || true
+grep -E ' INFO +(store|bus|log store): ' "$LOG" | sed -E 's/^.* INFO +/  /' || true
 # The embedded runner registers with its first heartbeat.
 for _ in $(seq 1 50); do
   curl -fsS "$URL/api/v1/runners" 2>/dev/null | grep -q '"id"' && break
@@ -85,6 +85,6 @@ Fast-Flow is running (single node: SQLite, log files and the embedded runner in 
   API:        $URL  (try: curl $URL/api/v1/pipelines)
   run again:  curl -X POST $URL/api/v1/pipelines/hello/run
   its log:    $LOG
-  stop:       scripts/quickstart.sh stop
+  stop:       ${FASTFLOW_HOME:+FASTFLOW_HOME=$FASTFLOW_HOME }scripts/quickstart.sh stop
 MSG
 [ "$status" = success ]
