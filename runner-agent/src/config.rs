@@ -31,6 +31,10 @@ pub struct Config {
     pub self_fence_after: Duration,
     /// Capabilities given back to job containers (all others are dropped).
     pub cap_add: Vec<String>,
+    /// `RUNNER_BENCH_NOOP_EXECUTOR=1`: benchmark-only. Claimed jobs are not executed: no
+    /// code, image or container; each attempt publishes one system line and reports exit
+    /// code 0. For measuring dispatch capacity (BENCHMARKS.md); never for real use.
+    pub noop_executor: bool,
 }
 
 impl Config {
@@ -61,7 +65,15 @@ impl Config {
         let data_dir = PathBuf::from(get("RUNNER_DATA_DIR").unwrap_or_else(|| "./runner-data".into()));
         let uv_cache_dir = get("UV_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| data_dir.join("uv-cache"));
         let cap_add = parse_caps(get("CONTAINER_CAP_ADD").unwrap_or_default())?;
+        let noop_executor = parse_flag(get("RUNNER_BENCH_NOOP_EXECUTOR"), "RUNNER_BENCH_NOOP_EXECUTOR")?;
+        if noop_executor {
+            tracing::warn!(
+                "RUNNER_BENCH_NOOP_EXECUTOR is on: benchmark mode, claimed jobs are NOT executed \
+                 (no container; each run reports exit code 0). Never use this for real work."
+            );
+        }
         Ok(Config {
+            noop_executor,
             cap_add,
             nats_url: get("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
             runner_id,
@@ -145,6 +157,16 @@ fn parse<T: FromStr>(value: Option<String>, name: &'static str, default: T, what
     }
 }
 
+/// An on/off setting: `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off`; unset is off.
+fn parse_flag(value: Option<String>, name: &'static str) -> Result<bool, Error> {
+    match value.as_deref().map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => Ok(true),
+        Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => Ok(false),
+        Some(_) => Err(Error { name, value: value.unwrap_or_default(), message: "expected 1 or 0".into() }),
+    }
+}
+
 /// `CONTAINER_CAP_ADD`: comma-separated capability names such as `NET_BIND_SERVICE`.
 fn parse_caps(raw: String) -> Result<Vec<String>, Error> {
     let mut caps = Vec::new();
@@ -180,6 +202,11 @@ mod tests {
         let cfg = Config::from_source(&|_| None).expect("defaults");
         assert_eq!(cfg.concurrency, 4);
         assert!(cfg.uv_cache_dir.ends_with("uv-cache"));
+        assert!(!cfg.noop_executor, "the benchmark-only no-op executor is off by default");
+        let on = Config::from_source(&|n| (n == "RUNNER_BENCH_NOOP_EXECUTOR").then(|| "1".into()));
+        assert_eq!(on.map(|c| c.noop_executor).ok(), Some(true));
+        let err = Config::from_source(&|n| (n == "RUNNER_BENCH_NOOP_EXECUTOR").then(|| "maybe".into())).err();
+        assert!(err.map(|e| e.to_string()).unwrap_or_default().starts_with("RUNNER_BENCH_NOOP_EXECUTOR:"));
         let err = Config::from_source(&|n| (n == "RUNNER_CONCURRENCY").then(|| "many".into())).err();
         assert!(err.map(|e| e.to_string()).unwrap_or_default().starts_with("RUNNER_CONCURRENCY:"));
         let err = Config::from_source(&|n| (n == "RUNNER_ID").then(|| "a.b".into())).err();

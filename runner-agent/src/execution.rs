@@ -18,6 +18,8 @@ use tokio::time::Instant;
 
 const UV_CACHE_MOUNT: &str = "/uv-cache";
 const EXIT_REPORT_PATIENCE: Duration = Duration::from_secs(3600);
+/// The one log line of an attempt under the benchmark-only no-op executor.
+pub const NOOP_LINE: &str = "fastflow: no-op executor (benchmark mode)";
 
 /// Labels of a job container: enough to rebuild its attempt after a runner restart.
 pub mod label {
@@ -89,6 +91,8 @@ enum Ended {
     SetupFailed(String),
     /// Cancelled before its container started.
     CancelledEarly,
+    /// Benchmark-only no-op executor (`RUNNER_BENCH_NOOP_EXECUTOR`): nothing ran.
+    Noop,
     /// Told the attempt is no longer ours: nothing to report.
     Abandoned {
         container_id: Option<String>,
@@ -108,6 +112,13 @@ impl Executor {
     pub async fn execute(self, job: JobSpec, stop: watch::Receiver<Option<StopReason>>) {
         let at = AttemptRef { run_id: job.run_id, attempt: job.attempt, fencing_token: job.fencing_token };
         let mut pump = LogPump::new(self.link.clone(), &at, job.log_max_bytes);
+        if self.config.noop_executor {
+            // Benchmark mode: no code, image or container; the log and the exit report take
+            // the normal path (pump, then report), so dispatch is measured end to end.
+            pump.system_line(NOOP_LINE);
+            self.conclude(at, pump, Ended::Noop).await;
+            return;
+        }
         let ended = match self.run_container(&job, &mut pump, stop).await {
             Ok(ended) => ended,
             Err(e) => Ended::SetupFailed(e.to_string()),
@@ -213,6 +224,7 @@ impl Executor {
             Ended::Exited { container_id, exit_code, timed_out, cancelled } => {
                 (ExitOutcome::Exited { exit_code }, Some(container_id), timed_out, cancelled)
             }
+            Ended::Noop => (ExitOutcome::Exited { exit_code: 0 }, None, false, false),
             Ended::SetupFailed(message) => {
                 tracing::warn!(run_id = %at.run_id, %message, "setup failed");
                 pump.system_line(&format!("fastflow: {message}"));
