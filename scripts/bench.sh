@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Fast-Flow's benchmark (issue 5; BENCHMARKS.md explains every figure).
 #
-#   scripts/bench.sh            # full run (about 20–30 minutes on a 2-core machine)
-#   scripts/bench.sh --quick    # smoke run for CI (well under a minute once built)
-#   scripts/bench.sh --only latency,throughput
+#   scripts/bench.sh            # full run, both configurations (about an hour on a 2-core machine)
+#   scripts/bench.sh --quick    # smoke run for CI (about 1.5 minutes once built)
+#   scripts/bench.sh --only latency,throughput --configs single-node
 #
 # Brings up the dev services (scripts/dev-deps.sh), builds the release binaries, runs
-# `bench`, which starts its own nats-server, Postgres database and S3 bucket, prints a
-# Markdown table and writes JSON to bench/results/.
+# `bench`, which starts a private distributed deployment (its own nats-server, Postgres
+# database and S3 bucket) and then a private single node (SQLite, log files, embedded
+# runner), prints a Markdown table and writes JSON to bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +22,12 @@ source "${FASTFLOW_DEV_DIR:-/var/tmp/fastflow-dev}/env.sh"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fastflow-target}"
 step "build release (target dir: $CARGO_TARGET_DIR)"
 cargo build --locked --release -p control-plane -p runner-agent -p bench >&2
-export FASTFLOW_BIN_DIR="$CARGO_TARGET_DIR/release"
+# A private copy of the binaries: the target dir may be shared with other checkouts whose
+# builds would otherwise replace them during a run of an hour.
+FASTFLOW_BIN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/fastflow-bench-bin.XXXXXX")"
+export FASTFLOW_BIN_DIR
+trap 'rm -rf "$FASTFLOW_BIN_DIR"' EXIT
+cp "$CARGO_TARGET_DIR"/release/{control-plane,runner-agent,bench} "$FASTFLOW_BIN_DIR/"
 
 step "bench $*"
-exec "$FASTFLOW_BIN_DIR/bench" "$@"
+"$FASTFLOW_BIN_DIR/bench" "$@"

@@ -26,6 +26,11 @@ pub struct Run {
     pub failure_reason: Option<String>,
     #[serde(default)]
     pub error_message: Option<String>,
+    /// When the claim took it (set by the control plane).
+    #[serde(default)]
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Run {
@@ -41,6 +46,8 @@ impl Run {
 #[derive(Deserialize)]
 struct Page {
     items: Vec<Run>,
+    #[serde(default)]
+    next_cursor: Option<String>,
 }
 
 impl Api {
@@ -98,6 +105,24 @@ impl Api {
     pub async fn list_runs(&self, query: &str) -> anyhow::Result<Vec<Run>> {
         let page: Page = self.get_json(&format!("{}/api/v1/runs?{query}", self.base_url)).await?;
         Ok(page.items)
+    }
+
+    /// Every run matching `query` (e.g. `pipeline=x`), newest first, 500 a page.
+    pub async fn list_all_runs(&self, query: &str) -> anyhow::Result<Vec<Run>> {
+        let mut runs = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = format!("{}/api/v1/runs?{query}&limit=500", self.base_url);
+            if let Some(cursor) = &cursor {
+                url.push_str(&format!("&cursor={cursor}"));
+            }
+            let page: Page = self.get_json(&url).await?;
+            runs.extend(page.items);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(runs),
+            }
+        }
     }
 
     /// One timed `GET` whose body is read and dropped; `Ok(status)` or a transport error.

@@ -1,11 +1,12 @@
 //! `bench`: Fast-Flow's benchmark harness (issue 5). See BENCHMARKS.md.
 //!
-//! Starts a private deployment (own nats-server, Postgres database, S3 bucket; the
-//! release `control-plane` and `runner-agent` binaries), runs each scenario against it and
-//! against its bare-Docker floor where there is one, prints a Markdown table and writes
-//! JSON to `bench/results/`. Everything stays on 127.0.0.1.
+//! For each configuration (distributed: own nats-server, Postgres database, S3 bucket, the
+//! release `control-plane` and `runner-agent` binaries; single-node: one `control-plane`
+//! with SQLite, log files and its embedded runner) starts a private deployment, runs each
+//! scenario against it and against its bare-Docker floor where there is one, then prints a
+//! Markdown table and writes JSON to `bench/results/`. Everything stays on 127.0.0.1.
 //!
-//!     bench [--quick] [--only latency,throughput,...] [--out DIR] [--keep]
+//!     bench [--quick] [--only latency,throughput,...] [--configs distributed,single-node] [--out DIR] [--keep]
 
 mod api;
 mod deploy;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use deploy::{Deployment, DevEnv};
+use deploy::{Deployment, DevEnv, Mode};
 use floor::Floor;
 use report::{Machine, Report, Row};
 use scenarios::{Ctx, Profile};
@@ -34,30 +35,88 @@ const SCENARIOS: &[&str] =
 struct Args {
     profile: Profile,
     only: Option<Vec<String>>,
+    configs: Vec<Mode>,
     out: PathBuf,
     keep: bool,
 }
 
-/// Runs the selected scenarios in order, each bounded by [`scenario_timeout`]; a failed
-/// scenario becomes a row naming the error and the others still run.
-async fn run_scenarios(ctx: &mut Ctx, args: &Args, rows: &mut Vec<Row>, failed: &mut bool) {
-    let clock = Instant::now();
+/// The rows of one scenario in one configuration.
+struct Measured {
+    scenario: &'static str,
+    mode: Mode,
+    rows: Vec<Row>,
+}
+
+/// Runs the selected scenarios in order against one deployment, each bounded by
+/// [`scenario_timeout`]; a failed scenario becomes a row naming the error and the others
+/// still run.
+async fn run_scenarios(ctx: &mut Ctx, args: &Args, clock: Instant, out: &mut Vec<Measured>, failed: &mut bool) {
+    let mode = ctx.deployment.mode;
     for &name in SCENARIOS {
         if args.only.as_ref().is_some_and(|only| !only.iter().any(|n| n == name)) {
             continue;
         }
-        eprintln!("bench: {name} ({:.0} s so far)", clock.elapsed().as_secs_f64());
+        eprintln!("bench: {name}, {} ({:.0} s so far)", mode.name(), clock.elapsed().as_secs_f64());
         let limit = scenario_timeout(&ctx.profile);
         let result = tokio::time::timeout(limit, run_scenario(ctx, name)).await;
-        match result.unwrap_or_else(|_| Err(anyhow::anyhow!("did not finish within {limit:?}"))) {
-            Ok(scenario_rows) => rows.extend(scenario_rows),
+        let mut rows = match result.unwrap_or_else(|_| Err(anyhow::anyhow!("did not finish within {limit:?}"))) {
+            Ok(rows) => rows,
             Err(e) => {
-                eprintln!("bench: {name} failed: {e:#}");
+                eprintln!("bench: {name} ({}) failed: {e:#}", mode.name());
                 *failed = true;
-                rows.push(Row::failed(name, &e));
+                vec![Row::failed(name, &e)]
+            }
+        };
+        for row in &mut rows {
+            row.configuration = mode.name().into();
+        }
+        out.push(Measured { scenario: name, mode, rows });
+    }
+}
+
+/// One deployment per configuration, all selected scenarios against each. The log
+/// throughput floor (the slowest floor) is measured once and shared by both configurations.
+async fn run_configs(args: &Args, dev: &DevEnv, clock: Instant, out: &mut Vec<Measured>, failed: &mut bool) {
+    let mut log_floor = None;
+    for &mode in &args.configs {
+        eprintln!("bench: starting a private {} deployment", mode.name());
+        let deployment = match Deployment::start(dev.clone(), mode, 4).await {
+            Ok(deployment) => deployment,
+            Err(e) => {
+                eprintln!("bench: the {} deployment did not start: {e:#}", mode.name());
+                *failed = true;
+                let mut row = Row::failed("deployment", &e);
+                row.configuration = mode.name().into();
+                out.push(Measured { scenario: "deployment", mode, rows: vec![row] });
+                continue;
+            }
+        };
+        let floor = match Floor::connect(&deployment.dir.join("pipelines/trivial")).await {
+            Ok(floor) => floor,
+            Err(e) => {
+                eprintln!("bench: no floor: {e:#}");
+                *failed = true;
+                deployment.shutdown(true).await;
+                return;
+            }
+        };
+        let mut ctx = Ctx { profile: args.profile.clone(), deployment, floor, log_floor: log_floor.take() };
+        let before = out.len();
+        let mut stop = false;
+        tokio::select! {
+            () = run_scenarios(&mut ctx, args, clock, out, failed) => {}
+            () = interrupted() => {
+                eprintln!("bench: interrupted; cleaning up");
+                *failed = true;
+                stop = true;
             }
         }
-        rows.push(Row::single_node(name));
+        let scenario_failed = out[before..].iter().any(|m| m.rows.iter().any(|r| r.metric == "(not measured)"));
+        log_floor = ctx.log_floor.take();
+        ctx.deployment.shutdown(args.keep || scenario_failed || stop).await;
+        if stop {
+            return;
+        }
     }
 }
 
@@ -84,6 +143,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         profile: Profile::full(),
         only: None,
+        configs: Mode::ALL.to_vec(),
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"),
         keep: false,
     };
@@ -104,10 +164,17 @@ fn parse_args() -> anyhow::Result<Args> {
                 }
                 args.only = Some(names);
             }
+            "--configs" => {
+                let list = it.next().context("--configs needs distributed, single-node or both")?;
+                args.configs = list
+                    .split(',')
+                    .map(|n| Mode::parse(n).with_context(|| format!("unknown configuration {n}")))
+                    .collect::<anyhow::Result<_>>()?;
+            }
             "--out" => args.out = PathBuf::from(it.next().context("--out needs a directory")?),
             "-h" | "--help" => {
                 println!(
-                    "bench [--quick] [--only {}] [--out DIR] [--keep] [--throughput-runs N] [--idle-runs N] [--log-mib N]",
+                    "bench [--quick] [--only {}] [--configs distributed,single-node] [--out DIR] [--keep] [--throughput-runs N] [--idle-runs N] [--log-mib N]",
                     SCENARIOS.join(",")
                 );
                 std::process::exit(0);
@@ -146,27 +213,12 @@ async fn main() -> anyhow::Result<()> {
     let started_at = chrono::Utc::now().to_rfc3339();
     let machine = Machine::probe();
     let clock = Instant::now();
-    eprintln!("bench: {} profile; starting a private deployment", args.profile.name);
+    eprintln!("bench: {} profile", args.profile.name);
 
-    let deployment = Deployment::start(dev, 4).await?;
-    let floor = match Floor::connect(&deployment.dir.join("pipelines/trivial")).await {
-        Ok(floor) => floor,
-        Err(e) => {
-            deployment.shutdown(args.keep).await;
-            return Err(e);
-        }
-    };
-    let mut ctx = Ctx { profile: args.profile.clone(), deployment, floor };
-    let mut rows = Vec::new();
+    let mut measured = Vec::new();
     let mut failed = false;
-    tokio::select! {
-        () = run_scenarios(&mut ctx, &args, &mut rows, &mut failed) => {}
-        () = interrupted() => {
-            eprintln!("bench: interrupted; cleaning up");
-            failed = true;
-        }
-    }
-    ctx.deployment.shutdown(args.keep || failed).await;
+    run_configs(&args, &dev, clock, &mut measured, &mut failed).await;
+    let rows = ordered_rows(measured);
 
     let duration_seconds = clock.elapsed().as_secs_f64();
     let report = Report {
@@ -184,4 +236,12 @@ async fn main() -> anyhow::Result<()> {
         bail!("some scenarios failed (see the table)");
     }
     Ok(())
+}
+
+/// Rows grouped by scenario (in run order), each scenario's configurations side by side.
+fn ordered_rows(mut measured: Vec<Measured>) -> Vec<Row> {
+    let rank = |name: &str| SCENARIOS.iter().position(|s| *s == name).unwrap_or(usize::MAX);
+    let config_rank = |mode: Mode| Mode::ALL.iter().position(|m| *m == mode).unwrap_or(usize::MAX);
+    measured.sort_by_key(|m| (rank(m.scenario), config_rank(m.mode)));
+    measured.into_iter().flat_map(|m| m.rows).collect()
 }

@@ -9,7 +9,6 @@ use crate::stats::Summary;
 
 pub const DISTRIBUTED: &str = "distributed";
 pub const SINGLE_NODE: &str = "single-node";
-pub const SINGLE_NODE_NA: &str = "n/a (single-node mode not built yet)";
 
 /// One measured figure of one scenario in one configuration.
 #[derive(Debug, Clone, Serialize)]
@@ -74,14 +73,6 @@ impl Row {
     /// The row for a scenario that could not be measured.
     pub fn failed(scenario: &str, error: &anyhow::Error) -> Self {
         Row::new(scenario, "(not measured)", "").note(format!("error: {error:#}"))
-    }
-
-    /// The single-node counterpart of a scenario, which does not exist yet.
-    pub fn single_node(scenario: &str) -> Self {
-        let mut row = Row::new(scenario, "all", "");
-        row.configuration = SINGLE_NODE.into();
-        row.note = SINGLE_NODE_NA.into();
-        row
     }
 }
 

@@ -1,6 +1,13 @@
-//! One private Fast-Flow deployment for the benchmark: its own nats-server, Postgres
-//! database, S3 bucket and pipelines folder, one control plane and one runner, all on
-//! 127.0.0.1, so it never disturbs tests running on the same machine.
+//! One private Fast-Flow deployment for the benchmark, in one of two configurations:
+//!
+//! * **distributed**: its own nats-server, Postgres database, S3 bucket and pipelines
+//!   folder, one `control-plane` and one `runner-agent` process;
+//! * **single-node**: one `control-plane` process without DATABASE_URL/NATS_URL/S3_*
+//!   (SQLite in its DATA_DIR, archived logs as files in its LOGS_DIR, in-process bus and the
+//!   embedded runner, configured by the RUNNER_* variables).
+//!
+//! Everything is on 127.0.0.1 and under `/tmp/fastflow-bench/<id>`, so it never disturbs
+//! tests running on the same machine.
 
 mod dev_env;
 mod postgres;
@@ -18,6 +25,7 @@ pub use postgres::BenchDatabase;
 use process::{ChildProcess, free_port};
 
 use crate::api::Api;
+use crate::digest::{Digest, DigestBuilder};
 
 /// Variables of the harness's environment that a runner must not need.
 const RUNNER_MUST_NOT_SEE: &[&str] = &[
@@ -28,120 +36,208 @@ const RUNNER_MUST_NOT_SEE: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
 ];
+/// Variables that would turn a single node into (part of) a distributed deployment.
+const SINGLE_NODE_MUST_NOT_SEE: &[&str] = &["DATABASE_URL", "NATS_URL", "FASTFLOW_PG_ADMIN_URL"];
+/// Settings of the runner (or the single node's embedded runner) that only the harness sets.
+const RUNNER_SETTINGS: &[&str] = &["RUNNER_ID", "RUNNER_CONCURRENCY", "RUNNER_DATA_DIR", "RUNNER_BENCH_NOOP_EXECUTOR"];
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// SIGTERM → SIGKILL grace when the harness stops the single node.
+const STOP_GRACE: Duration = Duration::from_secs(15);
 
-pub struct Deployment {
-    pub dev: DevEnv,
-    pub dir: PathBuf,
+/// The two configurations of issue 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Distributed,
+    SingleNode,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Distributed, Mode::SingleNode];
+
+    /// The `Config` column of the report and the `--configs` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Distributed => crate::report::DISTRIBUTED,
+            Mode::SingleNode => crate::report::SINGLE_NODE,
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// What the runner is started with.
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerSettings {
+    pub concurrency: usize,
+    /// `RUNNER_BENCH_NOOP_EXECUTOR=1`: claimed runs are not executed (dispatch scenario).
+    pub noop: bool,
+}
+
+/// The distributed configuration's own services.
+pub struct Services {
     pub bucket: String,
     pub db: BenchDatabase,
-    pub api: Api,
     pub nats_url: String,
-    id: String,
     nats: ChildProcess,
-    control_plane: ChildProcess,
+}
+
+pub struct Deployment {
+    pub mode: Mode,
+    pub dev: DevEnv,
+    pub dir: PathBuf,
+    pub api: Api,
+    /// `Some` in the distributed configuration.
+    pub services: Option<Services>,
+    id: String,
+    control_plane: Option<ChildProcess>,
+    /// The `runner-agent` process (distributed only).
     runner: Option<ChildProcess>,
+    /// How many runners (or single-node processes) were started: each got its own RUNNER_ID.
     runner_count: usize,
-    /// RUNNER_ID of the current runner.
+    /// RUNNER_ID of the current runner (the embedded one in single-node mode).
     pub runner_id: String,
 }
 
 impl Deployment {
-    pub async fn start(dev: DevEnv, runner_concurrency: usize) -> anyhow::Result<Self> {
+    pub async fn start(dev: DevEnv, mode: Mode, runner_concurrency: usize) -> anyhow::Result<Self> {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let dir = std::env::temp_dir().join("fastflow-bench").join(&id);
         std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("cannot create {}", dir.display()))?;
-        let pipelines_dir = dir.join("pipelines");
-        copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines"), &pipelines_dir)?;
-
-        let (nats, nats_url) = start_nats(&dev, &dir).await?;
-        let db = BenchDatabase::create(&dev.pg_admin_url, &dev.database_url, &id).await?;
-        let bucket = format!("bench-{id}");
-        let port = free_port()?;
-        let mut command = Command::new(dev.binary("control-plane")?);
-        command
-            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-            .env("DATABASE_URL", &db.url)
-            .env("NATS_URL", &nats_url)
-            .env("S3_ENDPOINT", &dev.s3_endpoint)
-            .env("S3_BUCKET", &bucket)
-            .env("S3_REGION", &dev.s3_region)
-            .env("AWS_ACCESS_KEY_ID", &dev.aws_access_key_id)
-            .env("AWS_SECRET_ACCESS_KEY", &dev.aws_secret_access_key)
-            .env("PIPELINES_DIR", &pipelines_dir)
-            // The benchmark measures capacity: no global cap on runs executing at once.
-            .env("MAX_CONCURRENT_RUNS", "0")
-            // Measure what the log path can carry, not the default per-client SSE throttle
-            // (100 lines/s), which would make the 10,000 lines/s scenario meaningless.
-            .env("LOG_STREAM_RATE_LIMIT", "0")
-            .env("LOG_MAX_SIZE_MB", "0")
-            .env("RUST_LOG", rust_log())
-            .env("NO_COLOR", "1");
-        let control_plane = ChildProcess::spawn("control-plane", command, &dir.join("logs/control-plane.log"))?;
-        let api = Api::new(format!("http://127.0.0.1:{port}"))?;
+        copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines"), &dir.join("pipelines"))?;
+        let api = Api::new("http://127.0.0.1:0".into())?;
         let mut deployment = Self {
+            mode,
             dev,
             dir,
-            bucket,
-            db,
             api,
-            nats_url,
+            services: None,
             id,
-            nats,
-            control_plane,
+            control_plane: None,
             runner: None,
             runner_count: 0,
             runner_id: String::new(),
         };
-        deployment.wait_control_plane().await?;
-        deployment.restart_runner(runner_concurrency).await?;
+        let settings = RunnerSettings { concurrency: runner_concurrency, noop: false };
+        match mode {
+            Mode::Distributed => {
+                let (nats, nats_url) = start_nats(&deployment.dev, &deployment.dir).await?;
+                let db =
+                    BenchDatabase::create(&deployment.dev.pg_admin_url, &deployment.dev.database_url, &deployment.id)
+                        .await?;
+                let bucket = format!("bench-{}", deployment.id);
+                deployment.services = Some(Services { bucket, db, nats_url, nats });
+                deployment.start_control_plane(None)?;
+                deployment.wait_control_plane().await?;
+                deployment.restart_runner_with(settings).await?;
+            }
+            Mode::SingleNode => deployment.restart_runner_with(settings).await?,
+        }
         Ok(deployment)
     }
 
     pub fn control_plane_pid(&self) -> Option<u32> {
-        self.control_plane.pid()
+        self.control_plane.as_ref().and_then(ChildProcess::pid)
     }
 
+    /// The `runner-agent` process; `None` in single-node mode (the runner is in the node).
     pub fn runner_pid(&self) -> Option<u32> {
         self.runner.as_ref().and_then(ChildProcess::pid)
     }
 
-    /// Stops the current runner (if any) and starts a fresh one with `concurrency` slots.
+    /// What the report calls the process that serves the API.
+    pub fn server_label(&self) -> &'static str {
+        match self.mode {
+            Mode::Distributed => "control plane",
+            Mode::SingleNode => "node",
+        }
+    }
+
+    /// The single node's SQLite file.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.dir.join("node-data/fastflow.db")
+    }
+
     pub async fn restart_runner(&mut self, concurrency: usize) -> anyhow::Result<()> {
-        self.stop_runner();
+        self.restart_runner_with(RunnerSettings { concurrency, noop: false }).await
+    }
+
+    /// Distributed: stops the current runner (if any) and starts a fresh one. Single node:
+    /// restarts the node (same DATA_DIR and LOGS_DIR), whose embedded runner takes the
+    /// settings. Either way the runner gets a new RUNNER_ID and is registered on return.
+    pub async fn restart_runner_with(&mut self, settings: RunnerSettings) -> anyhow::Result<()> {
         let n = self.runner_count;
         self.runner_count += 1;
         let runner_id = format!("bench-{}-{n}", self.id);
-        let data_dir = self.dir.join(format!("runner-{n}"));
-        std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
-        let mut command = Command::new(self.dev.binary("runner-agent")?);
-        for name in RUNNER_MUST_NOT_SEE {
-            command.env_remove(name);
+        match self.mode {
+            Mode::Distributed => {
+                self.stop_runner();
+                let data_dir = self.dir.join(format!("runner-{n}"));
+                std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+                let nats_url = self.services.as_ref().map(|s| s.nats_url.clone()).unwrap_or_default();
+                let mut command = Command::new(self.dev.binary("runner-agent")?);
+                for name in RUNNER_MUST_NOT_SEE.iter().chain(RUNNER_SETTINGS) {
+                    command.env_remove(name);
+                }
+                command
+                    .env("NATS_URL", nats_url)
+                    .env("RUNNER_ID", &runner_id)
+                    .env("RUNNER_CONCURRENCY", settings.concurrency.to_string())
+                    .env("RUNNER_DATA_DIR", &data_dir)
+                    .env("RUST_LOG", rust_log())
+                    .env("NO_COLOR", "1");
+                if settings.noop {
+                    command.env("RUNNER_BENCH_NOOP_EXECUTOR", "1");
+                }
+                let log = self.dir.join(format!("logs/runner-{n}.log"));
+                self.runner = Some(ChildProcess::spawn(&format!("runner {runner_id}"), command, &log)?);
+            }
+            Mode::SingleNode => {
+                self.stop_node().await;
+                self.start_control_plane(Some((&runner_id, settings)))?;
+                self.wait_control_plane().await?;
+            }
         }
-        command
-            .env("NATS_URL", &self.nats_url)
-            .env("RUNNER_ID", &runner_id)
-            .env("RUNNER_CONCURRENCY", concurrency.to_string())
-            .env("RUNNER_DATA_DIR", &data_dir)
-            .env("RUST_LOG", rust_log())
-            .env("NO_COLOR", "1");
-        let log = self.dir.join(format!("logs/runner-{n}.log"));
-        self.runner = Some(ChildProcess::spawn(&format!("runner {runner_id}"), command, &log)?);
         self.runner_id = runner_id;
         self.wait_runner_registered().await
     }
 
-    /// Kills the runner: used where the harness itself plays the runner.
+    /// Kills the `runner-agent` (distributed only; the single node's runner cannot be
+    /// stopped on its own).
     pub fn stop_runner(&mut self) {
         if let Some(mut runner) = self.runner.take() {
             runner.kill();
         }
     }
 
+    /// Single node: SIGTERM, then SIGKILL after a grace period. Distributed: kills the
+    /// control plane. Start it again with [`Deployment::restart_runner_with`] (single node).
+    pub async fn stop_node(&mut self) {
+        if let Some(mut node) = self.control_plane.take() {
+            node.terminate(STOP_GRACE).await;
+        }
+    }
+
+    /// Length and SHA-256 of an attempt's archived log: the S3 object (distributed) or the
+    /// file under LOGS_DIR (single node).
+    pub async fn archive_digest(&self, run_id: &str, attempt: u32) -> anyhow::Result<Digest> {
+        let key = format!("runs/{run_id}/{attempt}.log");
+        match &self.services {
+            Some(services) => s3::digest(&s3::client(&self.dev), &services.bucket, &key).await,
+            None => file_digest(&self.dir.join("node-logs").join(&key)).await,
+        }
+    }
+
     /// Fails when a product process died during a scenario.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.control_plane.exited() {
-            bail!("control plane exited ({status}); see {}/logs", self.dir.display());
+        match self.control_plane.as_mut() {
+            None => bail!("the {} is not running", self.server_label()),
+            Some(cp) => {
+                if let Some(status) = cp.exited() {
+                    bail!("{} exited ({status}); see {}/logs", cp.name, self.dir.display());
+                }
+            }
         }
         if let Some(runner) = self.runner.as_mut()
             && let Some(status) = runner.exited()
@@ -151,17 +247,79 @@ impl Deployment {
         Ok(())
     }
 
+    /// Starts the control plane on a fresh port: distributed (`runner == None`) with the
+    /// bench services, or as a single node with an embedded runner.
+    fn start_control_plane(&mut self, runner: Option<(&str, RunnerSettings)>) -> anyhow::Result<()> {
+        let port = free_port()?;
+        let mut command = Command::new(self.dev.binary("control-plane")?);
+        for name in RUNNER_SETTINGS {
+            command.env_remove(name);
+        }
+        command
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("PIPELINES_DIR", self.dir.join("pipelines"))
+            // The benchmark measures capacity: no global cap on runs executing at once.
+            .env("MAX_CONCURRENT_RUNS", "0")
+            // Measure what the log path can carry, not the default per-client SSE throttle
+            // (100 lines/s), which would make the 10,000 lines/s scenario meaningless.
+            .env("LOG_STREAM_RATE_LIMIT", "0")
+            .env("LOG_MAX_SIZE_MB", "0")
+            .env("RUST_LOG", rust_log())
+            .env("NO_COLOR", "1");
+        let name = match (&self.services, runner) {
+            (Some(services), _) => {
+                command
+                    .env("DATABASE_URL", &services.db.url)
+                    .env("NATS_URL", &services.nats_url)
+                    .env("S3_ENDPOINT", &self.dev.s3_endpoint)
+                    .env("S3_BUCKET", &services.bucket)
+                    .env("S3_REGION", &self.dev.s3_region)
+                    .env("AWS_ACCESS_KEY_ID", &self.dev.aws_access_key_id)
+                    .env("AWS_SECRET_ACCESS_KEY", &self.dev.aws_secret_access_key);
+                "control-plane".to_string()
+            }
+            (None, Some((runner_id, settings))) => {
+                for name in SINGLE_NODE_MUST_NOT_SEE {
+                    command.env_remove(name);
+                }
+                for (name, _) in std::env::vars_os() {
+                    let name = name.to_string_lossy();
+                    if name.starts_with("S3_") || name.starts_with("AWS_") {
+                        command.env_remove(name.as_ref());
+                    }
+                }
+                let data_dir = self.dir.join("node-data");
+                let logs_dir = self.dir.join("node-logs");
+                for dir in [&data_dir, &logs_dir] {
+                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                }
+                command
+                    .env("DATA_DIR", &data_dir)
+                    .env("LOGS_DIR", &logs_dir)
+                    .env("RUNNER_ID", runner_id)
+                    .env("RUNNER_CONCURRENCY", settings.concurrency.to_string());
+                if settings.noop {
+                    command.env("RUNNER_BENCH_NOOP_EXECUTOR", "1");
+                }
+                format!("single node ({runner_id})")
+            }
+            (None, None) => bail!("a single node needs its runner settings"),
+        };
+        let log = self.dir.join(format!("logs/control-plane-{}.log", self.runner_count));
+        self.control_plane = Some(ChildProcess::spawn(&name, command, &log)?);
+        self.api = Api::new(format!("http://127.0.0.1:{port}"))?;
+        Ok(())
+    }
+
     async fn wait_control_plane(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
-            if let Some(status) = self.control_plane.exited() {
-                bail!("control plane exited during start-up ({status}); see {}/logs", self.dir.display());
-            }
+            self.check_alive()?;
             if self.api.health_ok().await {
                 return Ok(());
             }
             if started.elapsed() > START_TIMEOUT {
-                bail!("control plane not healthy after {START_TIMEOUT:?}; see {}/logs", self.dir.display());
+                bail!("{} not healthy after {START_TIMEOUT:?}; see {}/logs", self.server_label(), self.dir.display());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -186,8 +344,12 @@ impl Deployment {
     pub async fn shutdown(mut self, keep: bool) {
         let runner_prefix = format!("bench-{}-", self.id);
         self.stop_runner();
-        self.control_plane.kill();
-        self.nats.kill();
+        if let Some(mut cp) = self.control_plane.take() {
+            cp.kill();
+        }
+        if let Some(services) = self.services.as_mut() {
+            services.nats.kill();
+        }
         if let Ok(docker) = runner_agent::docker::Docker::connect().await {
             for n in 0..self.runner_count {
                 let runner = format!("{runner_prefix}{n}");
@@ -196,17 +358,34 @@ impl Deployment {
                 }
             }
         }
-        if let Err(e) = self.db.drop_database().await {
-            eprintln!("warning: could not drop database {}: {e:#}", self.db.name);
-        }
-        if let Err(e) = s3::delete_bucket(&s3::client(&self.dev), &self.bucket).await {
-            eprintln!("warning: could not delete bucket {}: {e:#}", self.bucket);
+        if let Some(services) = &self.services {
+            if let Err(e) = services.db.drop_database().await {
+                eprintln!("warning: could not drop database {}: {e:#}", services.db.name);
+            }
+            if let Err(e) = s3::delete_bucket(&s3::client(&self.dev), &services.bucket).await {
+                eprintln!("warning: could not delete bucket {}: {e:#}", services.bucket);
+            }
         }
         if keep {
             eprintln!("deployment files kept in {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Length and SHA-256 of a file, streamed.
+async fn file_digest(path: &Path) -> anyhow::Result<Digest> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path).await.with_context(|| format!("cannot open {}", path.display()))?;
+    let mut digest = DigestBuilder::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).await.with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            return Ok(digest.finish());
+        }
+        digest.update(&buf[..n]);
     }
 }
 
@@ -263,4 +442,17 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
 /// The product's log filter: quiet unless `FASTFLOW_BENCH_RUST_LOG` says otherwise.
 fn rust_log() -> String {
     std::env::var("FASTFLOW_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_names_round_trip() {
+        for mode in Mode::ALL {
+            assert_eq!(Mode::parse(mode.name()), Some(mode));
+        }
+        assert_eq!(Mode::parse("cluster"), None);
+    }
 }

@@ -40,6 +40,22 @@ impl ChildProcess {
         }
     }
 
+    /// SIGTERM (by PID, with `kill`), wait up to `grace` for the exit, then SIGKILL; reaps.
+    pub async fn terminate(&mut self, grace: std::time::Duration) {
+        let Some(pid) = self.pid() else { return };
+        let sent = Command::new("kill").args(["-TERM", &pid.to_string()]).status().is_ok_and(|s| s.success());
+        let started = std::time::Instant::now();
+        while sent && started.elapsed() < grace {
+            if let Some(child) = self.child.as_mut()
+                && !matches!(child.try_wait(), Ok(None))
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.kill();
+    }
+
     /// SIGKILL and reap; idempotent.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -3,18 +3,22 @@
 //! due, so a slow server cannot hide its queueing by slowing the client down).
 //!
 //! The runs are seeded with one SQL statement (copies of a real run's row), which is how
-//! 100k runs get into the database in seconds rather than hours.
+//! 100k runs get into the database in seconds rather than hours: `generate_series` on
+//! Postgres; on the single node a recursive CTE run on its SQLite file while the node is
+//! stopped (SIGTERM), then the node is started again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use sqlx::Connection;
 use tokio::sync::Semaphore;
 
 use crate::report::Row;
 use crate::stats::{Summary, percentile};
 
 use super::Ctx;
+use crate::deploy::Mode;
 
 const SCENARIO: &str = "API read latency";
 const MAX_IN_FLIGHT: usize = 512;
@@ -26,6 +30,15 @@ const SEED_SQL: &str = "insert into runs (id, pipeline_name, status, attempt, tr
             now() - make_interval(secs => 3600 + i::double precision / 100), \
             now() - make_interval(secs => 3600 + i::double precision / 100) \
      from generate_series(1, $1::bigint) as i";
+/// The same on SQLite: ids are valid hyphenated UUIDs (`…-8000-<i in hex>`), timestamps
+/// INTEGER unix microseconds (`?2` = now), one row every 10 ms going back from an hour ago.
+const SEED_SQLITE: &str = "insert into runs (id, pipeline_name, pool, status, attempt, trigger, params, spec, \
+     runner_id, exit_code, log_size_bytes, created_at, started_at, finished_at) \
+     with recursive seq(i) as (select 1 union all select i + 1 from seq where i < ?1) \
+     select printf('00000000-0000-7000-8000-%012x', i), 'trivial', 'default', 'success', 1, 'api', '{}', \
+            (select spec from runs order by created_at limit 1), 'seed', 0, 0, \
+            ?2 - 3600000000 - i * 10000, ?2 - 3600000000 - i * 10000, ?2 - 3600000000 - i * 10000 \
+     from seq";
 
 pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     ctx.deployment.restart_runner(4).await?;
@@ -33,9 +46,26 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let run = ctx.api().create_run("trivial", &[]).await?;
     ctx.api().wait_end(&run.id).await?.expect_success()?;
     let seed = ctx.profile.api_seed_runs;
-    let mut db = ctx.deployment.db.connect().await?;
-    sqlx::query(SEED_SQL).bind(seed as i64).execute(&mut db).await.context("seeding runs")?;
-    sqlx::query("analyze runs").execute(&mut db).await.context("analyze runs")?;
+    let seeding = Instant::now();
+    match ctx.deployment.mode {
+        Mode::Distributed => {
+            let services = ctx.deployment.services.as_ref().context("no database")?;
+            let mut db = services.db.connect().await?;
+            sqlx::query(SEED_SQL).bind(seed as i64).execute(&mut db).await.context("seeding runs")?;
+            sqlx::query("analyze runs").execute(&mut db).await.context("analyze runs")?;
+        }
+        Mode::SingleNode => {
+            ctx.deployment.stop_node().await;
+            let url = format!("sqlite://{}", ctx.deployment.sqlite_path().display());
+            let mut db = sqlx::SqliteConnection::connect(&url).await.with_context(|| format!("opening {url}"))?;
+            let now_us = chrono::Utc::now().timestamp_micros();
+            sqlx::query(SEED_SQLITE).bind(seed as i64).bind(now_us).execute(&mut db).await.context("seeding runs")?;
+            sqlx::query("analyze").execute(&mut db).await.context("analyze")?;
+            db.close().await.context("closing the SQLite file")?;
+            ctx.deployment.restart_runner(4).await?;
+        }
+    }
+    let seed_seconds = seeding.elapsed().as_secs_f64();
 
     let rate = ctx.profile.api_rate;
     let total = (rate * ctx.profile.api_seconds) as usize;
@@ -63,7 +93,8 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     ctx.deployment.check_alive()?;
-    let load = format!("{total} requests at {rate}/s, {seed} runs stored, {errors} errors");
+    let load =
+        format!("{total} requests at {rate}/s, {seed} runs stored (seeded in {seed_seconds:.1} s), {errors} errors");
     Ok(vec![
         Row::new(SCENARIO, "p50", "ms").value(percentile(&latencies, 50.0).map(Summary::single)).note(load.clone()),
         Row::new(SCENARIO, "p99", "ms")

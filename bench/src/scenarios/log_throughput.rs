@@ -1,11 +1,13 @@
 //! Log throughput: one run printing `log_bytes` (1 GiB in the full profile).
 //!
-//! Fast-Flow: POST → `end` event (the archive is complete by then); the archive in S3 is
-//! hashed and compared with the expected bytes; the runner's and control plane's VmRSS
-//! are sampled throughout. Floor: the same container through the Docker API with its
-//! output drained from the attach stream (what `docker logs -f | cat` does), also hashed.
+//! Fast-Flow: POST → `end` event (the archive is complete by then); the archive (the S3
+//! object, or the single node's file under LOGS_DIR) is hashed and compared with the
+//! expected bytes; the runner's and control plane's (or the node's) VmRSS are sampled
+//! throughout. Floor: the same container through the Docker API with its output drained
+//! from the attach stream (what `docker logs -f | cat` does), also hashed; measured once
+//! per benchmark run and shared by both configurations (it is the slowest floor).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
@@ -15,11 +17,13 @@ use crate::rss::PeakSampler;
 use crate::stats::Summary;
 
 use super::Ctx;
-use crate::deploy::s3;
+use crate::deploy::Mode;
 
 const SCENARIO: &str = "Log throughput";
 const LINE: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const MIB: f64 = 1024.0 * 1024.0;
+/// Single node: the runner's 64 MiB plus the control plane's 40 MiB idle budget.
+const NODE_PEAK_GOAL_MIB: f64 = 104.0;
 
 pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     ctx.deployment.restart_runner(4).await?;
@@ -38,34 +42,59 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     ctx.deployment.check_alive()?;
     done.expect_success()?;
 
-    let archive =
-        s3::digest(&s3::client(&ctx.deployment.dev), &ctx.deployment.bucket, &format!("runs/{}/1.log", run.id)).await?;
+    let archive = ctx.deployment.archive_digest(&run.id, 1).await?;
     let archive_ok = archive == expected;
 
-    let floor = ctx
-        .floor
-        .run(&["sh", "-c", &format!("yes {LINE} | head -c \"$BYTES\"")], &[("BYTES", bytes.to_string())])
-        .await?;
-    if floor.output != expected {
-        bail!("the floor container printed {:?}, expected {:?}", floor.output, expected);
-    }
+    let floor_elapsed = match ctx.log_floor {
+        Some((floor_bytes, elapsed)) if floor_bytes == bytes => elapsed,
+        _ => {
+            let elapsed = floor_run(ctx, bytes, &expected).await?;
+            ctx.log_floor = Some((bytes, elapsed));
+            elapsed
+        }
+    };
     let product_rate = mib / elapsed.as_secs_f64();
-    let floor_rate = mib / floor.elapsed.as_secs_f64();
+    let floor_rate = mib / floor_elapsed.as_secs_f64();
     let size = format!("{mib:.0} MiB");
-    Ok(vec![
+    let mut rows = vec![
         Row::new(SCENARIO, &format!("{size}, trigger → archived & final"), "MiB/s")
             .value(Some(Summary::single(product_rate)))
             .floor(Some(Summary::single(floor_rate)))
             .goal("≥ 100 MiB/s", |r| r.value.as_ref().map(|v| v.median >= 100.0)),
-        Row::new(SCENARIO, "runner peak RSS", "MiB")
-            .value(Some(Summary::single(runner_peak)))
-            .goal("≤ 64 MiB", |r| r.value.as_ref().map(|v| v.median <= 64.0)),
-        Row::new(SCENARIO, "control plane peak RSS", "MiB").value(Some(Summary::single(control_plane_peak))),
-        Row::new(SCENARIO, "archive sha256 = printed bytes", "").goal("equal", |_| Some(archive_ok)).note(format!(
+    ];
+    if ctx.deployment.mode == Mode::SingleNode {
+        rows.push(
+            Row::new(SCENARIO, "node (control plane + embedded runner) peak RSS", "MiB")
+                .value(Some(Summary::single(control_plane_peak)))
+                .goal("≤ 104 MiB (64 + 40)", |r| r.value.as_ref().map(|v| v.median <= NODE_PEAK_GOAL_MIB)),
+        );
+    } else {
+        rows.push(
+            Row::new(SCENARIO, "runner peak RSS", "MiB")
+                .value(Some(Summary::single(runner_peak)))
+                .goal("≤ 64 MiB", |r| r.value.as_ref().map(|v| v.median <= 64.0)),
+        );
+        rows.push(Row::new(SCENARIO, "control plane peak RSS", "MiB").value(Some(Summary::single(control_plane_peak))));
+    }
+    rows.push(Row::new(SCENARIO, "archive sha256 = printed bytes", "").goal("equal", |_| Some(archive_ok)).note(
+        format!(
             "archive {} bytes sha256 {}…; expected {}…",
             archive.len,
             &archive.sha256[..12],
             &expected.sha256[..12]
-        )),
-    ])
+        ),
+    ));
+    Ok(rows)
+}
+
+/// The same bytes printed by a container driven through the Docker API, drained and hashed.
+async fn floor_run(ctx: &Ctx, bytes: u64, expected: &crate::digest::Digest) -> anyhow::Result<Duration> {
+    let floor = ctx
+        .floor
+        .run(&["sh", "-c", &format!("yes {LINE} | head -c \"$BYTES\"")], &[("BYTES", bytes.to_string())])
+        .await?;
+    if floor.output != *expected {
+        bail!("the floor container printed {:?}, expected {:?}", floor.output, expected);
+    }
+    Ok(floor.elapsed)
 }

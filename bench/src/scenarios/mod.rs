@@ -11,7 +11,7 @@ pub mod throughput;
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use futures::StreamExt;
 
 use crate::api::{Api, Run};
@@ -85,6 +85,8 @@ pub struct Ctx {
     pub profile: Profile,
     pub deployment: Deployment,
     pub floor: Floor,
+    /// The log throughput floor (bytes, elapsed), measured once per benchmark run.
+    pub log_floor: Option<(u64, Duration)>,
 }
 
 impl Ctx {
@@ -101,17 +103,7 @@ pub async fn run_batch(api: &Api, pipeline: &str, runs: usize, timeout: Duration
     let created: Vec<anyhow::Result<Run>> =
         futures::stream::iter(0..runs).map(|_| api.create_run(pipeline, &[])).buffer_unordered(16).collect().await;
     let ids: Vec<String> = created.into_iter().map(|r| r.map(|run| run.id)).collect::<anyhow::Result<_>>()?;
-    loop {
-        let queued = api.list_runs("status=queued&limit=1").await?;
-        let running = api.list_runs("status=running&limit=1").await?;
-        if queued.is_empty() && running.is_empty() {
-            break;
-        }
-        if started.elapsed() > timeout {
-            bail!("{runs} runs of {pipeline} not finished after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_idle(api, started, timeout).await.with_context(|| format!("{runs} runs of {pipeline}"))?;
     let elapsed = started.elapsed();
     let finished = api.list_runs(&format!("pipeline={pipeline}&limit=500")).await?;
     for id in &ids {
@@ -121,4 +113,19 @@ pub async fn run_batch(api: &Api, pipeline: &str, runs: usize, timeout: Duration
         }
     }
     Ok(elapsed)
+}
+
+/// Polls (every 20 ms) until no run is queued or running; fails `timeout` after `since`.
+pub async fn wait_idle(api: &Api, since: Instant, timeout: Duration) -> anyhow::Result<()> {
+    loop {
+        let queued = api.list_runs("status=queued&limit=1").await?;
+        let running = api.list_runs("status=running&limit=1").await?;
+        if queued.is_empty() && running.is_empty() {
+            return Ok(());
+        }
+        if since.elapsed() > timeout {
+            bail!("not finished after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

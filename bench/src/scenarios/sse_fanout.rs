@@ -47,6 +47,7 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     ctx.deployment.check_alive()?;
     ctx.api().get_run(&run.id).await?.expect_success()?;
     let complete = finish_times.len();
+    let who = ctx.deployment.server_label();
     let note = match failures.first() {
         None => format!("{lines} lines each"),
         Some(first) => format!("{} failed; first: {first}", failures.len()),
@@ -56,8 +57,8 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
             .value(Some(Summary::single(complete as f64)))
             .goal(&format!("all {clients}"), |r| r.value.as_ref().map(|v| v.median as usize == clients))
             .note(note),
-        Row::new(SCENARIO, "control plane RSS before", "MiB").value(before.map(Summary::single)),
-        Row::new(SCENARIO, "control plane peak RSS", "MiB").value(Some(Summary::single(peak))).note("goal: bounded"),
+        Row::new(SCENARIO, &format!("{who} RSS before"), "MiB").value(before.map(Summary::single)),
+        Row::new(SCENARIO, &format!("{who} peak RSS"), "MiB").value(Some(Summary::single(peak))).note("goal: bounded"),
         Row::new(SCENARIO, "trigger → last client got end", "s")
             .value(percentile(&finish_times, 100.0).map(Summary::single)),
     ])
