@@ -21,12 +21,17 @@ pub struct App {
     pub bus: Bus,
     pub objects: ObjectStore,
     pub catalog: Catalog,
+    /// Held while the process runs when it uses `DATA_DIR` (SQLite, live-log spool,
+    /// embedded runner): those belong to one process.
+    _data_dir_lock: Option<Arc<std::fs::File>>,
 }
 
 impl App {
     /// Opens the three seams (store, log store, bus) as configured, printing
     /// one line per seam saying which implementation is in use.
     pub async fn connect(config: Config) -> anyhow::Result<App> {
+        let uses_data_dir = config.nats_url.is_none() || config.database_url.starts_with("sqlite://");
+        let data_dir_lock = if uses_data_dir { Some(Arc::new(lock_data_dir(&config.data_dir)?)) } else { None };
         let store = Store::connect(&config.database_url).await.context("DATABASE_URL: cannot use the database")?;
         tracing::info!("store: {} at {}", store.kind(), crate::config::redact_url(&config.database_url));
         let bus = match &config.nats_url {
@@ -44,7 +49,7 @@ impl App {
         };
         tracing::info!("log store: {}", objects.describe());
         let catalog = Catalog::new(config.pipelines_dir.clone(), config.worker_base_image.clone());
-        Ok(App { config: Arc::new(config), store, bus, objects, catalog })
+        Ok(App { config: Arc::new(config), store, bus, objects, catalog, _data_dir_lock: data_dir_lock })
     }
 
     /// Serves HTTP and the runner API (or runs the embedded runner) and sweeps
@@ -72,5 +77,40 @@ impl App {
         runners.await.context("runner task")?.context("runners")?;
         sweeper.await.context("sweeper task")?;
         served.context("HTTP server")
+    }
+}
+
+/// Locks `DATA_DIR/control-plane.lock` (an advisory lock the OS drops when the process
+/// dies, so a crash never leaves it stale). A second process on the same directory would
+/// run a second embedded runner with the same id over the same database.
+pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).with_context(|| format!("DATA_DIR: cannot create {}", dir.display()))?;
+    let path = dir.join("control-plane.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("DATA_DIR: cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            // For the message a second process prints; the lock itself is what counts.
+            file.set_len(0).ok();
+            let _ = write!(file, "{}", std::process::id());
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "DATA_DIR {} is in use by another control-plane (pid {}); stop it or give this one another DATA_DIR",
+                dir.display(),
+                holder.trim()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("DATA_DIR: cannot lock {}", path.display()))
+        }
     }
 }

@@ -12,7 +12,15 @@ const USAGE: &str = "usage:
       S3_ENDPOINT/S3_BUCKET/AWS_* (without those, logs stay in LOGS_DIR). Safe to run again.";
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
+    // One line per failure (the causes chained), whatever RUST_BACKTRACE says.
+    if let Err(e) = run().await {
+        eprintln!("control-plane: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     control_plane::telemetry::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = match Config::from_env() {
@@ -69,6 +77,19 @@ async fn migrate_store(config: Config, args: &[String]) -> anyhow::Result<()> {
     if from == to {
         anyhow::bail!("--from and --to name the same store ({})", redact(&from));
     }
+    // The source must exist (connecting would create an empty SQLite file) and no node may
+    // be using it meanwhile (it holds the lock of the directory the file is in).
+    let _source_lock = match from.strip_prefix("sqlite://") {
+        Some(path) => {
+            let path = std::path::Path::new(path);
+            if !path.is_file() {
+                anyhow::bail!("--from {}: no such SQLite file", path.display());
+            }
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            Some(control_plane::app::lock_data_dir(dir).context("--from: stop the node using it first")?)
+        }
+        None => None,
+    };
     let source = Store::connect(&from).await.with_context(|| format!("--from {}", redact(&from)))?;
     let target = Store::connect(&to).await.with_context(|| format!("--to {}", redact(&to)))?;
     let logs = match &config.s3 {

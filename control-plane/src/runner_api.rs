@@ -90,6 +90,17 @@ pub(crate) async fn heartbeat(app: App, hb: Heartbeat) -> Option<HeartbeatReply>
             return None;
         }
     };
+    if hb.starting {
+        match runs::end_unheld_on_start(&app, &hb.runner_id, &hb.running).await {
+            Ok(0) => {}
+            Ok(ended) => {
+                tracing::info!(runner_id = %hb.runner_id, ended, "ended attempts the restarted runner had no container for")
+            }
+            Err(e) => {
+                tracing::warn!(runner_id = %hb.runner_id, error = %e, "could not end attempts of a restarted runner")
+            }
+        }
+    }
     let mut reply = HeartbeatReply::default();
     for held in &hb.running {
         match renewed.iter().find(|r| &r.attempt == held) {

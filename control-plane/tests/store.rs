@@ -168,7 +168,7 @@ fn success() -> Outcome {
 }
 
 fn heartbeat(runner: &str, pool: &str, running: Vec<AttemptRef>) -> Heartbeat {
-    Heartbeat { runner_id: runner.into(), version: "1.2.3".into(), pool: pool.into(), slots: 4, running }
+    Heartbeat { runner_id: runner.into(), version: "1.2.3".into(), pool: pool.into(), slots: 4, running, starting: false }
 }
 
 async fn get(store: &Store, id: Uuid) -> Run {

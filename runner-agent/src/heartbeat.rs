@@ -18,7 +18,7 @@ pub async fn run(config: Arc<Config>, link: Arc<dyn ControlLink>, active: Active
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {
-                if beat(&config, link.as_ref(), &active).await {
+                if beat(&config, link.as_ref(), &active, false).await {
                     last_renewal = Instant::now();
                 } else if !active.is_empty() && last_renewal.elapsed() > config.self_fence_after {
                     // Our leases are about to expire and another runner may get the
@@ -32,13 +32,15 @@ pub async fn run(config: Arc<Config>, link: Arc<dyn ControlLink>, active: Active
 }
 
 /// One heartbeat; `true` when the control plane answered (leases renewed).
-pub async fn beat(config: &Config, link: &dyn ControlLink, active: &Active) -> bool {
+/// `starting`: the first one of this process (see [`Heartbeat::starting`]).
+pub async fn beat(config: &Config, link: &dyn ControlLink, active: &Active, starting: bool) -> bool {
     let hb = Heartbeat {
         runner_id: config.runner_id.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         pool: config.pool.clone(),
         slots: config.concurrency,
         running: active.snapshot(),
+        starting,
     };
     match link.heartbeat(&hb).await {
         Ok(reply) => {

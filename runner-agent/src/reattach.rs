@@ -24,12 +24,16 @@ pub async fn adopt_orphans(executor: &Executor, slots: &Arc<Semaphore>) -> usize
         }
     };
     let mut adopted = Vec::new();
+    // Whether every container of this runner was looked at: only then may the first
+    // heartbeat say that what it does not list has no container.
+    let mut complete = true;
     for id in ids {
         let container = match executor.docker.inspect(&id).await {
             Ok(c) => c,
             Err(docker::Error::NotFound(_)) => continue,
             Err(e) => {
                 tracing::warn!(container = %id, error = %e, "cannot inspect a container of this runner; leaving it");
+                complete = false;
                 continue;
             }
         };
@@ -46,20 +50,23 @@ pub async fn adopt_orphans(executor: &Executor, slots: &Arc<Semaphore>) -> usize
         };
         if executor.active.contains(orphan.attempt.run_id) {
             tracing::warn!(container = %id, run_id = %orphan.attempt.run_id, "a second container for one run; leaving it");
+            complete = false;
             continue;
         }
         let stop = executor.active.insert(orphan.attempt.clone());
         adopted.push((orphan, stop));
     }
+    // One heartbeat before anything is published or claimed: it renews the leases of
+    // the adopted attempts at once, tells which ones the control plane gave up on (stale:
+    // their container is removed) or cancelled while this runner was down, and, being
+    // the `starting` one, lets the control plane end at once what this runner held
+    // without a container (claimed, then the process died before creating it).
+    // Unanswered, re-attach anyway; the heartbeat loop and lease expiry will tell.
+    if !heartbeat::beat(&executor.config, executor.link.as_ref(), &executor.active, complete).await {
+        tracing::warn!("control plane did not answer the first heartbeat; re-attaching anyway");
+    }
     if adopted.is_empty() {
         return 0;
-    }
-    // One heartbeat before anything is published: it renews the leases at once and
-    // tells which attempts the control plane gave up on (stale: their container is
-    // removed) or cancelled while this runner was down. Unanswered, re-attach anyway;
-    // the heartbeat loop will tell.
-    if !heartbeat::beat(&executor.config, executor.link.as_ref(), &executor.active).await {
-        tracing::warn!("control plane did not answer the first heartbeat; re-attaching anyway");
     }
     let count = adopted.len();
     for (orphan, stop) in adopted {

@@ -132,6 +132,11 @@ pub struct Heartbeat {
     pub pool: String,
     pub slots: u32,
     pub running: Vec<AttemptRef>,
+    /// The first heartbeat of a runner process, sent after it re-attached to its
+    /// containers and before it claims anything: attempts the store assigns to this
+    /// runner id but `running` does not list have no container and never will.
+    #[serde(default)]
+    pub starting: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -181,7 +181,8 @@ async fn a_populated_single_node_moves_to_postgres_and_s3_and_a_second_run_chang
 
     // A node stopped with a run still running is not moved (that run would be lost).
     let running = env.run_pipeline("counter", &[]).await.id;
-    env.wait_for_status(&running, |r| r.status == "running", RUN).await;
+    // Its container runs (a claim without a container is ended as lost at the restart).
+    env.wait_for_log(&running, "line 1\n", RUN).await;
     env.kill_control_plane(0);
     let refused = migrate_command(&dev, &env, &database_url, &bucket);
     let stderr = String::from_utf8_lossy(&refused.stderr);

@@ -188,3 +188,63 @@ async fn starts_with_no_services_and_says_which_seams_it_uses() {
         listing()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_node_on_the_same_data_dir_refuses_to_start() {
+    let env = TestEnv::start(TestEnvOptions::single_node()).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    let port = listener.local_addr().expect("port").port();
+    drop(listener);
+    let output = std::process::Command::new(env.dev.binary("control-plane"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("DATA_DIR", env.data_dir())
+        .env("LOGS_DIR", env.archive_dir())
+        .env("PIPELINES_DIR", &env.pipelines_dir)
+        .output()
+        .expect("cannot run a second control-plane");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "the second node must fail: {stderr}");
+    assert!(
+        stderr.contains("is in use by another control-plane")
+            && stderr.contains(&format!("pid {}", env.control_plane_pid(0))),
+        "the error names the node holding DATA_DIR: {stderr}"
+    );
+    // The first node is unaffected.
+    assert_eq!(env.cp(0).health().await.status, reqwest::StatusCode::OK);
+}
+
+/// `docker rm -f` of a container (by id), as an operator or a host clean-up would.
+async fn remove_container(id: &str) {
+    let status = tokio::process::Command::new("docker")
+        .args(["rm", "-f", id])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .expect("cannot run docker rm");
+    assert!(status.success(), "docker rm -f {id} failed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_container_vanished_while_the_node_was_down_ends_lost_at_restart() {
+    let mut env = TestEnv::start(TestEnvOptions::single_node()).await;
+    let created = env.run_pipeline("node_restart_lines", &[]).await;
+    env.wait_for_log(&created.id, "line 2\n", RUN).await;
+    env.kill_control_plane(0);
+    let container = only_container(&env, &created.id).await;
+    remove_container(&container).await;
+
+    // The restarted runner has nothing to re-attach to; its first heartbeat says so and the
+    // run ends at once, not when its lease (25 s) would have run out.
+    let restarted = std::time::Instant::now();
+    env.restart_control_plane(0).await;
+    let run = env.wait_final(&created.id, Duration::from_secs(15)).await;
+    assert!(restarted.elapsed() < Duration::from_secs(15), "ended {:?} after the restart", restarted.elapsed());
+    assert_finished(&run, "failed", Some("lost"));
+    let message = run.error_message.clone().unwrap_or_default();
+    assert!(message.contains("restarted and had no container"), "{run:#?}");
+    // What the log had before the crash is kept.
+    let log = String::from_utf8_lossy(&env.logs(&run.id).await).into_owned();
+    assert!(log.starts_with("line 1\nline 2\n"), "the log so far is archived: {log:?}");
+}

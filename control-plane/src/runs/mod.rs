@@ -17,7 +17,9 @@ mod attempts;
 mod repair;
 
 pub use attempts::finish;
-pub use repair::{ReofferError, expire_leases, expire_logs, expire_timeouts, fail_unrunnable, reoffer_stale};
+pub use repair::{
+    ReofferError, end_unheld_on_start, expire_leases, expire_logs, expire_timeouts, fail_unrunnable, reoffer_stale,
+};
 
 const MAX_PARAMS: usize = 64;
 const MAX_PARAM_VALUE_BYTES: usize = 32 * 1024;

@@ -7,7 +7,7 @@ use crate::app::App;
 use crate::logs::archive;
 use crate::store::runs::{Outcome, Run};
 use crate::{bus, store};
-use shared::protocol::CancelNotice;
+use shared::protocol::{AttemptRef, CancelNotice};
 use shared::{FailureReason, RunStatus};
 use std::time::Duration;
 
@@ -32,6 +32,37 @@ pub async fn expire_leases(app: &App) -> Result<usize, Error> {
                 reason: Some(FailureReason::Lost),
                 exit_code: None,
                 error_message: Some(message),
+            }
+        };
+        count += usize::from(take_over(app, &run, &outcome).await?);
+    }
+    Ok(count)
+}
+
+/// A runner process started (its first heartbeat, after re-attaching to its
+/// containers): attempts the store assigns to it that it does not hold have no
+/// container (the previous process died between the claim and the container) and
+/// end now as `lost` (or are retried) instead of waiting for their lease.
+pub async fn end_unheld_on_start(app: &App, runner_id: &str, held: &[AttemptRef]) -> Result<usize, Error> {
+    let mut count = 0;
+    for run in app.store.running_on_runner(runner_id).await? {
+        if held.contains(&run.attempt_ref()) {
+            continue;
+        }
+        tracing::warn!(run_id = %run.id, runner_id, "the runner restarted without a container for this attempt");
+        let outcome = if run.cancel_requested_at.is_some() {
+            Outcome {
+                status: RunStatus::Cancelled,
+                reason: Some(FailureReason::Cancelled),
+                exit_code: None,
+                error_message: None,
+            }
+        } else {
+            Outcome {
+                status: RunStatus::Failed,
+                reason: Some(FailureReason::Lost),
+                exit_code: None,
+                error_message: Some(format!("runner {runner_id} restarted and had no container for the attempt")),
             }
         };
         count += usize::from(take_over(app, &run, &outcome).await?);

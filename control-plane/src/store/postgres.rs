@@ -452,6 +452,18 @@ impl PgStore {
         .await?;
         Ok(runs)
     }
+
+    pub(super) async fn running_on_runner(&self, runner_id: &str) -> Result<Vec<Run>, Error> {
+        let runs = sqlx::query_as::<_, Run>(concat!(
+            "select ",
+            run_columns!(),
+            " from runs where status = 'running' and runner_id = $1"
+        ))
+        .bind(runner_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(runs)
+    }
 }
 
 impl<'r> FromRow<'r, PgRow> for AttemptRecord {

@@ -246,4 +246,9 @@ impl Store {
     pub async fn expired_leases(&self, limit: i64) -> Result<Vec<Run>, Error> {
         dispatch!(self.expired_leases(limit))
     }
+
+    /// Running attempts held by one runner (id), whatever their lease.
+    pub async fn running_on_runner(&self, runner_id: &str) -> Result<Vec<Run>, Error> {
+        dispatch!(self.running_on_runner(runner_id))
+    }
 }

@@ -584,6 +584,18 @@ impl SqliteStore {
         Ok(runs)
     }
 
+    pub(super) async fn running_on_runner(&self, runner_id: &str) -> Result<Vec<Run>, Error> {
+        let runs = sqlx::query_as::<_, Run>(concat!(
+            "select ",
+            run_columns!(),
+            " from runs where status = 'running' and runner_id = $1"
+        ))
+        .bind(runner_id)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(runs)
+    }
+
     pub(super) async fn record_heartbeat(&self, hb: &Heartbeat) -> Result<(), Error> {
         sqlx::query(
             "insert into runners (id, pool, version, slots, running, started_at, last_heartbeat_at)
