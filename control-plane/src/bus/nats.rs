@@ -24,6 +24,10 @@ pub struct NatsBus {
     url: String,
     client: async_nats::Client,
     js: jetstream::Context,
+    /// The code bucket's handle, kept once looked up: the lookup is a JetStream API round
+    /// trip, and `ensure_bundle` runs on every claim. Only a shortcut: when a check through
+    /// it fails, `ensure_bundle` takes the full path (look up or create, check, upload).
+    code_handle: std::sync::Arc<std::sync::Mutex<Option<object_store::ObjectStore>>>,
 }
 
 impl NatsBus {
@@ -36,7 +40,7 @@ impl NatsBus {
             .await
             .map_err(nats("connect"))?;
         let js = jetstream::new(client.clone());
-        let bus = NatsBus { url: url.to_owned(), client, js };
+        let bus = NatsBus { url: url.to_owned(), client, js, code_handle: Default::default() };
         bus.ensure_streams().await?;
         Ok(bus)
     }
@@ -80,17 +84,20 @@ impl NatsBus {
     }
 
     async fn code_store(&self) -> Result<object_store::ObjectStore, Error> {
-        if let Ok(store) = self.js.get_object_store(subjects::CODE_BUCKET).await {
-            return Ok(store);
-        }
-        self.js
-            .create_object_store(object_store::Config {
-                bucket: subjects::CODE_BUCKET.into(),
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(nats("create code bucket"))
+        let store = match self.js.get_object_store(subjects::CODE_BUCKET).await {
+            Ok(store) => store,
+            Err(_) => self
+                .js
+                .create_object_store(object_store::Config {
+                    bucket: subjects::CODE_BUCKET.into(),
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(nats("create code bucket"))?,
+        };
+        *self.code_handle.lock().unwrap_or_else(|e| e.into_inner()) = Some(store.clone());
+        Ok(store)
     }
 
     /// Offers an attempt to the runners of a pool. The first offer is
@@ -130,6 +137,12 @@ impl NatsBus {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Option<Vec<u8>>>,
     {
+        let cached = self.code_handle.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(store) = cached
+            && store.info(&code.digest).await.is_ok()
+        {
+            return Ok(true);
+        }
         let store = self.code_store().await?;
         if store.info(&code.digest).await.is_ok() {
             return Ok(true);
