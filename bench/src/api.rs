@@ -134,6 +134,17 @@ impl Api {
         Ok(status)
     }
 
+    /// Polls the run every `every` until it is final (success, failed or cancelled).
+    pub async fn wait_final(&self, id: &str, every: Duration) -> anyhow::Result<Run> {
+        loop {
+            let run = self.get_run(id).await?;
+            if matches!(run.status.as_str(), "success" | "failed" | "cancelled") {
+                return Ok(run);
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
     /// Follows the run's SSE log stream until `end`; returns the final run.
     pub async fn wait_end(&self, id: &str) -> anyhow::Result<Run> {
         let mut stream = self.stream_logs(id).await?;

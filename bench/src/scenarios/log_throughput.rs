@@ -1,6 +1,7 @@
 //! Log throughput: one run printing `log_bytes` (1 GiB in the full profile).
 //!
-//! Fast-Flow: POST → `end` event (the archive is complete by then); the archive (the S3
+//! Fast-Flow: POST → the run is final (polled every 50 ms; the archive is complete by then,
+//! it is written before the final status); the archive (the S3
 //! object, or the single node's file under LOGS_DIR) is hashed and compared with the
 //! expected bytes; the runner's and control plane's (or the node's) VmRSS are sampled
 //! throughout. Floor: the same container through the Docker API with its output drained
@@ -35,7 +36,10 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let control_plane_rss = PeakSampler::start(ctx.deployment.control_plane_pid());
     let started = Instant::now();
     let run = ctx.api().create_run("bigprint", &[("BYTES", bytes.to_string())]).await?;
-    let done = ctx.api().wait_end(&run.id).await?;
+    // Polled, not followed over SSE: a follower would have every line replayed to it as a
+    // JSON event (17 million for 1 GiB), and encoding and parsing those would take the CPU
+    // from the path being measured. The SSE path has its own scenarios.
+    let done = ctx.api().wait_final(&run.id, Duration::from_millis(50)).await?;
     let elapsed = started.elapsed();
     let runner_peak = runner_rss.stop();
     let control_plane_peak = control_plane_rss.stop();
