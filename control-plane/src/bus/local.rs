@@ -135,14 +135,14 @@ impl LocalBus {
         if let Some(spool) = spools.get(&(run_id, attempt)) {
             return Ok(spool.clone());
         }
-        let spool = Arc::new(Spool::load(self.inner.spool_dir.join(format!("{run_id}.{attempt}.batches")))?);
+        let spool = Arc::new(Spool::load(self.spool_path(run_id, attempt))?);
         spools.insert((run_id, attempt), spool.clone());
         Ok(spool)
     }
 
     pub async fn purge_log(&self, run_id: Uuid, attempt: i32) -> Result<(), Error> {
         let spool = lock(&self.inner.spools).remove(&(run_id, attempt));
-        let path = self.inner.spool_dir.join(format!("{run_id}.{attempt}.batches"));
+        let path = self.spool_path(run_id, attempt);
         if let Some(spool) = spool {
             spool.purge();
         }
@@ -153,8 +153,19 @@ impl LocalBus {
         }
     }
 
+    /// A reader of what is stored now. It does not register the spool (unlike a
+    /// follower, it needs no wake-ups), so reading an archived attempt leaves nothing behind.
     pub async fn log_cursor(&self, run_id: Uuid, attempt: i32) -> Result<LogCursor, Error> {
-        Ok(LogCursor { spool: self.spool(run_id, attempt)?, next: 0 })
+        let known = lock(&self.inner.spools).get(&(run_id, attempt)).cloned();
+        let spool = match known {
+            Some(spool) => spool,
+            None => Arc::new(Spool::load(self.spool_path(run_id, attempt))?),
+        };
+        Ok(LogCursor { spool, next: 0 })
+    }
+
+    fn spool_path(&self, run_id: Uuid, attempt: i32) -> PathBuf {
+        self.inner.spool_dir.join(format!("{run_id}.{attempt}.batches"))
     }
 
     pub async fn follow_log(&self, run_id: Uuid, attempt: i32) -> Result<LogFollower, Error> {
