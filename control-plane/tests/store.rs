@@ -168,7 +168,14 @@ fn success() -> Outcome {
 }
 
 fn heartbeat(runner: &str, pool: &str, running: Vec<AttemptRef>) -> Heartbeat {
-    Heartbeat { runner_id: runner.into(), version: "1.2.3".into(), pool: pool.into(), slots: 4, running, starting: false }
+    Heartbeat {
+        runner_id: runner.into(),
+        version: "1.2.3".into(),
+        pool: pool.into(),
+        slots: 4,
+        running,
+        starting: false,
+    }
 }
 
 async fn get(store: &Store, id: Uuid) -> Run {
@@ -468,6 +475,19 @@ async fn lease_and_timeout_sweeps(store: Store) {
         store.stale_queued(Duration::ZERO, 10).await.expect("stale").into_iter().map(|r| r.0).collect();
     assert_eq!(stale, vec![not_started.id]);
     assert!(store.stale_queued(Duration::from_secs(3600), 10).await.expect("stale").is_empty());
+}
+
+both!(running_on_runner_lists_only_that_runners_running_attempts);
+async fn running_on_runner_lists_only_that_runners_running_attempts(store: Store) {
+    let mine = submit(&store, "p", "default", spec()).await;
+    let other = submit(&store, "p", "default", spec()).await;
+    let queued = submit(&store, "p", "default", spec()).await;
+    let mine = claimed(&store, &mine, "r1", LEASE).await;
+    claimed(&store, &other, "r2", LEASE).await;
+    let held: Vec<Uuid> = store.running_on_runner("r1").await.expect("list").into_iter().map(|r| r.id).collect();
+    assert_eq!(held, vec![mine.id]);
+    assert!(store.running_on_runner("r3").await.expect("list").is_empty());
+    assert!(!held.contains(&queued.id));
 }
 
 both!(fail_unrunnable_without_runners);
