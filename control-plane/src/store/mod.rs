@@ -8,9 +8,18 @@
 /// The columns every run query returns, in `Run::from_row`'s terms (both backends).
 macro_rules! run_columns {
     () => {
-        "id, pipeline_name, pool, status, attempt, trigger, params, spec, runner_id, fencing_token,
+        run_columns!("spec")
+    };
+    // `spec` replaced by an expression: listings skip the job template (the largest column,
+    // never shown by the API) and select a JSON null in its place.
+    ($spec:literal) => {
+        concat!(
+            "id, pipeline_name, pool, status, attempt, trigger, params, ",
+            $spec,
+            " as spec, runner_id, fencing_token,
          cancel_requested_at, cancel_force, waiting_reason, log_expired_at, exit_code, failure_reason, error_message, log_key, log_size_bytes,
          created_at, started_at, finished_at"
+        )
     };
 }
 

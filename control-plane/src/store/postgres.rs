@@ -103,7 +103,7 @@ impl PgStore {
         let (before_ts, before_id) = filter.before.unzip();
         let runs = sqlx::query_as::<_, Run>(concat!(
             "select ",
-            run_columns!(),
+            run_columns!("'null'::jsonb"),
             " from runs
              where ($1::text is null or pipeline_name = $1)
                and ($2::text is null or status = $2)

@@ -135,7 +135,8 @@ impl Store {
         dispatch!(self.get_run(id))
     }
 
-    /// Newest first, keyset-paginated on (created_at, id).
+    /// Newest first, keyset-paginated on (created_at, id). The runs' `spec` is not
+    /// loaded (`null`): a listing never needs the job template.
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, Error> {
         dispatch!(self.list_runs(filter))
     }

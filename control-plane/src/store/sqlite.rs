@@ -226,7 +226,7 @@ impl SqliteStore {
         let (before_ts, before_id) = filter.before.unzip();
         let runs = sqlx::query_as::<_, Run>(concat!(
             "select ",
-            run_columns!(),
+            run_columns!("'null'"),
             " from runs
              where ($1 is null or pipeline_name = $1)
                and ($2 is null or status = $2)
