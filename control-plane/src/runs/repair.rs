@@ -18,23 +18,8 @@ pub async fn expire_leases(app: &App) -> Result<usize, Error> {
     let mut count = 0;
     for run in app.store.expired_leases(100).await? {
         tracing::warn!(run_id = %run.id, runner_id = ?run.runner_id, "lease expired");
-        let outcome = if run.cancel_requested_at.is_some() {
-            Outcome {
-                status: RunStatus::Cancelled,
-                reason: Some(FailureReason::Cancelled),
-                exit_code: None,
-                error_message: None,
-            }
-        } else {
-            let message = format!("runner {} stopped renewing its lease", run.runner_id.as_deref().unwrap_or("?"));
-            Outcome {
-                status: RunStatus::Failed,
-                reason: Some(FailureReason::Lost),
-                exit_code: None,
-                error_message: Some(message),
-            }
-        };
-        count += usize::from(take_over(app, &run, &outcome).await?);
+        let message = format!("runner {} stopped renewing its lease", run.runner_id.as_deref().unwrap_or("?"));
+        count += usize::from(take_over(app, &run, &lost_or_cancelled(&run, message)).await?);
     }
     Ok(count)
 }
@@ -50,24 +35,30 @@ pub async fn end_unheld_on_start(app: &App, runner_id: &str, held: &[AttemptRef]
             continue;
         }
         tracing::warn!(run_id = %run.id, runner_id, "the runner restarted without a container for this attempt");
-        let outcome = if run.cancel_requested_at.is_some() {
-            Outcome {
-                status: RunStatus::Cancelled,
-                reason: Some(FailureReason::Cancelled),
-                exit_code: None,
-                error_message: None,
-            }
-        } else {
-            Outcome {
-                status: RunStatus::Failed,
-                reason: Some(FailureReason::Lost),
-                exit_code: None,
-                error_message: Some(format!("runner {runner_id} restarted and had no container for the attempt")),
-            }
-        };
-        count += usize::from(take_over(app, &run, &outcome).await?);
+        let message = format!("runner {runner_id} restarted and had no container for the attempt");
+        count += usize::from(take_over(app, &run, &lost_or_cancelled(&run, message)).await?);
     }
     Ok(count)
+}
+
+/// How an attempt ends that its runner can no longer report: `cancelled` if a
+/// cancel was pending, else `failed` / `lost` with `message`.
+fn lost_or_cancelled(run: &Run, message: String) -> Outcome {
+    if run.cancel_requested_at.is_some() {
+        Outcome {
+            status: RunStatus::Cancelled,
+            reason: Some(FailureReason::Cancelled),
+            exit_code: None,
+            error_message: None,
+        }
+    } else {
+        Outcome {
+            status: RunStatus::Failed,
+            reason: Some(FailureReason::Lost),
+            exit_code: None,
+            error_message: Some(message),
+        }
+    }
 }
 
 /// Ends attempts whose timeout passed long ago (the runner should have stopped
