@@ -3,6 +3,8 @@
 use crate::api::Run;
 use crate::expected::log_lines;
 use crate::sse::SseTranscript;
+use crate::test_env::TestEnv;
+use std::time::Duration;
 
 /// The three views of a finished run's log agree: `GET …/logs`, the archived log
 /// in the log store (byte for byte), and the SSE stream (ids 1..n in order; its stdout/stderr lines
@@ -62,6 +64,42 @@ pub fn assert_finished(run: &Run, status: &str, failure_reason: Option<&str>) {
         times.windows(2).all(|w| w[0] <= w[1]),
         "timestamps out of order (created <= started <= finished): {run:#?}"
     );
+}
+
+/// The one container of a run (asserts there is exactly one).
+pub async fn only_container(env: &TestEnv, run_id: &str) -> String {
+    let ids = env.docker_containers_with_label(run_id).await;
+    assert_eq!(ids.len(), 1, "run {run_id} should have exactly one container: {ids:?}");
+    ids[0].clone()
+}
+
+/// Polls `docker inspect` until the container's `State.Running` is `running`; returns the state.
+pub async fn wait_container_running(env: &TestEnv, id: &str, running: bool, timeout: Duration) -> serde_json::Value {
+    crate::poll_until(
+        &format!("container {id} to have State.Running = {running}"),
+        timeout,
+        Duration::from_millis(200),
+        || async move {
+            let info = env.docker_inspect(id).await.ok_or_else(|| "container is gone".to_string())?;
+            let state = info["State"].clone();
+            if state["Running"].as_bool() == Some(running) { Ok(state) } else { Err(format!("{state}")) }
+        },
+    )
+    .await
+}
+
+/// The runner removes a reported run's container once the control plane has its log.
+pub async fn wait_containers_removed(env: &TestEnv, run_id: &str) {
+    crate::poll_until(
+        &format!("the containers of run {run_id} to be removed"),
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async move {
+            let ids = env.docker_containers_with_label(run_id).await;
+            if ids.is_empty() { Ok(()) } else { Err(format!("{ids:?}")) }
+        },
+    )
+    .await
 }
 
 #[cfg(test)]

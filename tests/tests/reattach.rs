@@ -5,49 +5,15 @@
 
 use std::time::Duration;
 
-use tests::checks::{assert_finished, assert_logs_agree};
-use tests::{TestEnv, TestEnvOptions, poll_until};
+use tests::checks::{
+    assert_finished, assert_logs_agree, only_container, wait_container_running, wait_containers_removed,
+};
+use tests::{TestEnv, TestEnvOptions};
 
 const RUN: Duration = Duration::from_secs(90);
 
 fn numbered_lines(n: usize) -> String {
     (1..=n).map(|i| format!("line {i}\n")).collect()
-}
-
-/// The one container of a run (asserts there is exactly one).
-async fn only_container(env: &TestEnv, run_id: &str) -> String {
-    let ids = env.docker_containers_with_label(run_id).await;
-    assert_eq!(ids.len(), 1, "run {run_id} should have exactly one container: {ids:?}");
-    ids[0].clone()
-}
-
-/// Polls `docker inspect` until the container's `State.Running` is `running`; returns the state.
-async fn wait_container_running(env: &TestEnv, id: &str, running: bool, timeout: Duration) -> serde_json::Value {
-    poll_until(
-        &format!("container {id} to have State.Running = {running}"),
-        timeout,
-        Duration::from_millis(200),
-        || async move {
-            let info = env.docker_inspect(id).await.ok_or_else(|| "container is gone".to_string())?;
-            let state = info["State"].clone();
-            if state["Running"].as_bool() == Some(running) { Ok(state) } else { Err(format!("{state}")) }
-        },
-    )
-    .await
-}
-
-/// The runner removes a reported run's container once the control plane has its log.
-async fn wait_containers_removed(env: &TestEnv, run_id: &str) {
-    poll_until(
-        &format!("the containers of run {run_id} to be removed"),
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        || async move {
-            let ids = env.docker_containers_with_label(run_id).await;
-            if ids.is_empty() { Ok(()) } else { Err(format!("{ids:?}")) }
-        },
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

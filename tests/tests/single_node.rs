@@ -10,9 +10,10 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-use tests::checks::{assert_finished, assert_logs_agree};
-use tests::{TestEnv, TestEnvOptions, poll_until};
+use tests::checks::{
+    assert_finished, assert_logs_agree, only_container, wait_container_running, wait_containers_removed,
+};
+use tests::{TestEnv, TestEnvOptions};
 
 const RUN: Duration = Duration::from_secs(90);
 /// How long the node stays down after the kill.
@@ -21,42 +22,6 @@ const DOWN: Duration = Duration::from_secs(2);
 /// `line 1\n` … `line {n}\n`: what the `node_restart_*` fixtures print.
 fn numbered_lines(n: usize) -> String {
     (1..=n).map(|i| format!("line {i}\n")).collect()
-}
-
-/// The one container of a run (asserts there is exactly one).
-async fn only_container(env: &TestEnv, run_id: &str) -> String {
-    let ids = env.docker_containers_with_label(run_id).await;
-    assert_eq!(ids.len(), 1, "run {run_id} should have exactly one container: {ids:?}");
-    ids[0].clone()
-}
-
-/// Polls `docker inspect` until the container's `State.Running` is `running`; returns the state.
-async fn wait_container_running(env: &TestEnv, id: &str, running: bool, timeout: Duration) -> Value {
-    poll_until(
-        &format!("container {id} to have State.Running = {running}"),
-        timeout,
-        Duration::from_millis(200),
-        || async move {
-            let info = env.docker_inspect(id).await.ok_or_else(|| "container is gone".to_string())?;
-            let state = info["State"].clone();
-            if state["Running"].as_bool() == Some(running) { Ok(state) } else { Err(format!("{state}")) }
-        },
-    )
-    .await
-}
-
-/// The node removes a reported run's container once its log is archived.
-async fn wait_containers_removed(env: &TestEnv, run_id: &str) {
-    poll_until(
-        &format!("the containers of run {run_id} to be removed"),
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        || async move {
-            let ids = env.docker_containers_with_label(run_id).await;
-            if ids.is_empty() { Ok(()) } else { Err(format!("{ids:?}")) }
-        },
-    )
-    .await
 }
 
 /// The finished run's log is exactly `expected` over HTTP, in the archive (the file
