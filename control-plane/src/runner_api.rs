@@ -9,7 +9,10 @@ use crate::runs;
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use shared::protocol::{CancelNotice, ClaimReply, ClaimRequest, ExitReply, ExitReport, Heartbeat, HeartbeatReply};
+use shared::protocol::{
+    CancelNotice, ClaimBatchReply, ClaimBatchRequest, ClaimReply, ClaimRequest, ExitReply, ExitReport, Heartbeat,
+    HeartbeatReply,
+};
 use shared::subjects;
 use std::future::Future;
 use tokio_util::sync::CancellationToken;
@@ -17,12 +20,18 @@ use tokio_util::sync::CancellationToken;
 pub async fn serve(app: App, bus: NatsBus, shutdown: CancellationToken) -> anyhow::Result<()> {
     let client = bus.client().clone();
     let mut claims = client.queue_subscribe(subjects::CLAIM, subjects::CONTROL_PLANE_QUEUE.into()).await?;
+    let mut claim_batches = client.queue_subscribe(subjects::CLAIM_BATCH, subjects::CONTROL_PLANE_QUEUE.into()).await?;
     let mut exits = client.queue_subscribe(subjects::EXIT, subjects::CONTROL_PLANE_QUEUE.into()).await?;
     let mut heartbeats = client.queue_subscribe(subjects::HEARTBEAT, subjects::CONTROL_PLANE_QUEUE.into()).await?;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             Some(msg) = claims.next() => spawn_reply(&app, &client, msg, handle_claim),
+            Some(msg) = claim_batches.next() => {
+                // A quarter of the server's limit stays free for the reply's framing.
+                let max_reply = client.server_info().max_payload / 4 * 3;
+                spawn_reply(&app, &client, msg, move |app, req| handle_claim_batch(app, req, max_reply))
+            }
             Some(msg) = exits.next() => spawn_reply(&app, &client, msg, handle_exit),
             Some(msg) = heartbeats.next() => spawn_reply(&app, &client, msg, heartbeat),
             else => return Ok(()),
@@ -67,6 +76,16 @@ async fn handle_claim(app: App, req: ClaimRequest) -> Option<ClaimReply> {
         Ok(reply) => Some(reply),
         Err(e) => {
             tracing::warn!(run_id = %req.run_id, error = %e, "claim failed");
+            None
+        }
+    }
+}
+
+async fn handle_claim_batch(app: App, req: ClaimBatchRequest, max_reply_bytes: usize) -> Option<ClaimBatchReply> {
+    match runs::claim_batch(&app, &req.runner_id, &req.offers, Some(max_reply_bytes)).await {
+        Ok(replies) => Some(ClaimBatchReply { replies }),
+        Err(e) => {
+            tracing::warn!(runner_id = %req.runner_id, offers = req.offers.len(), error = %e, "claim batch failed");
             None
         }
     }

@@ -283,6 +283,58 @@ async fn claim_exactly_once(store: Store) {
     assert!(matches!(store.claim(&wrong_attempt).await.expect("claim"), ClaimResult::Gone));
 }
 
+both!(claim_batch_in_one_transaction);
+async fn claim_batch_in_one_transaction(store: Store) {
+    let runs = [
+        submit(&store, "p", "default", spec()).await,
+        submit(&store, "p", "default", spec()).await,
+        submit(&store, "p", "default", spec()).await,
+        submit(&store, "p", "default", spec()).await,
+    ];
+    let fetched = store.get_runs(&[runs[2].id, runs[0].id, Uuid::new_v4()]).await.expect("get_runs");
+    let mut fetched_ids: Vec<Uuid> = fetched.iter().map(|r| r.id).collect();
+    fetched_ids.sort();
+    let mut expected = vec![runs[0].id, runs[2].id];
+    expected.sort();
+    assert_eq!(fetched_ids, expected, "the known runs, the unknown id left out");
+    assert!(store.get_runs(&[]).await.expect("get_runs of none").is_empty());
+
+    claimed(&store, &runs[1], "runner-x", LEASE).await;
+    let mut wrong_attempt = claim_of(&runs[3], "runner-a", LEASE);
+    wrong_attempt.attempt = 2;
+    let batch = [claim_of(&runs[0], "runner-a", LEASE), claim_of(&runs[1], "runner-a", LEASE), wrong_attempt];
+    let results = store.claim_batch(&batch).await.expect("claim_batch");
+    assert_eq!(results.len(), 3, "one result per claim, in order");
+    match &results[0] {
+        ClaimResult::Granted(run) => {
+            assert_eq!(run.id, runs[0].id);
+            assert_eq!(run.runner_id.as_deref(), Some("runner-a"));
+            assert_eq!(run.fencing_token, 1);
+        }
+        _ => panic!("the queued run is granted"),
+    }
+    assert!(matches!(results[1], ClaimResult::Gone), "claimed by runner-x before");
+    assert!(matches!(results[2], ClaimResult::Gone), "another attempt number");
+    assert_eq!(get(&store, runs[1].id).await.runner_id.as_deref(), Some("runner-x"));
+    assert_eq!(get(&store, runs[3].id).await.status, RunStatus::Queued);
+
+    // Under a limit the claims of one batch count each other: 2 running + 1 granted = 3.
+    let more = [
+        submit(&store, "p", "default", spec()).await,
+        submit(&store, "p", "default", spec()).await,
+    ];
+    let limited: Vec<Claim> = [&runs[3], &more[0], &more[1]]
+        .into_iter()
+        .map(|run| Claim { max_running: Some(3), ..claim_of(run, "runner-b", LEASE) })
+        .collect();
+    let results = store.claim_batch(&limited).await.expect("limited claim_batch");
+    assert!(matches!(results[0], ClaimResult::Granted(_)));
+    assert!(matches!(results[1], ClaimResult::Waiting("max_concurrent_runs")));
+    assert!(matches!(results[2], ClaimResult::Waiting("max_concurrent_runs")));
+    assert_eq!(get(&store, more[1].id).await.waiting_reason.as_deref(), Some("max_concurrent_runs"));
+    assert_eq!(store.count_active("p").await.expect("count"), (6, 6));
+}
+
 both!(concurrency_limits);
 async fn concurrency_limits(store: Store) {
     let a = submit(&store, "p", "default", spec()).await;

@@ -21,6 +21,22 @@ pub struct ClaimRequest {
     pub runner_id: String,
 }
 
+/// Several offers claimed in one exchange (and, on the control plane, in one
+/// transaction): how a runner with many free slots claims fast.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimBatchRequest {
+    pub runner_id: String,
+    pub offers: Vec<JobOffer>,
+}
+
+/// One answer per offer, in the request's order. It may be shorter than the
+/// request: the offers past its end were not decided (the reply would have
+/// been too large) and are offered again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimBatchReply {
+    pub replies: Vec<ClaimReply>,
+}
+
 // The large variant is the common one, decoded once per claim: boxing buys nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -11,7 +11,10 @@ pub const CODE_BUCKET: &str = "fastflow-code";
 /// Queue group of the control-plane replicas for runner requests.
 pub const CONTROL_PLANE_QUEUE: &str = "control-plane";
 
+/// One claim per request (kept for runners of earlier releases and tools).
 pub const CLAIM: &str = "ff.claim";
+/// Several claims per request ([`crate::protocol::ClaimBatchRequest`]): what runners use.
+pub const CLAIM_BATCH: &str = "ff.claim-batch";
 pub const EXIT: &str = "ff.exit";
 pub const HEARTBEAT: &str = "ff.heartbeat";
 

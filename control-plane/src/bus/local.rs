@@ -12,8 +12,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use runner_agent::link::{ControlLink, LinkError, LogAck, Offer, OfferHandle};
 use shared::protocol::{
-    AttemptRef, CancelNotice, ClaimReply, ClaimRequest, CodeBundleRef, ExitReply, ExitReport, Heartbeat,
-    HeartbeatReply, JobOffer,
+    AttemptRef, CancelNotice, ClaimReply, CodeBundleRef, ExitReply, ExitReport, Heartbeat, HeartbeatReply, JobOffer,
 };
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
@@ -92,18 +91,29 @@ impl LocalBus {
     }
 
     /// The next offer of `pool`, waiting up to [`OFFER_WAIT`].
+    #[cfg(test)]
     async fn next_offer(&self, pool: &str) -> Option<JobOffer> {
+        self.next_offers(pool, 1).await.pop()
+    }
+
+    /// Up to `max` offers of `pool`: those queued now, or else the first to
+    /// come within [`OFFER_WAIT`] (empty when none came).
+    async fn next_offers(&self, pool: &str, max: usize) -> Vec<JobOffer> {
         let deadline = tokio::time::Instant::now() + OFFER_WAIT;
         loop {
             // Register before looking, so an offer in between is not missed.
             let notified = self.inner.offered.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(job) = lock(&self.inner.offers).queues.get_mut(pool).and_then(VecDeque::pop_front) {
-                return Some(job);
+            {
+                let mut offers = lock(&self.inner.offers);
+                if let Some(queue) = offers.queues.get_mut(pool).filter(|q| !q.is_empty()) {
+                    let n = max.max(1).min(queue.len());
+                    return queue.drain(..n).collect();
+                }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return None;
+                return Vec::new();
             }
         }
     }
@@ -422,17 +432,19 @@ impl OfferHandle for LocalOffer {
 
 #[async_trait::async_trait]
 impl ControlLink for LocalLink {
-    async fn next_offer(&self, pool: &str) -> Result<Option<Offer>, LinkError> {
-        Ok(self.bus.next_offer(pool).await.map(|job| Offer {
-            job: job.clone(),
-            handle: Box::new(LocalOffer { bus: self.bus.clone(), pool: pool.to_owned(), job }),
-        }))
+    async fn next_offers(&self, pool: &str, max: usize) -> Result<Vec<Offer>, LinkError> {
+        let jobs = self.bus.next_offers(pool, max).await;
+        Ok(jobs
+            .into_iter()
+            .map(|job| Offer {
+                job: job.clone(),
+                handle: Box::new(LocalOffer { bus: self.bus.clone(), pool: pool.to_owned(), job }),
+            })
+            .collect())
     }
 
-    async fn claim(&self, request: &ClaimRequest) -> Result<ClaimReply, LinkError> {
-        runs::claim(&self.app, request.run_id, request.attempt, &request.runner_id)
-            .await
-            .map_err(|e| LinkError::new("claim", e))
+    async fn claim_batch(&self, runner_id: &str, offers: &[JobOffer]) -> Result<Vec<ClaimReply>, LinkError> {
+        runs::claim_batch(&self.app, runner_id, offers, None).await.map_err(|e| LinkError::new("claim", e))
     }
 
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<HeartbeatReply, LinkError> {

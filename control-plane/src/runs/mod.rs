@@ -8,9 +8,9 @@ use crate::store;
 use crate::store::runs::{Claim, ClaimResult};
 use crate::store::runs::{NewRun, Run};
 use serde::{Deserialize, Serialize};
-use shared::protocol::{CancelNotice, ClaimReply, CodeBundleRef, JobSpec};
+use shared::protocol::{CancelNotice, ClaimReply, CodeBundleRef, JobOffer, JobSpec};
 use shared::{FailureReason, RunStatus};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
 mod attempts;
@@ -208,40 +208,115 @@ pub async fn cancel(app: &App, id: Uuid, force: bool) -> Result<Run, Error> {
 /// A runner's claim: one conditional update decides; the code bundle is made
 /// available before the grant so the runner can always fetch it.
 pub async fn claim(app: &App, run_id: Uuid, attempt: i32, runner_id: &str) -> Result<ClaimReply, Error> {
-    let refused = |reason: String| Ok(ClaimReply::Refused { reason });
-    let Some(run) = app.store.get_run(run_id).await? else { return refused("unknown run".into()) };
-    if run.status != RunStatus::Queued || run.attempt != attempt {
-        return refused(format!("run is {} (attempt {})", run.status, run.attempt));
-    }
-    let template = template_of(&run)?;
-    if let Some(code) = &template.code {
-        let store = app.store.clone();
-        let digest = code.digest.clone();
-        let available =
-            app.bus.ensure_bundle(code, || async move { store.load_bundle(&digest).await.ok().flatten() }).await;
-        match available {
-            Ok(true) => {}
-            Ok(false) => tracing::error!(%run_id, digest = %code.digest, "code bundle missing from the database"),
-            Err(e) => return refused(format!("code bundle unavailable: {e}")),
+    let mut replies = claim_batch(app, runner_id, &[JobOffer { run_id, attempt }], None).await?;
+    Ok(replies.pop().unwrap_or_else(|| ClaimReply::Refused { reason: "not decided".into() }))
+}
+
+/// JSON bytes a granted job adds to a reply beyond its template (ids, token, name).
+const JOB_OVERHEAD_BYTES: usize = 512;
+
+/// Claims several offers for one runner: the runs are read in one query, each
+/// distinct code bundle checked once, and the claims made in one transaction.
+/// The replies follow the offers' order. With `max_reply_bytes`, only the
+/// offers whose jobs fit are decided; the reply is shorter than the request
+/// and the runner offers the rest again.
+pub async fn claim_batch(
+    app: &App,
+    runner_id: &str,
+    offers: &[JobOffer],
+    max_reply_bytes: Option<usize>,
+) -> Result<Vec<ClaimReply>, Error> {
+    let ids: Vec<Uuid> = offers.iter().map(|o| o.run_id).collect();
+    let runs: HashMap<Uuid, Run> = app.store.get_runs(&ids).await?.into_iter().map(|r| (r.id, r)).collect();
+    let mut bundles: HashMap<String, Result<(), String>> = HashMap::new();
+    let mut replies: Vec<Option<ClaimReply>> = Vec::with_capacity(offers.len());
+    // The claimable offers: (index in `offers`, run, template).
+    let mut claimable: Vec<(usize, &Run, JobTemplate)> = Vec::new();
+    let mut reply_bytes = 0usize;
+    for (i, offer) in offers.iter().enumerate() {
+        let refused = |reason: String| Some(ClaimReply::Refused { reason });
+        let Some(run) = runs.get(&offer.run_id) else {
+            replies.push(refused("unknown run".into()));
+            continue;
+        };
+        if run.status != RunStatus::Queued || run.attempt != offer.attempt {
+            replies.push(refused(format!("run is {} (attempt {})", run.status, run.attempt)));
+            continue;
         }
-    }
-    let claim = Claim {
-        run_id,
-        attempt,
-        runner_id,
-        pipeline_name: &run.pipeline_name,
-        lease: app.config.lease,
-        max_running: app.config.max_concurrent_runs,
-        max_running_of_pipeline: template.max_concurrent.map(i64::from),
-    };
-    match app.store.claim(&claim).await? {
-        ClaimResult::Granted(run) => {
-            tracing::info!(%run_id, runner_id, "run claimed");
-            Ok(ClaimReply::Granted { job: template.into_job(&run) })
+        let template = match template_of(run) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(run_id = %run.id, error = %e, "cannot claim: the run's spec is unreadable");
+                replies.push(refused(e.to_string()));
+                continue;
+            }
+        };
+        if let Some(max) = max_reply_bytes {
+            let size = serde_json::to_vec(&template).map(|v| v.len()).unwrap_or(0) + JOB_OVERHEAD_BYTES;
+            // The first offer is always decided, so a runner is never stuck on it.
+            if i > 0 && reply_bytes + size > max {
+                break;
+            }
+            reply_bytes += size;
         }
-        // Offered again as soon as a slot frees (see `after_final`).
-        ClaimResult::Waiting(reason) => refused(format!("waiting: {reason}")),
-        ClaimResult::Gone => refused("run was claimed or cancelled meanwhile".into()),
+        if let Some(code) = &template.code {
+            let checked = match bundles.get(&code.digest) {
+                Some(checked) => checked.clone(),
+                None => {
+                    let checked = check_bundle(app, run.id, code).await;
+                    bundles.insert(code.digest.clone(), checked.clone());
+                    checked
+                }
+            };
+            if let Err(reason) = checked {
+                replies.push(refused(reason));
+                continue;
+            }
+        }
+        replies.push(None);
+        claimable.push((i, run, template));
+    }
+    let claims: Vec<Claim> = claimable
+        .iter()
+        .map(|(_, run, template)| Claim {
+            run_id: run.id,
+            attempt: run.attempt,
+            runner_id,
+            pipeline_name: &run.pipeline_name,
+            lease: app.config.lease,
+            max_running: app.config.max_concurrent_runs,
+            max_running_of_pipeline: template.max_concurrent.map(i64::from),
+        })
+        .collect();
+    let results = if claims.is_empty() { Vec::new() } else { app.store.claim_batch(&claims).await? };
+    for ((i, _, template), result) in claimable.into_iter().zip(results) {
+        replies[i] = Some(match result {
+            ClaimResult::Granted(run) => {
+                tracing::info!(run_id = %run.id, runner_id, "run claimed");
+                ClaimReply::Granted { job: template.into_job(&run) }
+            }
+            // Offered again as soon as a slot frees (see `after_final`).
+            ClaimResult::Waiting(reason) => ClaimReply::Refused { reason: format!("waiting: {reason}") },
+            ClaimResult::Gone => ClaimReply::Refused { reason: "run was claimed or cancelled meanwhile".into() },
+        });
+    }
+    // Every pushed entry is decided now; the loop may have stopped early (size).
+    Ok(replies.into_iter().map_while(|r| r).collect())
+}
+
+/// Whether a code bundle can be fetched by runners (the bus holds it, or it
+/// was re-published from the database). `Err`: the refusal reason.
+async fn check_bundle(app: &App, run_id: Uuid, code: &CodeBundleRef) -> Result<(), String> {
+    let store = app.store.clone();
+    let digest = code.digest.clone();
+    match app.bus.ensure_bundle(code, || async move { store.load_bundle(&digest).await.ok().flatten() }).await {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            // As before: the runner reports the missing bundle as the run's failure.
+            tracing::error!(%run_id, digest = %code.digest, "code bundle missing from the database");
+            Ok(())
+        }
+        Err(e) => Err(format!("code bundle unavailable: {e}")),
     }
 }
 

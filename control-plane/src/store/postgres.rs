@@ -125,43 +125,54 @@ impl PgStore {
     /// and the concurrency limits leave room, handing out a fresh fencing token
     /// and a lease. Claims are serialised by a transaction-scoped advisory lock
     /// so two replicas cannot both take the last free slot.
-    pub(super) async fn claim(&self, claim: &Claim<'_>) -> Result<ClaimResult, Error> {
+    pub(super) async fn get_runs(&self, ids: &[Uuid]) -> Result<Vec<Run>, Error> {
+        let runs = sqlx::query_as::<_, Run>(concat!("select ", run_columns!(), " from runs where id = any($1)"))
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(runs)
+    }
+
+    /// All claims in one transaction. The advisory lock (which serialises
+    /// claims across replicas) is taken only when a concurrency limit applies:
+    /// without one, the conditional `update` alone decides, and concurrent
+    /// claims of different runs do not wait for each other.
+    pub(super) async fn claim_batch(&self, claims: &[Claim<'_>]) -> Result<Vec<ClaimResult>, Error> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("select pg_advisory_xact_lock($1)").bind(CLAIM_LOCK).execute(&mut *tx).await?;
-        let (running, running_here): (i64, i64) = sqlx::query_as(
-            "select count(*), count(*) filter (where pipeline_name = $1) from runs where status = 'running'",
-        )
-        .bind(claim.pipeline_name)
-        .fetch_one(&mut *tx)
-        .await?;
-        let blocked_by = if claim.max_running.is_some_and(|max| running >= max) {
-            Some("max_concurrent_runs")
-        } else if claim.max_running_of_pipeline.is_some_and(|max| running_here >= max) {
-            Some("pipeline_max_concurrent")
-        } else {
-            None
-        };
-        let (not_before,): (Option<DateTime<Utc>>,) =
-            sqlx::query_as("select case when not_before > now() then not_before end from runs where id = $1")
-                .bind(claim.run_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .unwrap_or((None,));
-        let blocked_by = if not_before.is_some() { Some("retry_backoff") } else { blocked_by };
-        if let Some(reason) = blocked_by {
-            sqlx::query("update runs set waiting_reason = $3 where id = $1 and attempt = $2 and status = 'queued'")
-                .bind(claim.run_id)
-                .bind(claim.attempt)
-                .bind(reason)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            return Ok(ClaimResult::Waiting(reason));
+        if claims.iter().any(Claim::is_limited) {
+            sqlx::query("select pg_advisory_xact_lock($1)").bind(CLAIM_LOCK).execute(&mut *tx).await?;
+        }
+        let mut results = Vec::with_capacity(claims.len());
+        for claim in claims {
+            results.push(Self::claim_in(&mut tx, claim).await?);
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    async fn claim_in(tx: &mut sqlx::PgConnection, claim: &Claim<'_>) -> Result<ClaimResult, Error> {
+        if claim.is_limited() {
+            let (running, running_here): (i64, i64) = sqlx::query_as(
+                "select count(*), count(*) filter (where pipeline_name = $1) from runs where status = 'running'",
+            )
+            .bind(claim.pipeline_name)
+            .fetch_one(&mut *tx)
+            .await?;
+            let blocked_by = if claim.max_running.is_some_and(|max| running >= max) {
+                Some("max_concurrent_runs")
+            } else if claim.max_running_of_pipeline.is_some_and(|max| running_here >= max) {
+                Some("pipeline_max_concurrent")
+            } else {
+                None
+            };
+            if let Some(reason) = blocked_by {
+                return Self::hold_back(tx, claim, reason).await;
+            }
         }
         let run = sqlx::query_as::<_, Run>(concat!(
             "update runs set status = 'running', runner_id = $3, fencing_token = fencing_token + 1,
                  lease_expires_at = now() + make_interval(secs => $4), started_at = now(), waiting_reason = null
-             where id = $1 and attempt = $2 and status = 'queued'
+             where id = $1 and attempt = $2 and status = 'queued' and (not_before is null or not_before <= now())
              returning ",
             run_columns!()
         ))
@@ -171,11 +182,34 @@ impl PgStore {
         .bind(secs(claim.lease))
         .fetch_optional(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(match run {
-            Some(run) => ClaimResult::Granted(Box::new(run)),
-            None => ClaimResult::Gone,
-        })
+        if let Some(run) = run {
+            return Ok(ClaimResult::Granted(Box::new(run)));
+        }
+        // Not claimable: still backing off before a retry, or no longer queued.
+        let backing_off: Option<(i32,)> =
+            sqlx::query_as("select attempt from runs where id = $1 and status = 'queued' and not_before > now()")
+                .bind(claim.run_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match backing_off {
+            Some((attempt,)) if attempt == claim.attempt => Self::hold_back(tx, claim, "retry_backoff").await,
+            _ => Ok(ClaimResult::Gone),
+        }
+    }
+
+    /// The run stays queued, marked with why.
+    async fn hold_back(
+        tx: &mut sqlx::PgConnection,
+        claim: &Claim<'_>,
+        reason: &'static str,
+    ) -> Result<ClaimResult, Error> {
+        sqlx::query("update runs set waiting_reason = $3 where id = $1 and attempt = $2 and status = 'queued'")
+            .bind(claim.run_id)
+            .bind(claim.attempt)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+        Ok(ClaimResult::Waiting(reason))
     }
 
     /// Runs executing or waiting now, overall and of one pipeline.

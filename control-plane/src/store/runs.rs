@@ -95,6 +95,13 @@ pub struct Claim<'a> {
     pub max_running_of_pipeline: Option<i64>,
 }
 
+impl Claim<'_> {
+    /// A concurrency limit applies, so the claim must see an exact count of running runs.
+    pub fn is_limited(&self) -> bool {
+        self.max_running.is_some() || self.max_running_of_pipeline.is_some()
+    }
+}
+
 pub enum ClaimResult {
     Granted(Box<Run>),
     /// A concurrency limit is reached; the run stays queued with this reason.
@@ -141,13 +148,24 @@ impl Store {
         dispatch!(self.list_runs(filter))
     }
 
-    /// The claim: succeeds for exactly one caller while the attempt is queued
-    /// and the concurrency limits leave room, handing out a fresh fencing token
-    /// and a lease. Claims are serialised (Postgres: a transaction-scoped
-    /// advisory lock; SQLite: the single writer connection) so two replicas
-    /// cannot both take the last free slot.
+    /// These runs (any order; unknown ids are left out).
+    pub async fn get_runs(&self, ids: &[Uuid]) -> Result<Vec<Run>, Error> {
+        dispatch!(self.get_runs(ids))
+    }
+
+    /// The claim: succeeds for exactly one caller while the attempt is queued,
+    /// not backing off, and the concurrency limits leave room, handing out a
+    /// fresh fencing token and a lease. Claims under a limit are serialised
+    /// (Postgres: a transaction-scoped advisory lock; SQLite: the single writer
+    /// connection) so two replicas cannot both take the last free slot.
     pub async fn claim(&self, claim: &Claim<'_>) -> Result<ClaimResult, Error> {
-        dispatch!(self.claim(claim))
+        let mut results = self.claim_batch(std::slice::from_ref(claim)).await?;
+        results.pop().ok_or_else(|| Error::Corrupt("a claim without a result".into()))
+    }
+
+    /// Several claims in one transaction (one commit), results in their order.
+    pub async fn claim_batch(&self, claims: &[Claim<'_>]) -> Result<Vec<ClaimResult>, Error> {
+        dispatch!(self.claim_batch(claims))
     }
 
     /// Runs executing or waiting now, overall and of one pipeline.

@@ -245,44 +245,56 @@ impl SqliteStore {
     }
 
     /// The single writer connection serialises claims (no advisory lock needed).
-    pub(super) async fn claim(&self, claim: &Claim<'_>) -> Result<ClaimResult, Error> {
-        let now = now();
-        let id = text(claim.run_id);
-        let mut tx = self.writer.begin_with(BEGIN).await?;
-        let (running, running_here): (i64, i64) = sqlx::query_as(
-            "select count(*), count(*) filter (where pipeline_name = $1) from runs where status = 'running'",
-        )
-        .bind(claim.pipeline_name)
-        .fetch_one(&mut *tx)
+    pub(super) async fn get_runs(&self, ids: &[Uuid]) -> Result<Vec<Run>, Error> {
+        let ids = serde_json::Value::from(ids.iter().map(|id| text(*id)).collect::<Vec<_>>()).to_string();
+        let runs = sqlx::query_as::<_, Run>(concat!(
+            "select ",
+            run_columns!(),
+            " from runs where id in (select value from json_each($1))"
+        ))
+        .bind(ids)
+        .fetch_all(&self.reader)
         .await?;
-        let blocked_by = if claim.max_running.is_some_and(|max| running >= max) {
-            Some("max_concurrent_runs")
-        } else if claim.max_running_of_pipeline.is_some_and(|max| running_here >= max) {
-            Some("pipeline_max_concurrent")
-        } else {
-            None
-        };
-        let backing_off: Option<(i64,)> =
-            sqlx::query_as("select not_before from runs where id = $1 and not_before > $2")
-                .bind(&id)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let blocked_by = if backing_off.is_some() { Some("retry_backoff") } else { blocked_by };
-        if let Some(reason) = blocked_by {
-            sqlx::query("update runs set waiting_reason = $3 where id = $1 and attempt = $2 and status = 'queued'")
-                .bind(&id)
-                .bind(claim.attempt)
-                .bind(reason)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            return Ok(ClaimResult::Waiting(reason));
+        Ok(runs)
+    }
+
+    /// All claims in one transaction on the writer: one commit (one WAL fsync)
+    /// for the whole batch. The writer serialises claims, so the counts are exact.
+    pub(super) async fn claim_batch(&self, claims: &[Claim<'_>]) -> Result<Vec<ClaimResult>, Error> {
+        let now = now();
+        let mut tx = self.writer.begin_with(BEGIN).await?;
+        let mut results = Vec::with_capacity(claims.len());
+        for claim in claims {
+            results.push(Self::claim_in(&mut tx, claim, now).await?);
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    async fn claim_in(tx: &mut sqlx::SqliteConnection, claim: &Claim<'_>, now: i64) -> Result<ClaimResult, Error> {
+        let id = text(claim.run_id);
+        if claim.is_limited() {
+            let (running, running_here): (i64, i64) = sqlx::query_as(
+                "select count(*), count(*) filter (where pipeline_name = $1) from runs where status = 'running'",
+            )
+            .bind(claim.pipeline_name)
+            .fetch_one(&mut *tx)
+            .await?;
+            let blocked_by = if claim.max_running.is_some_and(|max| running >= max) {
+                Some("max_concurrent_runs")
+            } else if claim.max_running_of_pipeline.is_some_and(|max| running_here >= max) {
+                Some("pipeline_max_concurrent")
+            } else {
+                None
+            };
+            if let Some(reason) = blocked_by {
+                return Self::hold_back(tx, &id, claim.attempt, reason).await;
+            }
         }
         let run = sqlx::query_as::<_, Run>(concat!(
             "update runs set status = 'running', runner_id = $3, fencing_token = fencing_token + 1,
                  lease_expires_at = $4, started_at = $5, waiting_reason = null
-             where id = $1 and attempt = $2 and status = 'queued'
+             where id = $1 and attempt = $2 and status = 'queued' and (not_before is null or not_before <= $5)
              returning ",
             run_columns!()
         ))
@@ -293,11 +305,38 @@ impl SqliteStore {
         .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(match run {
-            Some(run) => ClaimResult::Granted(Box::new(run)),
-            None => ClaimResult::Gone,
-        })
+        if let Some(run) = run {
+            return Ok(ClaimResult::Granted(Box::new(run)));
+        }
+        // Not claimable: still backing off before a retry, or no longer queued.
+        let backing_off: Option<(i32,)> =
+            sqlx::query_as("select attempt from runs where id = $1 and status = 'queued' and not_before > $2")
+                .bind(&id)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match backing_off {
+            Some((attempt,)) if attempt == claim.attempt => {
+                Self::hold_back(tx, &id, claim.attempt, "retry_backoff").await
+            }
+            _ => Ok(ClaimResult::Gone),
+        }
+    }
+
+    /// The run stays queued, marked with why.
+    async fn hold_back(
+        tx: &mut sqlx::SqliteConnection,
+        id: &str,
+        attempt: i32,
+        reason: &'static str,
+    ) -> Result<ClaimResult, Error> {
+        sqlx::query("update runs set waiting_reason = $3 where id = $1 and attempt = $2 and status = 'queued'")
+            .bind(id)
+            .bind(attempt)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+        Ok(ClaimResult::Waiting(reason))
     }
 
     pub(super) async fn count_active(&self, pipeline_name: &str) -> Result<(i64, i64), Error> {

@@ -14,8 +14,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use shared::protocol::{
-    AttemptRef, CancelNotice, ClaimReply, ClaimRequest, CodeBundleRef, ExitReply, ExitReport, Heartbeat,
-    HeartbeatReply, JobOffer,
+    AttemptRef, CancelNotice, ClaimReply, CodeBundleRef, ExitReply, ExitReport, Heartbeat, HeartbeatReply, JobOffer,
 };
 use std::time::Duration;
 
@@ -52,9 +51,12 @@ pub trait OfferHandle: Send {
 
 #[async_trait::async_trait]
 pub trait ControlLink: Send + Sync + 'static {
-    /// The next offer for `pool`, or `Ok(None)` when none came within a few seconds.
-    async fn next_offer(&self, pool: &str) -> Result<Option<Offer>, LinkError>;
-    async fn claim(&self, request: &ClaimRequest) -> Result<ClaimReply, LinkError>;
+    /// Up to `max` offers for `pool`: those waiting now, or else the first to
+    /// come within a few seconds (empty when none came).
+    async fn next_offers(&self, pool: &str, max: usize) -> Result<Vec<Offer>, LinkError>;
+    /// Claims these offers in one exchange. One reply per offer, in order; the
+    /// list may be shorter, and the offers past its end were not decided.
+    async fn claim_batch(&self, runner_id: &str, offers: &[JobOffer]) -> Result<Vec<ClaimReply>, LinkError>;
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<HeartbeatReply, LinkError>;
     async fn report_exit(&self, report: &ExitReport) -> Result<ExitReply, LinkError>;
     /// Immediate cancel notices for this runner (heartbeat replies repeat them).

@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared::log_batch::{FENCING_TOKEN_HEADER, FIRST_LINE_HEADER};
 use shared::protocol::{
-    AttemptRef, CancelNotice, ClaimReply, ClaimRequest, CodeBundleRef, ExitReply, ExitReport, Heartbeat,
-    HeartbeatReply, JobOffer,
+    AttemptRef, CancelNotice, ClaimBatchReply, ClaimBatchRequest, ClaimReply, CodeBundleRef, ExitReply, ExitReport,
+    Heartbeat, HeartbeatReply, JobOffer,
 };
 use shared::subjects;
 use std::time::Duration;
@@ -92,42 +92,76 @@ impl OfferHandle for NatsOffer {
     }
 
     async fn retry_later(self: Box<Self>, delay: Duration) {
-        let _ = self.0.ack_with(jetstream::AckKind::Nak(Some(delay))).await;
+        let delay = (!delay.is_zero()).then_some(delay);
+        let _ = self.0.ack_with(jetstream::AckKind::Nak(delay)).await;
     }
 }
 
 #[async_trait::async_trait]
 impl ControlLink for NatsLink {
-    /// One offer, fetched only when asked (the claimer asks with a free slot), so
-    /// no AckWait timer runs on an offer this runner cannot take yet.
-    async fn next_offer(&self, pool: &str) -> Result<Option<Offer>, LinkError> {
+    /// Offers are fetched only when asked (the claimer asks for as many as it
+    /// has free slots), so no AckWait timer runs on an offer this runner cannot
+    /// take yet. First what is waiting now (a no-wait fetch), else a long poll
+    /// for one.
+    async fn next_offers(&self, pool: &str, max: usize) -> Result<Vec<Offer>, LinkError> {
         let consumer = self.pool_consumer(pool).await.map_err(|e| LinkError::new("job stream", e))?;
-        let fetched = async {
-            let mut batch = consumer.batch().max_messages(1).expires(FETCH_EXPIRY).messages().await?;
-            batch.next().await.transpose()
+        let mut messages = Vec::new();
+        let mut failure = None;
+        if max > 1 {
+            match consumer.fetch().max_messages(max).messages().await {
+                Ok(mut batch) => {
+                    while let Some(msg) = batch.next().await {
+                        match msg {
+                            Ok(msg) => messages.push(msg),
+                            Err(e) => {
+                                failure = Some(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => failure = Some(e.to_string()),
+            }
         }
-        .await;
-        let msg = match fetched {
-            Ok(Some(msg)) => msg,
-            Ok(None) => return Ok(None),
-            Err(e) => {
-                // Re-create the consumer next time (the server may have lost it).
-                *self.consumer.lock().await = None;
+        if messages.is_empty() && failure.is_none() {
+            let polled = async {
+                let mut batch = consumer.batch().max_messages(1).expires(FETCH_EXPIRY).messages().await?;
+                batch.next().await.transpose()
+            }
+            .await;
+            match polled {
+                Ok(msg) => messages.extend(msg),
+                Err(e) => failure = Some(e.to_string()),
+            }
+        }
+        if let Some(e) = failure {
+            // Re-create the consumer next time (the server may have lost it).
+            *self.consumer.lock().await = None;
+            // Offers already delivered are handled; the error shows on the next call.
+            if messages.is_empty() {
                 return Err(LinkError::new("fetching offers", e));
             }
-        };
-        match serde_json::from_slice::<JobOffer>(&msg.payload) {
-            Ok(job) => Ok(Some(Offer { job, handle: Box::new(NatsOffer(msg)) })),
-            Err(_) => {
-                tracing::warn!(subject = %msg.subject, "dropping a malformed offer");
-                let _ = msg.ack_with(jetstream::AckKind::Term).await;
-                Ok(None)
+        }
+        let mut offers = Vec::with_capacity(messages.len());
+        for msg in messages {
+            match serde_json::from_slice::<JobOffer>(&msg.payload) {
+                Ok(job) => offers.push(Offer { job, handle: Box::new(NatsOffer(msg)) }),
+                Err(_) => {
+                    tracing::warn!(subject = %msg.subject, "dropping a malformed offer");
+                    let _ = msg.ack_with(jetstream::AckKind::Term).await;
+                }
             }
         }
+        Ok(offers)
     }
 
-    async fn claim(&self, request: &ClaimRequest) -> Result<ClaimReply, LinkError> {
-        self.request("claim", subjects::CLAIM, request, CLAIM_TIMEOUT).await
+    async fn claim_batch(&self, runner_id: &str, offers: &[JobOffer]) -> Result<Vec<ClaimReply>, LinkError> {
+        let request = ClaimBatchRequest { runner_id: runner_id.to_owned(), offers: offers.to_vec() };
+        let reply: ClaimBatchReply = self.request("claim", subjects::CLAIM_BATCH, &request, CLAIM_TIMEOUT).await?;
+        if reply.replies.len() > offers.len() {
+            return Err(LinkError::new("claim", "more replies than offers"));
+        }
+        Ok(reply.replies)
     }
 
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
