@@ -121,10 +121,6 @@ impl PgStore {
         Ok(runs)
     }
 
-    /// The claim: succeeds for exactly one caller while the attempt is queued
-    /// and the concurrency limits leave room, handing out a fresh fencing token
-    /// and a lease. Claims are serialised by a transaction-scoped advisory lock
-    /// so two replicas cannot both take the last free slot.
     pub(super) async fn get_runs(&self, ids: &[Uuid]) -> Result<Vec<Run>, Error> {
         let runs = sqlx::query_as::<_, Run>(concat!("select ", run_columns!(), " from runs where id = any($1)"))
             .bind(ids)
