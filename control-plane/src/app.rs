@@ -11,7 +11,15 @@ use crate::store::Store;
 use crate::{embedded_runner, http, runner_api, sweeper};
 use anyhow::Context;
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+/// Exit reports processed at once per control plane. Each archives a log (S3
+/// multipart buffers, or file copies and fsyncs) and writes the end of the
+/// attempt: a burst of exits must neither take every database connection (the
+/// SQLite writer) from claims and heartbeats nor hold a buffer per exit. The
+/// others wait their turn; runners wait up to 5 minutes for the reply.
+pub const FINISH_CONCURRENCY: usize = 8;
 
 /// Cheap to clone; everything a request or task needs.
 #[derive(Clone)]
@@ -21,6 +29,8 @@ pub struct App {
     pub bus: Bus,
     pub objects: ObjectStore,
     pub catalog: Catalog,
+    /// Exit reports archived at once (see [`FINISH_CONCURRENCY`]).
+    pub finishing: Arc<Semaphore>,
     /// Held while the process runs when it uses `DATA_DIR` (SQLite, live-log spool,
     /// embedded runner): those belong to one process.
     _data_dir_lock: Option<Arc<std::fs::File>>,
@@ -49,7 +59,15 @@ impl App {
         };
         tracing::info!("log store: {}", objects.describe());
         let catalog = Catalog::new(config.pipelines_dir.clone(), config.worker_base_image.clone());
-        Ok(App { config: Arc::new(config), store, bus, objects, catalog, _data_dir_lock: data_dir_lock })
+        Ok(App {
+            config: Arc::new(config),
+            store,
+            bus,
+            objects,
+            catalog,
+            finishing: Arc::new(Semaphore::new(FINISH_CONCURRENCY)),
+            _data_dir_lock: data_dir_lock,
+        })
     }
 
     /// Serves HTTP and the runner API (or runs the embedded runner) and sweeps

@@ -318,21 +318,27 @@ async fn claim_batch_in_one_transaction(store: Store) {
     assert_eq!(get(&store, runs[1].id).await.runner_id.as_deref(), Some("runner-x"));
     assert_eq!(get(&store, runs[3].id).await.status, RunStatus::Queued);
 
-    // Under a limit the claims of one batch count each other: 2 running + 1 granted = 3.
-    let more = [
-        submit(&store, "p", "default", spec()).await,
-        submit(&store, "p", "default", spec()).await,
-    ];
+    // A run named twice in one batch is granted once.
+    let twice = submit(&store, "q", "default", spec()).await;
+    let results = store
+        .claim_batch(&[claim_of(&twice, "runner-a", LEASE), claim_of(&twice, "runner-a", LEASE)])
+        .await
+        .expect("claim_batch twice");
+    assert!(matches!(results[0], ClaimResult::Granted(_)));
+    assert!(matches!(results[1], ClaimResult::Gone));
+
+    // Under a limit the claims of one batch count each other: 3 running + 1 granted = 4.
+    let more = [submit(&store, "p", "default", spec()).await, submit(&store, "p", "default", spec()).await];
     let limited: Vec<Claim> = [&runs[3], &more[0], &more[1]]
         .into_iter()
-        .map(|run| Claim { max_running: Some(3), ..claim_of(run, "runner-b", LEASE) })
+        .map(|run| Claim { max_running: Some(4), ..claim_of(run, "runner-b", LEASE) })
         .collect();
     let results = store.claim_batch(&limited).await.expect("limited claim_batch");
     assert!(matches!(results[0], ClaimResult::Granted(_)));
     assert!(matches!(results[1], ClaimResult::Waiting("max_concurrent_runs")));
     assert!(matches!(results[2], ClaimResult::Waiting("max_concurrent_runs")));
     assert_eq!(get(&store, more[1].id).await.waiting_reason.as_deref(), Some("max_concurrent_runs"));
-    assert_eq!(store.count_active("p").await.expect("count"), (6, 6));
+    assert_eq!(store.count_active("p").await.expect("count"), (7, 6));
 }
 
 both!(concurrency_limits);

@@ -46,6 +46,8 @@ fn outcome_of(report: &ExitReport, cancel_requested: bool) -> Outcome {
 /// runner may repeat a report whose answer it did not get.
 pub async fn finish(app: &App, report: &ExitReport) -> ExitReply {
     let at = &report.attempt;
+    // Waits for a turn (FINISH_CONCURRENCY). `Err` only if closed, which never happens.
+    let _turn = app.finishing.acquire().await.ok();
     let run = match app.store.get_run(at.run_id).await {
         Ok(Some(run)) => run,
         Ok(None) => return ExitReply::Rejected { reason: "unknown run".into() },

@@ -131,18 +131,63 @@ impl PgStore {
 
     /// All claims in one transaction. The advisory lock (which serialises
     /// claims across replicas) is taken only when a concurrency limit applies:
-    /// without one, the conditional `update` alone decides, and concurrent
-    /// claims of different runs do not wait for each other.
+    /// without one, the conditional `update` alone decides, so concurrent
+    /// claims of different runs do not wait for each other, and a batch of one
+    /// runner is one set-based statement.
     pub(super) async fn claim_batch(&self, claims: &[Claim<'_>]) -> Result<Vec<ClaimResult>, Error> {
         let mut tx = self.pool.begin().await?;
-        if claims.iter().any(Claim::is_limited) {
-            sqlx::query("select pg_advisory_xact_lock($1)").bind(CLAIM_LOCK).execute(&mut *tx).await?;
-        }
+        let results = match claims {
+            [first, ..]
+                if !claims.iter().any(Claim::is_limited)
+                    && claims.iter().all(|c| c.runner_id == first.runner_id && c.lease == first.lease) =>
+            {
+                Self::claim_unlimited(&mut tx, claims).await?
+            }
+            _ => {
+                if claims.iter().any(Claim::is_limited) {
+                    sqlx::query("select pg_advisory_xact_lock($1)").bind(CLAIM_LOCK).execute(&mut *tx).await?;
+                }
+                let mut results = Vec::with_capacity(claims.len());
+                for claim in claims {
+                    results.push(Self::claim_in(&mut tx, claim).await?);
+                }
+                results
+            }
+        };
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    /// Claims of one runner without a limit: one `update … from unnest(…)`; the
+    /// runs it did not take are checked one by one (backing off, or gone).
+    async fn claim_unlimited(tx: &mut sqlx::PgConnection, claims: &[Claim<'_>]) -> Result<Vec<ClaimResult>, Error> {
+        let Some(first) = claims.first() else { return Ok(Vec::new()) };
+        let ids: Vec<Uuid> = claims.iter().map(|c| c.run_id).collect();
+        let attempts: Vec<i32> = claims.iter().map(|c| c.attempt).collect();
+        let granted = sqlx::query_as::<_, Run>(concat!(
+            "update runs set status = 'running', runner_id = $3, fencing_token = fencing_token + 1,
+                 lease_expires_at = now() + make_interval(secs => $4), started_at = now(), waiting_reason = null
+             from unnest($1::uuid[], $2::int4[]) as wanted(wanted_id, wanted_attempt)
+             where id = wanted_id and attempt = wanted_attempt
+               and status = 'queued' and (not_before is null or not_before <= now())
+             returning ",
+            run_columns!()
+        ))
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(first.runner_id)
+        .bind(secs(first.lease))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut granted: std::collections::HashMap<Uuid, Run> = granted.into_iter().map(|r| (r.id, r)).collect();
         let mut results = Vec::with_capacity(claims.len());
         for claim in claims {
-            results.push(Self::claim_in(&mut tx, claim).await?);
+            // `remove`: a run named twice in the batch is granted once.
+            results.push(match granted.remove(&claim.run_id) {
+                Some(run) => ClaimResult::Granted(Box::new(run)),
+                None => Self::not_granted(tx, claim).await?,
+            });
         }
-        tx.commit().await?;
         Ok(results)
     }
 
@@ -178,10 +223,15 @@ impl PgStore {
         .bind(secs(claim.lease))
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some(run) = run {
-            return Ok(ClaimResult::Granted(Box::new(run)));
+        match run {
+            Some(run) => Ok(ClaimResult::Granted(Box::new(run))),
+            None => Self::not_granted(tx, claim).await,
         }
-        // Not claimable: still backing off before a retry, or no longer queued.
+    }
+
+    /// Why a claim's update took nothing: still backing off before a retry
+    /// (the run stays queued, marked), or no longer queued.
+    async fn not_granted(tx: &mut sqlx::PgConnection, claim: &Claim<'_>) -> Result<ClaimResult, Error> {
         let backing_off: Option<(i32,)> =
             sqlx::query_as("select attempt from runs where id = $1 and status = 'queued' and not_before > now()")
                 .bind(claim.run_id)
