@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fast-Flow's benchmark (issue 5; BENCHMARKS.md explains every figure).
 #
-#   scripts/bench.sh            # full run, both configurations (about an hour on a 2-core machine)
-#   scripts/bench.sh --quick    # smoke run for CI (about 1.5 minutes once built)
+#   scripts/bench.sh            # full run, both configurations, 3 repetitions (about an hour on a 2-core machine; BENCHMARKS.md has the estimate)
+#   scripts/bench.sh --quick    # smoke run for CI, 1 repetition (about 1.5 minutes once built; add --reps N to repeat)
 #   scripts/bench.sh --only latency,throughput --configs single-node
 #
 # Brings up the dev services (scripts/dev-deps.sh), builds the release binaries, runs

@@ -6,7 +6,7 @@
 //! scenario against it and against its bare-Docker floor where there is one, then prints a
 //! Markdown table and writes JSON to `bench/results/`. Everything stays on 127.0.0.1.
 //!
-//!     bench [--quick] [--only latency,throughput,...] [--configs distributed,single-node] [--out DIR] [--keep]
+//!     bench [--quick] [--reps N] [--only latency,throughput,...] [--configs distributed,single-node] [--out DIR] [--keep]
 
 mod api;
 mod deploy;
@@ -57,7 +57,7 @@ async fn run_scenarios(ctx: &mut Ctx, args: &Args, clock: Instant, out: &mut Vec
             continue;
         }
         eprintln!("bench: {name}, {} ({:.0} s so far)", mode.name(), clock.elapsed().as_secs_f64());
-        let limit = scenario_timeout(&ctx.profile);
+        let limit = scenario_timeout(&ctx.profile, name);
         let result = tokio::time::timeout(limit, run_scenario(ctx, name)).await;
         let mut rows = match result.unwrap_or_else(|_| Err(anyhow::anyhow!("did not finish within {limit:?}"))) {
             Ok(rows) => rows,
@@ -134,9 +134,37 @@ async fn run_scenario(ctx: &mut Ctx, name: &str) -> anyhow::Result<Vec<Row>> {
     }
 }
 
-/// Upper bound of one scenario, so a hung run cannot hang the benchmark.
-fn scenario_timeout(profile: &Profile) -> Duration {
-    if profile.name == "quick" { Duration::from_secs(60) } else { Duration::from_secs(20 * 60) }
+/// Upper bound of one scenario, so a hung run cannot hang the benchmark: per repetition,
+/// since three repetitions of throughput (about 17 min per configuration) would not fit
+/// one repetition's bound.
+fn scenario_timeout(profile: &Profile, scenario: &str) -> Duration {
+    let per_repetition = if profile.name == "quick" { Duration::from_secs(60) } else { Duration::from_secs(20 * 60) };
+    per_repetition * profile.reps(scenario) as u32
+}
+
+const USAGE: &str = "bench [--quick] [--reps N] [--only SCENARIOS] [--configs distributed,single-node] \
+[--out DIR] [--keep] [--throughput-runs N] [--idle-runs N] [--log-mib N]
+
+  --quick              CI smoke run: tiny sizes, 1 repetition (latency 2), 60 s per scenario
+  --reps N             repetitions of every repeated scenario (latency, throughput, log_latency,
+                       log_throughput, dispatch, api_read); full profile: 3 (log_throughput 2)
+  --only A,B           only these scenarios
+  --configs A,B        distributed, single-node or both (default both)
+  --throughput-runs N  runs per throughput repetition (full 200)
+  --idle-runs N        runs of idle_memory (full 1000)
+  --log-mib N          MiB printed per log_throughput repetition (full 1024)
+  --out DIR            where the JSON goes (default bench/results)
+  --keep               keep the deployment's directory under /tmp/fastflow-bench
+";
+
+/// Size overrides from the command line, applied after the profile is chosen so that
+/// `--reps 2 --quick` and `--quick --reps 2` mean the same.
+#[derive(Default)]
+struct Overrides {
+    reps: Option<usize>,
+    throughput_runs: Option<usize>,
+    idle_runs: Option<usize>,
+    log_mib: Option<u64>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -147,15 +175,17 @@ fn parse_args() -> anyhow::Result<Args> {
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"),
         keep: false,
     };
+    let mut overrides = Overrides::default();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => args.profile = Profile::quick(),
             "--keep" => args.keep = true,
             // Size overrides, for a shorter run on a busy machine (the report shows the sizes).
-            "--throughput-runs" => args.profile.throughput_runs = number(it.next(), "--throughput-runs")?,
-            "--idle-runs" => args.profile.idle_runs = number(it.next(), "--idle-runs")?,
-            "--log-mib" => args.profile.log_bytes = number::<u64>(it.next(), "--log-mib")? << 20,
+            "--reps" => overrides.reps = Some(number(it.next(), "--reps")?),
+            "--throughput-runs" => overrides.throughput_runs = Some(number(it.next(), "--throughput-runs")?),
+            "--idle-runs" => overrides.idle_runs = Some(number(it.next(), "--idle-runs")?),
+            "--log-mib" => overrides.log_mib = Some(number(it.next(), "--log-mib")?),
             "--only" => {
                 let list = it.next().context("--only needs a comma-separated list of scenarios")?;
                 let names: Vec<String> = list.split(',').map(str::to_string).collect();
@@ -173,14 +203,23 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--out" => args.out = PathBuf::from(it.next().context("--out needs a directory")?),
             "-h" | "--help" => {
-                println!(
-                    "bench [--quick] [--only {}] [--configs distributed,single-node] [--out DIR] [--keep] [--throughput-runs N] [--idle-runs N] [--log-mib N]",
-                    SCENARIOS.join(",")
-                );
+                println!("{USAGE}\nScenarios (in run order): {}", SCENARIOS.join(", "));
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other} (try --help)"),
         }
+    }
+    if let Some(reps) = overrides.reps {
+        args.profile.set_reps(reps);
+    }
+    if let Some(runs) = overrides.throughput_runs {
+        args.profile.throughput_runs = runs;
+    }
+    if let Some(runs) = overrides.idle_runs {
+        args.profile.idle_runs = runs;
+    }
+    if let Some(mib) = overrides.log_mib {
+        args.profile.log_bytes = mib << 20;
     }
     Ok(args)
 }
@@ -202,8 +241,12 @@ async fn interrupted() {
     }
 }
 
-fn number<T: std::str::FromStr>(value: Option<String>, flag: &str) -> anyhow::Result<T> {
-    value.and_then(|v| v.parse().ok()).with_context(|| format!("{flag} needs a positive number"))
+/// A positive whole number (0 would mean an empty scenario, or no repetition at all).
+fn number<T: std::str::FromStr + Default + PartialEq>(value: Option<String>, flag: &str) -> anyhow::Result<T> {
+    value
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n != T::default())
+        .with_context(|| format!("{flag} needs a positive number"))
 }
 
 #[tokio::main]
@@ -244,4 +287,25 @@ fn ordered_rows(mut measured: Vec<Measured>) -> Vec<Row> {
     let config_rank = |mode: Mode| Mode::ALL.iter().position(|m| *m == mode).unwrap_or(usize::MAX);
     measured.sort_by_key(|m| (rank(m.scenario), config_rank(m.mode)));
     measured.into_iter().flat_map(|m| m.rows).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_must_be_positive() {
+        assert_eq!(number::<usize>(Some("3".into()), "--reps").ok(), Some(3));
+        assert!(number::<usize>(Some("0".into()), "--reps").is_err());
+        assert!(number::<usize>(Some("x".into()), "--reps").is_err());
+        assert!(number::<usize>(None, "--reps").is_err());
+    }
+
+    #[test]
+    fn timeout_scales_with_repetitions() {
+        let mut profile = Profile::quick();
+        profile.set_reps(2);
+        assert_eq!(scenario_timeout(&profile, "throughput"), Duration::from_secs(120));
+        assert_eq!(scenario_timeout(&profile, "sse_fanout"), Duration::from_secs(60));
+    }
 }

@@ -22,6 +22,10 @@ pub struct Row {
     /// Fast-Flow's median over the floor's median (for rates: floor over Fast-Flow is
     /// not used; the ratio is always value / floor).
     pub ratio: Option<f64>,
+    /// Where product and floor were measured in pairs (one of each per repetition): the
+    /// ratio of each pair. Shown as min–max in the Note column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_per_repetition: Option<Summary>,
     pub goal: String,
     pub met: Option<bool>,
     pub note: String,
@@ -37,6 +41,7 @@ impl Row {
             value: None,
             floor: None,
             ratio: None,
+            ratio_per_repetition: None,
             goal: String::new(),
             met: None,
             note: String::new(),
@@ -55,6 +60,13 @@ impl Row {
             _ => None,
         };
         self.floor = floor;
+        self
+    }
+
+    /// The ratio of each (product, floor) pair, repetition by repetition.
+    pub fn paired_ratios(mut self, product: &[f64], floor: &[f64]) -> Self {
+        let ratios: Vec<f64> = product.iter().zip(floor).filter(|(_, f)| **f != 0.0).map(|(p, f)| p / f).collect();
+        self.ratio_per_repetition = Summary::of(&ratios);
         self
     }
 
@@ -143,10 +155,21 @@ pub fn markdown(rows: &[Row]) -> String {
             row.ratio.map(|r| format!("{r:.2}")).unwrap_or_default(),
             row.goal,
             met,
-            row.note.replace('|', "\\|").replace('\n', " "),
+            note(row).replace('|', "\\|").replace('\n', " "),
         ));
     }
     out
+}
+
+/// The row's note, after the spread of its per-repetition ratios when there are several.
+fn note(row: &Row) -> String {
+    match &row.ratio_per_repetition {
+        Some(r) if r.repetitions > 1 => {
+            let spread = format!("ratio per repetition {:.2}–{:.2}", r.min, r.max);
+            if row.note.is_empty() { spread } else { format!("{spread}; {}", row.note) }
+        }
+        _ => row.note.clone(),
+    }
 }
 
 fn cell(summary: Option<&Summary>, unit: &str) -> String {
@@ -176,4 +199,35 @@ pub fn write_json(dir: &Path, profile: &str, report: &Report<'_>) -> anyhow::Res
     let json = serde_json::to_vec_pretty(report).context("cannot serialise the report")?;
     std::fs::write(&path, json).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_ratios_spread_goes_to_the_note() {
+        let row = Row::new("s", "m", "runs/s")
+            .value(Summary::of(&[4.0, 2.0, 3.0]))
+            .floor(Summary::of(&[4.0, 4.0, 3.0]))
+            .paired_ratios(&[4.0, 2.0, 3.0], &[4.0, 4.0, 3.0])
+            .note("200 runs per repetition");
+        assert_eq!(row.ratio, Some(0.75));
+        let ratios = row.ratio_per_repetition.as_ref().expect("ratios");
+        assert_eq!(ratios.values, vec![1.0, 0.5, 1.0]);
+        let table = markdown(&[row]);
+        assert!(table.contains("3.00 [2.00–4.00] runs/s (3)"), "{table}");
+        assert!(table.contains("ratio per repetition 0.50–1.00; 200 runs per repetition"), "{table}");
+    }
+
+    #[test]
+    fn one_repetition_has_no_ratio_spread() {
+        let row = Row::new("s", "m", "runs/s")
+            .value(Summary::of(&[2.0]))
+            .floor(Summary::of(&[4.0]))
+            .paired_ratios(&[2.0], &[4.0]);
+        let table = markdown(&[row]);
+        assert!(!table.contains("ratio per repetition"), "{table}");
+        assert!(table.contains("| 0.50 |"), "{table}");
+    }
 }

@@ -17,6 +17,9 @@
 //!   (`shared::protocol`): fetch offers, `ff.claim` (64 in flight), ack, `ff.exit` with a
 //!   zero-line exit. That is the control plane + NATS + Postgres + S3 without the runner's
 //!   one-claim-at-a-time loop.
+//!
+//! Each repetition (`dispatch_reps`) runs every phase once, in the order above, so noise
+//! hits all of them; the rows show median [min–max] over the repetitions.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -54,75 +57,131 @@ const GOAL: f64 = 5000.0;
 
 pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let n = ctx.profile.dispatch_runs;
+    let reps = ctx.profile.dispatch_reps;
+    // The no-op runner: RUNNER_CONCURRENCY = one slot per run of a phase, RUNNER_BENCH_NOOP_EXECUTOR=1.
     let noop = RunnerSettings { concurrency: n.clamp(MIN_NOOP_SLOTS, MAX_NOOP_SLOTS), noop: true };
     let distributed = ctx.deployment.mode == Mode::Distributed;
-    let mut rows = Vec::new();
-    let mut not_success = 0;
-
-    if distributed {
-        ctx.deployment.stop_runner();
-        let started = Instant::now();
-        let ids = submit(ctx.api(), n).await?;
-        let submit_rate = n as f64 / started.elapsed().as_secs_f64();
-        let started = Instant::now();
+    let (mut queued, mut live, mut harness) = (Queued::default(), Live::default(), Harness::default());
+    if !distributed {
         ctx.deployment.restart_runner_with(noop).await?;
-        wait_idle(ctx.api(), started, PHASE_TIMEOUT).await.context("the queued runs")?;
-        let drain_rate = n as f64 / started.elapsed().as_secs_f64();
-        let runs = runs_of(ctx.api(), &ids).await?;
-        not_success += runs.iter().filter(|r| r.status != "success").count();
-        let note = format!("{n} runs queued before the runner started");
+    }
+    for _ in 0..reps {
+        if distributed {
+            queued_phase(ctx, n, noop, &mut queued).await?;
+        }
+        live_phase(ctx, n, &mut live).await?;
+        if distributed {
+            harness_as_runner(ctx, n, &mut harness).await?;
+        }
+    }
+
+    let mut rows = Vec::new();
+    let goal = |row: Row| row.goal("≥ 5,000 claims/s", |r| r.value.as_ref().map(|v| v.median >= GOAL));
+    if distributed {
+        let note = format!("{n} runs per repetition, queued before the runner started");
         rows.push(
-            Row::new(SCENARIO, "claims/s, runs queued beforehand (started_at spread)", "claims/s")
-                .value(spread_rate(runs.iter().map(|r| r.started_at)).map(Summary::single))
-                .goal("≥ 5,000 claims/s", |r| r.value.as_ref().map(|v| v.median >= GOAL))
-                .note(note.clone()),
+            goal(
+                Row::new(SCENARIO, "claims/s, runs queued beforehand (started_at spread)", "claims/s")
+                    .value(Summary::of(&queued.claims)),
+            )
+            .note(note.clone()),
         );
         rows.push(
             Row::new(SCENARIO, "runs final/s, runs queued beforehand (finished_at spread)", "runs/s")
-                .value(spread_rate(runs.iter().map(|r| r.finished_at)).map(Summary::single)),
+                .value(Summary::of(&queued.finals)),
         );
         rows.push(
             Row::new(SCENARIO, "runs final/s, runs queued beforehand (runner start → last final)", "runs/s")
-                .value(Some(Summary::single(drain_rate)))
-                .note(note),
+                .value(Summary::of(&queued.drain))
+                .note(format!("{note}; {} runs did not succeed", queued.not_success)),
         );
         rows.push(
             Row::new(SCENARIO, "submissions/s without a runner (POST …/run, 64 in flight)", "runs/s")
-                .value(Some(Summary::single(submit_rate))),
+                .value(Summary::of(&queued.submit)),
         );
-    } else {
-        ctx.deployment.restart_runner_with(noop).await?;
     }
-
-    let started = Instant::now();
-    let ids = submit(ctx.api(), n).await?;
-    let submit_rate = n as f64 / started.elapsed().as_secs_f64();
-    wait_idle(ctx.api(), started, PHASE_TIMEOUT).await.context("the end-to-end runs")?;
-    let e2e_rate = n as f64 / started.elapsed().as_secs_f64();
-    let runs = runs_of(ctx.api(), &ids).await?;
-    not_success += runs.iter().filter(|r| r.status != "success").count();
-    ctx.deployment.check_alive()?;
-    let note = format!("{n} runs; {not_success} runs of this scenario did not succeed");
     let claims = Row::new(SCENARIO, "claims/s while submitting (started_at spread)", "claims/s")
-        .value(spread_rate(runs.iter().map(|r| r.started_at)).map(Summary::single));
-    rows.push(if distributed {
-        claims
-    } else {
-        claims.goal("≥ 5,000 claims/s", |r| r.value.as_ref().map(|v| v.median >= GOAL))
-    });
+        .value(Summary::of(&live.claims));
+    // The goal row is the first phase measured: queued beforehand where there is one.
+    rows.push(if distributed { claims } else { goal(claims) });
     rows.push(
         Row::new(SCENARIO, "end-to-end runs/s: submit → claim → no-op → exit → final", "runs/s")
-            .value(Some(Summary::single(e2e_rate)))
-            .note(note),
+            .value(Summary::of(&live.e2e))
+            .note(format!("{n} runs per repetition; {} runs did not succeed", live.not_success)),
     );
     rows.push(
         Row::new(SCENARIO, "submissions/s while the runner claims (64 in flight)", "runs/s")
-            .value(Some(Summary::single(submit_rate))),
+            .value(Summary::of(&live.submit)),
     );
     if distributed {
-        rows.extend(harness_as_runner(ctx, n).await?);
+        rows.push(
+            Row::new(HARNESS_SCENARIO, "claims/s (runs queued beforehand, 64 claims in flight)", "claims/s")
+                .value(Summary::of(&harness.claims))
+                .note(format!("{n} runs per repetition; {} exits rejected", harness.rejected)),
+        );
+        rows.push(
+            Row::new(HARNESS_SCENARIO, "exit reports/s (one empty log archived each, 64 in flight)", "exits/s")
+                .value(Summary::of(&harness.exits)),
+        );
     }
     Ok(rows)
+}
+
+/// Per-repetition figures of the runs-queued-beforehand phase (distributed only).
+#[derive(Default)]
+struct Queued {
+    claims: Vec<f64>,
+    finals: Vec<f64>,
+    drain: Vec<f64>,
+    submit: Vec<f64>,
+    not_success: usize,
+}
+
+/// Per-repetition figures of the submit-while-the-runner-claims phase.
+#[derive(Default)]
+struct Live {
+    claims: Vec<f64>,
+    e2e: Vec<f64>,
+    submit: Vec<f64>,
+    not_success: usize,
+}
+
+/// Per-repetition figures of the harness playing the runner (distributed only).
+#[derive(Default)]
+struct Harness {
+    claims: Vec<f64>,
+    exits: Vec<f64>,
+    rejected: usize,
+}
+
+/// `n` runs submitted with no runner, then a no-op runner started and the backlog drained.
+async fn queued_phase(ctx: &mut Ctx, n: usize, noop: RunnerSettings, out: &mut Queued) -> anyhow::Result<()> {
+    ctx.deployment.stop_runner();
+    let started = Instant::now();
+    let ids = submit(ctx.api(), n).await?;
+    out.submit.push(n as f64 / started.elapsed().as_secs_f64());
+    let started = Instant::now();
+    ctx.deployment.restart_runner_with(noop).await?;
+    wait_idle(ctx.api(), started, PHASE_TIMEOUT).await.context("the queued runs")?;
+    out.drain.push(n as f64 / started.elapsed().as_secs_f64());
+    let runs = runs_of(ctx.api(), &ids).await?;
+    out.not_success += runs.iter().filter(|r| r.status != "success").count();
+    out.claims.extend(spread_rate(runs.iter().map(|r| r.started_at)));
+    out.finals.extend(spread_rate(runs.iter().map(|r| r.finished_at)));
+    Ok(())
+}
+
+/// `n` runs submitted (64 in flight) while the no-op runner is up.
+async fn live_phase(ctx: &mut Ctx, n: usize, out: &mut Live) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let ids = submit(ctx.api(), n).await?;
+    out.submit.push(n as f64 / started.elapsed().as_secs_f64());
+    wait_idle(ctx.api(), started, PHASE_TIMEOUT).await.context("the end-to-end runs")?;
+    out.e2e.push(n as f64 / started.elapsed().as_secs_f64());
+    let runs = runs_of(ctx.api(), &ids).await?;
+    out.not_success += runs.iter().filter(|r| r.status != "success").count();
+    out.claims.extend(spread_rate(runs.iter().map(|r| r.started_at)));
+    ctx.deployment.check_alive()
 }
 
 /// Runs over the time between the first and the last of their timestamps.
@@ -157,8 +216,9 @@ async fn submit(api: &Api, n: usize) -> anyhow::Result<Vec<String>> {
     results.into_iter().map(|r| r.map(|run| run.id)).collect()
 }
 
-/// The harness plays the runner (control plane + NATS + Postgres + S3 only).
-async fn harness_as_runner(ctx: &mut Ctx, n: usize) -> anyhow::Result<Vec<Row>> {
+/// The harness plays the runner (control plane + NATS + Postgres + S3 only). Leaves the
+/// runner stopped.
+async fn harness_as_runner(ctx: &mut Ctx, n: usize, out: &mut Harness) -> anyhow::Result<()> {
     ctx.deployment.stop_runner();
     let nats_url = ctx.deployment.services.as_ref().map(|s| s.nats_url.clone()).context("no NATS")?;
     let nats = async_nats::connect(&nats_url).await.context("connecting to the bench NATS")?;
@@ -169,20 +229,12 @@ async fn harness_as_runner(ctx: &mut Ctx, n: usize) -> anyhow::Result<Vec<Row>> 
     submit(&api, n).await?;
     let started = Instant::now();
     let jobs = noop.claim(n).await?;
-    let claim_rate = n as f64 / started.elapsed().as_secs_f64();
+    out.claims.push(n as f64 / started.elapsed().as_secs_f64());
 
     let started = Instant::now();
-    let rejected = noop.report_exits(jobs).await?;
-    let exit_rate = n as f64 / started.elapsed().as_secs_f64();
-    ctx.deployment.check_alive()?;
-    let note = format!("{n} runs; {rejected} exits rejected");
-    Ok(vec![
-        Row::new(HARNESS_SCENARIO, "claims/s (runs queued beforehand, 64 claims in flight)", "claims/s")
-            .value(Some(Summary::single(claim_rate)))
-            .note(note),
-        Row::new(HARNESS_SCENARIO, "exit reports/s (one empty log archived each, 64 in flight)", "exits/s")
-            .value(Some(Summary::single(exit_rate))),
-    ])
+    out.rejected += noop.report_exits(jobs).await?;
+    out.exits.push(n as f64 / started.elapsed().as_secs_f64());
+    ctx.deployment.check_alive()
 }
 
 /// The pool's durable consumer, configured as the real runner configures it.

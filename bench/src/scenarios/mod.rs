@@ -24,18 +24,22 @@ pub struct Profile {
     pub name: &'static str,
     pub latency_reps: usize,
     pub latency_runs: usize,
+    pub throughput_reps: usize,
     pub throughput_runs: usize,
     pub throughput_parallelism: Vec<usize>,
     /// (lines per second, seconds) per live-log rate.
     pub log_rates: Vec<(u32, u32)>,
     pub log_latency_reps: usize,
+    pub log_throughput_reps: usize,
     pub log_bytes: u64,
+    pub api_reps: usize,
     pub api_seed_runs: u64,
     pub api_rate: u32,
     pub api_seconds: u32,
     pub idle_runs: usize,
     pub fanout_clients: usize,
     pub fanout_lines: u32,
+    pub dispatch_reps: usize,
     pub dispatch_runs: usize,
 }
 
@@ -45,17 +49,22 @@ impl Profile {
             name: "full",
             latency_reps: 3,
             latency_runs: 20,
+            throughput_reps: 3,
             throughput_runs: 200,
             throughput_parallelism: vec![1, 4, 8],
             log_rates: vec![(10, 10), (10_000, 5)],
             log_latency_reps: 3,
+            // 2, not 3: each repetition is 1 GiB (about a minute per configuration).
+            log_throughput_reps: 2,
             log_bytes: 1 << 30,
+            api_reps: 3,
             api_seed_runs: 100_000,
             api_rate: 2_000,
             api_seconds: 30,
             idle_runs: 1_000,
             fanout_clients: 200,
             fanout_lines: 5_000,
+            dispatch_reps: 3,
             dispatch_runs: 2_000,
         }
     }
@@ -65,19 +74,47 @@ impl Profile {
             name: "quick",
             latency_reps: 2,
             latency_runs: 2,
+            throughput_reps: 1,
             throughput_runs: 8,
             throughput_parallelism: vec![4],
             log_rates: vec![(10, 1), (10_000, 1)],
             log_latency_reps: 1,
+            log_throughput_reps: 1,
             log_bytes: 16 << 20,
+            api_reps: 1,
             api_seed_runs: 1_000,
             api_rate: 200,
             api_seconds: 2,
             idle_runs: 8,
             fanout_clients: 10,
             fanout_lines: 300,
+            dispatch_reps: 1,
             dispatch_runs: 100,
         }
+    }
+
+    /// `--reps N`: the same repetition count for every repeated scenario.
+    pub fn set_reps(&mut self, reps: usize) {
+        self.latency_reps = reps;
+        self.throughput_reps = reps;
+        self.log_latency_reps = reps;
+        self.log_throughput_reps = reps;
+        self.api_reps = reps;
+        self.dispatch_reps = reps;
+    }
+
+    /// How many repetitions `scenario` makes (1 for those measured once).
+    pub fn reps(&self, scenario: &str) -> usize {
+        let reps = match scenario {
+            "latency" => self.latency_reps,
+            "throughput" => self.throughput_reps,
+            "log_latency" => self.log_latency_reps,
+            "log_throughput" => self.log_throughput_reps,
+            "api_read" => self.api_reps,
+            "dispatch" => self.dispatch_reps,
+            _ => 1,
+        };
+        reps.max(1)
     }
 }
 
@@ -127,5 +164,25 @@ pub async fn wait_idle(api: &Api, since: Instant, timeout: Duration) -> anyhow::
             bail!("not finished after {timeout:?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reps_defaults_and_override() {
+        let full = Profile::full();
+        assert_eq!(["throughput", "dispatch", "api_read"].map(|s| full.reps(s)), [3, 3, 3]);
+        assert_eq!(full.reps("log_throughput"), 2);
+        assert_eq!(full.reps("sse_fanout"), 1);
+        let quick = Profile::quick();
+        assert_eq!(["throughput", "dispatch", "api_read", "log_throughput"].map(|s| quick.reps(s)), [1, 1, 1, 1]);
+        let mut quick = quick;
+        quick.set_reps(2);
+        for s in ["latency", "throughput", "log_latency", "log_throughput", "dispatch", "api_read"] {
+            assert_eq!(quick.reps(s), 2, "{s}");
+        }
     }
 }
