@@ -143,7 +143,7 @@ fn scenario_timeout(profile: &Profile, scenario: &str) -> Duration {
 }
 
 const USAGE: &str = "bench [--quick] [--reps N] [--only SCENARIOS] [--configs distributed,single-node] \
-[--out DIR] [--keep] [--throughput-runs N] [--idle-runs N] [--log-mib N]
+[--out DIR] [--keep] [--throughput-runs N] [--idle-runs N] [--log-mib N] [--dispatch-runs N]
 
   --quick              CI smoke run: tiny sizes, 1 repetition (latency 2), 60 s per scenario
   --reps N             repetitions of every repeated scenario (latency, throughput, log_latency,
@@ -153,6 +153,7 @@ const USAGE: &str = "bench [--quick] [--reps N] [--only SCENARIOS] [--configs di
   --throughput-runs N  runs per throughput repetition (full 200)
   --idle-runs N        runs of idle_memory (full 1000)
   --log-mib N          MiB printed per log_throughput repetition (full 1024)
+  --dispatch-runs N    runs per dispatch phase (full 2000; more gives a longer window to profile)
   --out DIR            where the JSON goes (default bench/results)
   --keep               keep the deployment's directory under /tmp/fastflow-bench
 ";
@@ -165,6 +166,7 @@ struct Overrides {
     throughput_runs: Option<usize>,
     idle_runs: Option<usize>,
     log_mib: Option<u64>,
+    dispatch_runs: Option<usize>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -186,6 +188,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--throughput-runs" => overrides.throughput_runs = Some(number(it.next(), "--throughput-runs")?),
             "--idle-runs" => overrides.idle_runs = Some(number(it.next(), "--idle-runs")?),
             "--log-mib" => overrides.log_mib = Some(number(it.next(), "--log-mib")?),
+            "--dispatch-runs" => overrides.dispatch_runs = Some(number(it.next(), "--dispatch-runs")?),
             "--only" => {
                 let list = it.next().context("--only needs a comma-separated list of scenarios")?;
                 let names: Vec<String> = list.split(',').map(str::to_string).collect();
@@ -220,6 +223,9 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     if let Some(mib) = overrides.log_mib {
         args.profile.log_bytes = mib << 20;
+    }
+    if let Some(runs) = overrides.dispatch_runs {
+        args.profile.dispatch_runs = runs;
     }
     Ok(args)
 }
