@@ -254,6 +254,68 @@ async fn insert_get_list(store: Store) {
     assert_eq!(store.count_runs().await.expect("count_runs"), 5);
 }
 
+both!(concurrent_submissions_each_get_their_own_run);
+/// Many submissions at once (on SQLite they share commits: group commit). Each caller gets
+/// its own run back, every run is stored with its own fields, and an insert that fails (an
+/// id already stored, an id submitted twice) fails alone.
+async fn concurrent_submissions_each_get_their_own_run(store: Store) {
+    let existing = submit(&store, "p", "default", spec()).await;
+    let fresh: Vec<Uuid> = (0..200).map(|_| Uuid::now_v7()).collect();
+    let twice = fresh[150];
+    let mut ids = fresh.clone();
+    ids.insert(50, existing.id);
+    ids.insert(120, twice);
+    let submissions = ids.iter().enumerate().map(|(i, id)| {
+        let store = store.clone();
+        let id = *id;
+        async move {
+            let pipeline = format!("p{}", i % 7);
+            let pool = if i % 2 == 0 { "default" } else { "gpu" };
+            let result = store
+                .insert_run(NewRun { id, pipeline_name: &pipeline, pool, params: json!({ "i": i }), spec: spec() })
+                .await;
+            (i, id, pipeline, pool, result)
+        }
+    });
+    let results = futures::future::join_all(submissions).await;
+
+    let is_duplicate = |e: &Error| matches!(e, Error::Database(sqlx::Error::Database(db)) if db.is_unique_violation());
+    let mut stored = std::collections::HashMap::new();
+    let mut twice_ok = 0;
+    for (i, id, pipeline, pool, result) in results {
+        match result {
+            Ok(run) => {
+                assert_eq!(run.id, id, "submission {i} gets its own run back");
+                assert_eq!(run.pipeline_name, pipeline);
+                assert_eq!(run.pool, pool);
+                assert_eq!(run.params, json!({ "i": i }));
+                assert_eq!(run.spec, spec());
+                assert_eq!(run.status, RunStatus::Queued);
+                assert_eq!(run.attempt, 1);
+                assert_eq!(run.fencing_token, 0);
+                if id == twice {
+                    twice_ok += 1;
+                }
+                assert!(stored.insert(id, run).is_none(), "{id} answered twice");
+            }
+            Err(e) if id == existing.id => assert!(is_duplicate(&e), "the stored id fails as a duplicate: {e}"),
+            Err(e) if id == twice => assert!(is_duplicate(&e), "the second of one id fails as a duplicate: {e}"),
+            Err(e) => panic!("submission {i} ({id}) failed: {e}"),
+        }
+    }
+    assert_eq!(twice_ok, 1, "an id submitted twice is stored once");
+    assert_eq!(stored.len(), 200, "every fresh id stored, each once");
+
+    let mut in_store = store.get_runs(&fresh).await.expect("get_runs");
+    assert_eq!(in_store.len(), 200);
+    in_store.sort_by_key(|r| r.id);
+    for run in &in_store {
+        assert_eq!(Some(run), stored.get(&run.id), "the stored row is the one answered");
+    }
+    assert_eq!(get(&store, existing.id).await, existing, "the duplicate left the stored run alone");
+    assert_eq!(store.count_runs().await.expect("count_runs"), 201);
+}
+
 both!(claim_exactly_once);
 async fn claim_exactly_once(store: Store) {
     let run = submit(&store, "p", "default", spec()).await;

@@ -28,6 +28,7 @@ mod postgres;
 pub mod runners;
 pub mod runs;
 mod sqlite;
+mod sqlite_batch;
 pub mod transfer;
 
 use postgres::PgStore;
@@ -39,6 +40,13 @@ pub enum Error {
     Database(sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A failure of a SQLite transaction shared by several submissions (group commit):
+    /// each of them gets it.
+    #[error("database error (in a group commit): {0}")]
+    GroupCommit(std::sync::Arc<sqlx::Error>),
+    /// The SQLite backend's insert task is gone (the runtime is shutting down).
+    #[error("the SQLite run writer has stopped")]
+    WriterStopped,
     #[error("corrupt row: {0}")]
     Corrupt(String),
     #[error("unsupported database URL scheme `{0}`: expected postgres://, postgresql:// or sqlite://")]

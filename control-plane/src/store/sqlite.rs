@@ -10,6 +10,8 @@
 //! * Timestamps are INTEGER unix microseconds, bound from Rust, so comparisons and
 //!   arithmetic are exact; uuids are hyphenated TEXT (their text order is the
 //!   byte order Postgres sorts by); JSON is TEXT.
+//! * Run submissions are group-committed: concurrent `insert_run`s share one transaction,
+//!   so one fsync (`sqlite_batch.rs`).
 //!
 //! SQLite has no data-modifying CTEs, `for update` or arrays, so the few
 //! multi-step transitions are transactions of guarded statements on the writer.
@@ -17,6 +19,7 @@
 use super::Error;
 use super::runners::RunnerInfo;
 use super::runs::{ArchivedLog, AttemptRecord, Claim, ClaimResult, LeaseState, NewRun, Outcome, Run, RunFilter};
+use super::sqlite_batch::RunInserter;
 use super::transfer::{BundleRecord, RunRecord};
 use chrono::{DateTime, Utc};
 use shared::protocol::{AttemptRef, Heartbeat};
@@ -29,15 +32,17 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// Starts every write transaction holding the write lock (see the module doc).
-const BEGIN: &str = "begin immediate";
+pub(super) const BEGIN: &str = "begin immediate";
 
 #[derive(Clone)]
 pub(super) struct SqliteStore {
-    writer: SqlitePool,
+    pub(super) writer: SqlitePool,
     reader: SqlitePool,
+    /// Run submissions, written in groups sharing one commit (`sqlite_batch.rs`).
+    pub(super) inserts: RunInserter,
 }
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     Utc::now().timestamp_micros()
 }
 
@@ -50,7 +55,7 @@ fn ago(d: Duration) -> i64 {
     now().saturating_sub(micros(d))
 }
 
-fn text(id: Uuid) -> String {
+pub(super) fn text(id: Uuid) -> String {
     id.hyphenated().to_string()
 }
 
@@ -188,7 +193,8 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        let inserts = RunInserter::start(writer.clone());
+        Ok(SqliteStore { writer, reader, inserts })
     }
 
     pub(super) async fn ping(&self) -> Result<(), Error> {
@@ -196,22 +202,10 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Concurrent submissions share one transaction, so one fsync (see `sqlite_batch.rs`);
+    /// the run is committed when this returns.
     pub(super) async fn insert_run(&self, new: NewRun<'_>) -> Result<Run, Error> {
-        let run = sqlx::query_as::<_, Run>(concat!(
-            "insert into runs (id, pipeline_name, pool, status, params, spec, created_at)
-             values ($1, $2, $3, 'queued', $4, $5, $6)
-             returning ",
-            run_columns!()
-        ))
-        .bind(text(new.id))
-        .bind(new.pipeline_name)
-        .bind(new.pool)
-        .bind(new.params.to_string())
-        .bind(new.spec.to_string())
-        .bind(now())
-        .fetch_one(&self.writer)
-        .await?;
-        Ok(run)
+        self.inserts.insert(new).await
     }
 
     pub(super) async fn get_run(&self, id: Uuid) -> Result<Option<Run>, Error> {
