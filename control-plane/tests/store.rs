@@ -251,6 +251,33 @@ async fn insert_get_list(store: Store) {
         .await
         .expect("list even running");
     assert!(none.is_empty());
+
+    // Every filter at once, paged by keyset: the queued runs of `even`, one per page.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let filter = RunFilter { pipeline: Some("even".into()), status: Some(RunStatus::Queued), before, limit: 1 };
+        let page = store.list_runs(&filter).await.expect("list even queued");
+        let Some(last) = page.last() else { break };
+        assert_eq!(page.len(), 1);
+        before = Some((last.created_at, last.id));
+        seen.push(last.id);
+    }
+    assert_eq!(seen, vec![inserted[4].id, inserted[2].id, inserted[0].id]);
+    let queued_after_newest = store
+        .list_runs(&RunFilter {
+            status: Some(RunStatus::Queued),
+            before: Some((inserted[4].created_at, inserted[4].id)),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list queued after the newest");
+    // inserted[1] is running now.
+    assert_eq!(
+        queued_after_newest.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![inserted[3].id, inserted[2].id, inserted[0].id]
+    );
     assert_eq!(store.count_runs().await.expect("count_runs"), 5);
 }
 

@@ -98,26 +98,26 @@ impl PgStore {
         Ok(run)
     }
 
-    /// Newest first, keyset-paginated on (created_at, id).
+    /// Newest first, keyset-paginated on (created_at, id). Only the filters given
+    /// appear in the SQL: an `($1 is null or status = $1)` form would keep the planner
+    /// from the per-status and per-pipeline indexes under a generic plan.
     pub(super) async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, Error> {
-        let (before_ts, before_id) = filter.before.unzip();
-        let runs = sqlx::query_as::<_, Run>(concat!(
+        let mut sql = sqlx::QueryBuilder::<sqlx::Postgres>::new(concat!(
             "select ",
             run_columns!("'null'::jsonb"),
-            " from runs
-             where ($1::text is null or pipeline_name = $1)
-               and ($2::text is null or status = $2)
-               and ($3::timestamptz is null or (created_at, id) < ($3, $4))
-             order by created_at desc, id desc
-             limit $5"
-        ))
-        .bind(filter.pipeline.as_deref())
-        .bind(filter.status.map(|s| s.as_str()))
-        .bind(before_ts)
-        .bind(before_id)
-        .bind(filter.limit)
-        .fetch_all(&self.pool)
-        .await?;
+            " from runs where true"
+        ));
+        if let Some(pipeline) = &filter.pipeline {
+            sql.push(" and pipeline_name = ").push_bind(pipeline.clone());
+        }
+        if let Some(status) = filter.status {
+            sql.push(" and status = ").push_bind(status.as_str());
+        }
+        if let Some((before_ts, before_id)) = filter.before {
+            sql.push(" and (created_at, id) < (").push_bind(before_ts).push(", ").push_bind(before_id).push(")");
+        }
+        sql.push(" order by created_at desc, id desc limit ").push_bind(filter.limit);
+        let runs = sql.build_query_as::<Run>().fetch_all(&self.pool).await?;
         Ok(runs)
     }
 

@@ -216,25 +216,27 @@ impl SqliteStore {
         Ok(run)
     }
 
+    /// Newest first, keyset-paginated on (created_at, id). Only the filters given
+    /// appear in the SQL: SQLite uses no index for an `(?1 is null or status = ?1)` term,
+    /// so a status filter would scan every run (all of them when none matches).
     pub(super) async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, Error> {
-        let (before_ts, before_id) = filter.before.unzip();
-        let runs = sqlx::query_as::<_, Run>(concat!(
-            "select ",
-            run_columns!("'null'"),
-            " from runs
-             where ($1 is null or pipeline_name = $1)
-               and ($2 is null or status = $2)
-               and ($3 is null or (created_at, id) < ($3, $4))
-             order by created_at desc, id desc
-             limit $5"
-        ))
-        .bind(filter.pipeline.as_deref())
-        .bind(filter.status.map(|s| s.as_str()))
-        .bind(before_ts.map(|t| t.timestamp_micros()))
-        .bind(before_id.map(text))
-        .bind(filter.limit)
-        .fetch_all(&self.reader)
-        .await?;
+        let mut sql =
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new(concat!("select ", run_columns!("'null'"), " from runs where 1"));
+        if let Some(pipeline) = &filter.pipeline {
+            sql.push(" and pipeline_name = ").push_bind(pipeline.clone());
+        }
+        if let Some(status) = filter.status {
+            sql.push(" and status = ").push_bind(status.as_str());
+        }
+        if let Some((before_ts, before_id)) = filter.before {
+            sql.push(" and (created_at, id) < (")
+                .push_bind(before_ts.timestamp_micros())
+                .push(", ")
+                .push_bind(text(before_id))
+                .push(")");
+        }
+        sql.push(" order by created_at desc, id desc limit ").push_bind(filter.limit);
+        let runs = sql.build_query_as::<Run>().fetch_all(&self.reader).await?;
         Ok(runs)
     }
 
