@@ -11,11 +11,6 @@ const USAGE: &str = "usage:
       Logs are read from LOGS_DIR (default ./logs) and written to the S3 store named by
       S3_ENDPOINT/S3_BUCKET/AWS_* (without those, logs stay in LOGS_DIR). Safe to run again.";
 
-/// mimalloc instead of glibc malloc: under API read load glibc's malloc, free and
-/// their arena lock were ~20 % of the control plane's CPU (BENCHMARKS.md, API read).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() {
     // One line per failure (the causes chained), whatever RUST_BACKTRACE says.
