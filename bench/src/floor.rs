@@ -1,6 +1,8 @@
 //! The floor: the same container a runner would run, created, attached, started, waited
 //! for and removed directly through the Docker API, with the runner's own Docker module
 //! (so the floor makes exactly the engine calls the product makes, and nothing else).
+//! Its containers use the runner's default log driver (`local`) unless a scenario asks
+//! for the engine's own default, as the log throughput scenario does for its second floor.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use runner_agent::docker::{BindMount, ContainerSpec, Docker, Output};
+use runner_agent::docker::{BindMount, ContainerSpec, Docker, LogDriver, Output};
 
 use crate::digest::{Digest, DigestBuilder};
 
@@ -37,6 +39,16 @@ impl Floor {
     /// Runs `command` in busybox: create + attach + start, drain the output while waiting,
     /// remove. The elapsed time covers all of it.
     pub async fn run(&self, command: &[&str], env: &[(&str, String)]) -> anyhow::Result<FloorRun> {
+        self.run_logging_to(LogDriver::default(), command, env).await
+    }
+
+    /// [`Floor::run`] with the engine keeping its copy of the output in `log_driver`.
+    pub async fn run_logging_to(
+        &self,
+        log_driver: LogDriver,
+        command: &[&str],
+        env: &[(&str, String)],
+    ) -> anyhow::Result<FloorRun> {
         let name = format!("fastflow-bench-floor-{}", uuid::Uuid::new_v4().simple());
         let spec = ContainerSpec {
             name,
@@ -50,6 +62,7 @@ impl Floor {
                 read_only: true,
             }],
             working_dir: Some("/app".into()),
+            log_driver,
             // The product's default limits, so the floor pays the same cgroup set-up.
             limits: runner_agent::docker::Limits {
                 memory_bytes: Some(2048 * 1024 * 1024),

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::docker::LogDriver;
+
 #[derive(Debug, thiserror::Error)]
 #[error("{name}: {message} (got `{value}`)")]
 pub struct Error {
@@ -35,6 +37,8 @@ pub struct Config {
     /// code, image or container; each attempt publishes one system line and reports exit
     /// code 0. For measuring dispatch capacity (BENCHMARKS.md); never for real use.
     pub noop_executor: bool,
+    /// `RUNNER_CONTAINER_LOG_DRIVER`: `local` (default) or `engine-default`.
+    pub container_log_driver: LogDriver,
 }
 
 impl Config {
@@ -75,8 +79,10 @@ impl Config {
                 message: format!("must be from 1 to {max_concurrency}"),
             });
         }
+        let container_log_driver = parse_log_driver(get("RUNNER_CONTAINER_LOG_DRIVER"))?;
         Ok(Config {
             noop_executor,
+            container_log_driver,
             cap_add,
             nats_url: get("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
             runner_id,
@@ -174,6 +180,19 @@ fn parse_flag(value: Option<String>, name: &'static str) -> Result<bool, Error> 
     }
 }
 
+fn parse_log_driver(value: Option<String>) -> Result<LogDriver, Error> {
+    match value.as_deref().map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(LogDriver::default()),
+        Some(v) if v == "local" => Ok(LogDriver::Local),
+        Some(v) if v == "engine-default" => Ok(LogDriver::EngineDefault),
+        Some(_) => Err(Error {
+            name: "RUNNER_CONTAINER_LOG_DRIVER",
+            value: value.unwrap_or_default(),
+            message: "expected `local` or `engine-default`".into(),
+        }),
+    }
+}
+
 /// `CONTAINER_CAP_ADD`: comma-separated capability names such as `NET_BIND_SERVICE`.
 fn parse_caps(raw: String) -> Result<Vec<String>, Error> {
     let mut caps = Vec::new();
@@ -210,6 +229,15 @@ mod tests {
         assert_eq!(cfg.concurrency, 4);
         assert!(cfg.uv_cache_dir.ends_with("uv-cache"));
         assert!(!cfg.noop_executor, "the benchmark-only no-op executor is off by default");
+        assert_eq!(cfg.container_log_driver, LogDriver::Local);
+        let driver = |v: &'static str| {
+            Config::from_source(&move |n| (n == "RUNNER_CONTAINER_LOG_DRIVER").then(|| v.into()))
+                .map(|c| c.container_log_driver)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(driver("Engine-Default"), Ok(LogDriver::EngineDefault));
+        assert_eq!(driver("local"), Ok(LogDriver::Local));
+        assert!(driver("json-file").is_err_and(|e| e.starts_with("RUNNER_CONTAINER_LOG_DRIVER:")));
         let on = Config::from_source(&|n| (n == "RUNNER_BENCH_NOOP_EXECUTOR").then(|| "1".into()));
         assert_eq!(on.map(|c| c.noop_executor).ok(), Some(true));
         let many = |noop: &'static str| {

@@ -408,6 +408,7 @@ impl Executor {
             labels,
             mounts,
             working_dir: Some("/app".into()),
+            log_driver: self.config.container_log_driver,
             limits: Limits {
                 memory_bytes: job.resources.memory_mb.map(|mb| (mb as i64).saturating_mul(1024 * 1024)),
                 nano_cpus: job.resources.cpu_millis.map(|m| (m as i64).saturating_mul(1_000_000)),

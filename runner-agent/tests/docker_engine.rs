@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use runner_agent::docker::{BindMount, ContainerSpec, Docker, Error, Output, OutputStream};
+use runner_agent::docker::{BindMount, ContainerSpec, Docker, Error, LogDriver, Output, OutputStream};
 use tokio::sync::mpsc;
 
 const TEST_LABEL: &str = "fastflow.test";
@@ -137,6 +137,72 @@ async fn output_is_byte_exact_per_stream_and_exit_code_is_reported() {
     assert!(stdout == expected, "stdout differs from the 5 MB blob + tail");
     assert_eq!(String::from_utf8_lossy(&stderr), "to stderr\nerr tail");
     assert_eq!(code, 7);
+}
+
+/// `docker inspect` of one field, through the CLI: the runner's Docker module has no
+/// reason to read a container's log configuration back.
+fn inspect_field(container_id: &str, template: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "--format", template, container_id])
+        .output()
+        .expect("run docker inspect");
+    assert!(out.status.success(), "docker inspect: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The engine's copy of the output is what a restarted runner re-reads (`logs`): with the
+/// default `local` driver it must be configured not to rotate and give back every byte.
+#[tokio::test]
+async fn engine_log_holds_the_whole_output_with_either_log_driver() {
+    let docker = engine().await;
+    let cleanup = Cleanup::new();
+    let dir = TempDir::new();
+    // Binary with newlines at random places: `local` stores raw bytes, so even output that
+    // is not UTF-8 comes back unchanged.
+    let blob = binary_blob(3_000_000);
+    std::fs::write(dir.0.join("blob.bin"), &blob).expect("write blob");
+    let text: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(dir.0.join("text.txt"), &text).expect("write text");
+
+    for (driver, file, expected) in [
+        (LogDriver::Local, "blob.bin", blob.clone()),
+        (LogDriver::EngineDefault, "text.txt", text.clone().into_bytes()),
+    ] {
+        let mut spec = cleanup.spec(&["sh", "-c", &format!("cat /data/{file}; echo to-stderr >&2")]);
+        spec.mounts.push(BindMount { host_path: dir.0.clone(), container_path: "/data".into(), read_only: true });
+        spec.log_driver = driver;
+        let started = docker.start(&spec).await.expect("start");
+        let (attached, _) = collect(started.output).await;
+        assert_eq!(docker.wait(&started.container_id).await.expect("wait"), 0);
+        assert!(attached == expected, "{driver:?}: attached stdout differs");
+
+        let (logged, logged_err) = collect(docker.logs(&started.container_id, false)).await;
+        assert_eq!(logged.len(), expected.len(), "{driver:?}: length of the engine's log");
+        assert!(logged == expected, "{driver:?}: the engine's log differs from the output");
+        assert_eq!(String::from_utf8_lossy(&logged_err), "to-stderr\n");
+
+        let config = inspect_field(
+            &started.container_id,
+            "{{.HostConfig.LogConfig.Type}} {{json .HostConfig.LogConfig.Config}}",
+        );
+        match driver {
+            LogDriver::Local => {
+                assert!(config.starts_with("local "), "{config}");
+                for option in [r#""max-file":"1""#, r#""max-size":"1t""#, r#""compress":"false""#] {
+                    assert!(config.contains(option), "{option} missing in {config}");
+                }
+            }
+            LogDriver::EngineDefault => {
+                let out = std::process::Command::new("docker")
+                    .args(["info", "--format", "{{.LoggingDriver}}"])
+                    .output()
+                    .expect("docker info");
+                let engine_default = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                assert!(config.starts_with(&format!("{engine_default} ")), "{config} vs {engine_default}");
+            }
+        }
+        docker.remove(&started.container_id).await.expect("remove");
+    }
 }
 
 #[tokio::test]

@@ -5,8 +5,12 @@
 //! object, or the single node's file under LOGS_DIR) is hashed and compared with the
 //! expected bytes; the runner's and control plane's (or the node's) VmRSS are sampled
 //! throughout. Floor: the same container through the Docker API with its output drained
-//! from the attach stream (what `docker logs -f | cat` does), also hashed; measured once
-//! per benchmark run and shared by both configurations (it is the slowest floor).
+//! from the attach stream (what `docker logs -f | cat` does), also hashed. Two floors: the
+//! same container as the product's (the runner's default `local` log driver), which the
+//! ratio is taken against, and the engine's default driver (`json-file` unless the engine
+//! is configured otherwise: what a plain `docker run` gets), shown in its own row. Both
+//! are measured once per benchmark run and shared by both configurations (they are the
+//! slowest floors).
 //!
 //! The product run is repeated `log_throughput_reps` times (median [min–max] MiB/s); the
 //! peak RSS goals are checked against the largest repetition, and every repetition's
@@ -24,6 +28,7 @@ use crate::stats::Summary;
 
 use super::Ctx;
 use crate::deploy::Mode;
+use runner_agent::docker::LogDriver;
 
 const SCENARIO: &str = "Log throughput";
 const LINE: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
@@ -57,15 +62,20 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         last_archive = Some(one.archive);
     }
 
-    let floor_elapsed = match ctx.log_floor {
-        Some((floor_bytes, elapsed)) if floor_bytes == bytes => elapsed,
+    let floors = match ctx.log_floor {
+        Some(floors) if floors.bytes == bytes => floors,
         _ => {
-            let elapsed = floor_run(ctx, bytes, &expected).await?;
-            ctx.log_floor = Some((bytes, elapsed));
-            elapsed
+            let floors = Floors {
+                bytes,
+                same_container: floor_run(ctx, LogDriver::Local, bytes, &expected).await?,
+                engine_default: floor_run(ctx, LogDriver::EngineDefault, bytes, &expected).await?,
+            };
+            ctx.log_floor = Some(floors);
+            floors
         }
     };
-    let floor_rate = mib / floor_elapsed.as_secs_f64();
+    let floor_rate = mib / floors.same_container.as_secs_f64();
+    let engine_default_rate = mib / floors.engine_default.as_secs_f64();
     let size = format!("{mib:.0} MiB");
     // A budget holds only if every repetition stayed within it.
     let max_within = |limit: f64| move |r: &Row| r.value.as_ref().map(|v| v.max <= limit);
@@ -74,7 +84,12 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
             .value(Summary::of(&rates))
             .floor(Some(Summary::single(floor_rate)))
             .goal("≥ 100 MiB/s", |r| r.value.as_ref().map(|v| v.median >= 100.0))
-            .note(format!("{size} per repetition; floor measured once per benchmark run")),
+            .note(format!(
+                "{size} per repetition; floor: the same container (`local` log driver), measured once per benchmark run"
+            )),
+        Row::new(SCENARIO, &format!("{size}, floor with the engine's default log driver"), "MiB/s")
+            .value(Some(Summary::single(engine_default_rate)))
+            .note("a plain `docker run` (json-file unless the engine is configured otherwise); for comparison"),
     ];
     if ctx.deployment.mode == Mode::SingleNode {
         rows.push(
@@ -147,11 +162,25 @@ fn short(sha256: &str) -> &str {
     sha256.get(..12).unwrap_or(sha256)
 }
 
+/// How long the floor containers took to print `bytes`.
+#[derive(Clone, Copy, Debug)]
+pub struct Floors {
+    bytes: u64,
+    /// The same container as the product's, with the runner's default log driver.
+    same_container: Duration,
+    /// With the engine's configured default log driver.
+    engine_default: Duration,
+}
+
 /// The same bytes printed by a container driven through the Docker API, drained and hashed.
-async fn floor_run(ctx: &Ctx, bytes: u64, expected: &Digest) -> anyhow::Result<Duration> {
+async fn floor_run(ctx: &Ctx, log_driver: LogDriver, bytes: u64, expected: &Digest) -> anyhow::Result<Duration> {
     let floor = ctx
         .floor
-        .run(&["sh", "-c", &format!("yes {LINE} | head -c \"$BYTES\"")], &[("BYTES", bytes.to_string())])
+        .run_logging_to(
+            log_driver,
+            &["sh", "-c", &format!("yes {LINE} | head -c \"$BYTES\"")],
+            &[("BYTES", bytes.to_string())],
+        )
         .await?;
     if floor.output != *expected {
         bail!("the floor container printed {:?}, expected {:?}", floor.output, expected);

@@ -122,8 +122,8 @@ pub struct Ctx {
     pub profile: Profile,
     pub deployment: Deployment,
     pub floor: Floor,
-    /// The log throughput floor (bytes, elapsed), measured once per benchmark run.
-    pub log_floor: Option<(u64, Duration)>,
+    /// The log throughput floors, measured once per benchmark run.
+    pub log_floor: Option<log_throughput::Floors>,
 }
 
 impl Ctx {

@@ -41,8 +41,12 @@ pub async fn archive(
         index.abort().await;
         return Err(e);
     }
-    let size = log.finish().await?;
-    index.finish().await?;
+    // The two objects are independent: finishing them side by side saves a round trip
+    // per finished run (most logs are one small PUT each). Nothing refers to either
+    // until the caller records the archive, so a failure of one leaves nothing visible.
+    let (size, indexed) = tokio::join!(log.finish(), index.finish());
+    let size = size?;
+    indexed?;
     let lines = reader.next_line() - 1;
     let missing_lines = expected.map(|t| t.lines.saturating_sub(lines)).unwrap_or(0);
     if missing_lines > 0 {

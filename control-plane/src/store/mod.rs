@@ -69,6 +69,7 @@ impl From<sqlx::Error> for Error {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    saved_bundles: bundles::SavedBundles,
 }
 
 #[derive(Clone)]
@@ -102,7 +103,7 @@ impl Store {
             // Only the scheme: the rest may hold a password.
             return Err(Error::UnsupportedUrl(url.split(':').next().unwrap_or_default().to_string()));
         };
-        Ok(Store { backend })
+        Ok(Store { backend, saved_bundles: Default::default() })
     }
 
     /// `"postgres"` or `"sqlite"`.
