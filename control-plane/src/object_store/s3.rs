@@ -18,11 +18,13 @@ use aws_sdk_s3::operation::abort_multipart_upload::builders::AbortMultipartUploa
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration};
 use bytes::Bytes;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{Error, S3Settings};
 
-/// Size of one multipart part, and so the memory bound of an [`S3Upload`]. S3 wants parts of at
-/// least 5 MiB (except the last) and at most 10 000 of them: objects up to ~78 GiB.
+/// Size of one multipart part. An [`S3Upload`] holds at most two: the one being filled and
+/// the one being sent. S3 wants parts of at least 5 MiB (except the last) and at most 10 000
+/// of them: objects up to ~78 GiB.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 
 #[derive(Clone)]
@@ -108,6 +110,7 @@ impl S3Store {
             total: 0,
             upload_id: None,
             parts: Vec::new(),
+            sending: None,
             broken: false,
         })
     }
@@ -161,9 +164,11 @@ impl S3Store {
     }
 }
 
-/// Writer for one object: buffers up to [`PART_SIZE`], then sends a multipart part. Nothing is
-/// visible under the key until [`S3Upload::finish`] succeeds; dropping an unfinished upload
-/// aborts its multipart upload in the background so its parts do not linger.
+/// Writer for one object: buffers up to [`PART_SIZE`], then sends a multipart part while the
+/// next one fills (one part in flight: the writer's source, e.g. the log stream being
+/// archived, is read while the server stores the previous part). Nothing is visible under
+/// the key until [`S3Upload::finish`] succeeds; dropping an unfinished upload aborts its
+/// multipart upload in the background so its parts do not linger.
 pub struct S3Upload {
     store: S3Store,
     key: String,
@@ -172,6 +177,9 @@ pub struct S3Upload {
     /// Set once the object outgrows one part.
     upload_id: Option<String>,
     parts: Vec<CompletedPart>,
+    /// The part being sent, in its own task (cancelled when dropped: no part lands after
+    /// the upload was given up).
+    sending: Option<AbortOnDropHandle<Result<CompletedPart, Error>>>,
     /// A part upload failed or was cancelled: its bytes are gone, so completing would silently
     /// produce a truncated object.
     broken: bool,
@@ -205,6 +213,7 @@ impl S3Upload {
         if !self.buf.is_empty() {
             self.upload_part().await?;
         }
+        self.await_sending().await?;
         let parts = CompletedMultipartUpload::builder().set_parts(Some(std::mem::take(&mut self.parts))).build();
         let s = &self.store;
         let complete = s.client.complete_multipart_upload().bucket(&s.bucket).key(&self.key);
@@ -229,6 +238,8 @@ impl S3Upload {
     }
 
     fn abort_request(&mut self) -> Option<AbortMultipartUploadFluentBuilder> {
+        // Cancels a part still being sent.
+        self.sending = None;
         let upload_id = self.upload_id.take()?;
         let s = &self.store;
         let abort = s.client.abort_multipart_upload().bucket(&s.bucket).key(&self.key);
@@ -244,6 +255,8 @@ impl S3Upload {
     }
 
     async fn upload_part(&mut self) -> Result<(), Error> {
+        // At most one part in flight: wait for the previous one before sending the next.
+        self.await_sending().await?;
         // Cleared only on success, so an error or a cancelled future leaves the upload unusable.
         self.broken = true;
         let s = &self.store;
@@ -262,15 +275,26 @@ impl S3Upload {
         let part_number = self.parts.len() as i32 + 1;
         let data = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(PART_SIZE)));
         let upload = s.client.upload_part().bucket(&s.bucket).key(&self.key);
-        let out = upload
-            .upload_id(upload_id)
-            .part_number(part_number)
-            .body(ByteStream::from(data))
-            .send()
-            .await
-            .map_err(|e| classify("upload_part", &self.key, e))?;
-        let part = CompletedPart::builder().part_number(part_number);
-        self.parts.push(part.set_e_tag(out.e_tag).build());
+        let request = upload.upload_id(upload_id).part_number(part_number).body(ByteStream::from(data));
+        let key = self.key.clone();
+        self.sending = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+            let out = request.send().await.map_err(|e| classify("upload_part", &key, e))?;
+            Ok(CompletedPart::builder().part_number(part_number).set_e_tag(out.e_tag).build())
+        })));
+        self.broken = false;
+        Ok(())
+    }
+
+    /// Waits for the part in flight, if any, and records it.
+    async fn await_sending(&mut self) -> Result<(), Error> {
+        let Some(sending) = self.sending.take() else {
+            return Ok(());
+        };
+        // Cleared only on success: a failed or cancelled part leaves the upload unusable.
+        self.broken = true;
+        let part =
+            sending.await.map_err(|e| Error::Unavailable(format!("sending a part of {:?}: {e}", self.key)))??;
+        self.parts.push(part);
         self.broken = false;
         Ok(())
     }
