@@ -11,12 +11,16 @@ use crate::docker::Docker;
 use crate::execution::Executor;
 use crate::link::ControlLink;
 use crate::link::nats::NatsLink;
+use crate::removals::Removals;
 use crate::{claimer, heartbeat, reattach};
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
+
+/// How long shutdown waits for exited containers still being removed.
+const REMOVAL_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The `runner-agent` process: NATS link, then [`serve`].
 pub async fn run(
@@ -60,11 +64,13 @@ pub async fn serve(
     let active = Active::default();
     let executor = Executor {
         config: config.clone(),
-        docker,
+        docker: docker.clone(),
         link: link.clone(),
         code: CodeCache::new(config.data_dir.join("code"), link.clone()),
         active: active.clone(),
+        removals: Removals::new(docker.clone(), config.concurrency as usize),
     };
+    let removals = executor.removals.clone();
     tracing::info!(runner_id = %config.runner_id, pool = %config.pool, slots = config.concurrency, "runner ready");
 
     let slots = Arc::new(Semaphore::new(config.concurrency as usize));
@@ -94,6 +100,12 @@ pub async fn serve(
             active.stop_all(StopReason::Cancel { force: false });
             let _ = tokio::time::timeout(config.stop_grace + Duration::from_secs(30), slots.acquire_many(all)).await;
         }
+    }
+    if !removals.finish(REMOVAL_PATIENCE).await {
+        tracing::warn!(
+            left = removals.in_background(),
+            "containers still being removed at exit; the next start removes them"
+        );
     }
     background.cancel();
     let _ = tokio::join!(heartbeats, cancels);

@@ -1,5 +1,6 @@
 //! Runs one claimed attempt: code, image, container, live log, exit report,
-//! and removal of the container once the control plane has the log.
+//! and removal of the container once the control plane has the log (in the
+//! background: see `removals`).
 
 use crate::active::{Active, StopReason};
 use crate::code_cache::CodeCache;
@@ -7,6 +8,7 @@ use crate::config::Config;
 use crate::docker::{self, BindMount, ContainerSpec, Docker, Limits, Output};
 use crate::link::ControlLink;
 use crate::log_pump::{self, LogPump};
+use crate::removals::Removals;
 use futures::StreamExt;
 use shared::LogStream;
 use shared::protocol::{AttemptRef, ExitOutcome, ExitReply, ExitReport, JobSpec};
@@ -78,6 +80,7 @@ pub struct Executor {
     pub link: Arc<dyn ControlLink>,
     pub code: CodeCache,
     pub active: Active,
+    pub removals: Removals,
 }
 
 /// How the container part of an attempt ended.
@@ -261,8 +264,12 @@ impl Executor {
             timed_out,
             cancelled,
         };
-        if self.report_exit(&report).await {
-            self.cleanup(container_id.as_deref()).await;
+        if self.report_exit(&report).await
+            && let Some(id) = container_id
+        {
+            // The control plane has the log: the container may go, and the slot with
+            // it, before the engine has finished removing it.
+            self.removals.remove(id).await;
         }
         self.active.remove(at.run_id);
     }

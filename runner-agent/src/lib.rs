@@ -13,3 +13,4 @@ pub mod link;
 pub mod log_batcher;
 pub mod log_pump;
 pub mod reattach;
+pub mod removals;

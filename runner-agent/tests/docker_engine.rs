@@ -341,3 +341,26 @@ async fn bad_mount_is_an_invalid_spec_and_leaves_nothing_behind() {
     let left = docker.containers_with_label(TEST_LABEL, &cleanup.run).await.expect("list");
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[tokio::test]
+async fn background_removals_stay_bounded_and_finish_before_shutdown() {
+    let docker = engine().await;
+    let cleanup = Cleanup::new();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(docker.start(&cleanup.spec(&["sleep", "300"])).await.expect("start").container_id);
+    }
+    let removals = runner_agent::removals::Removals::new(docker.clone(), 2);
+    for (i, id) in ids.iter().enumerate() {
+        removals.remove(id.clone()).await;
+        // Whatever was handed over and still exists is being removed in the background:
+        // never more than its room of 2 (beyond that, `remove` removes before returning).
+        let listed = docker.containers_with_label(TEST_LABEL, &cleanup.run).await.expect("list");
+        let pending: Vec<_> = ids[..=i].iter().filter(|id| listed.contains(id)).collect();
+        assert!(pending.len() <= 2, "after {} removals, {} still pending: {pending:?}", i + 1, pending.len());
+    }
+    assert!(removals.finish(Duration::from_secs(60)).await, "background removals did not finish");
+    assert_eq!(removals.in_background(), 0);
+    let left = docker.containers_with_label(TEST_LABEL, &cleanup.run).await.expect("list");
+    assert!(left.is_empty(), "containers left after finish: {left:?}");
+}

@@ -157,6 +157,9 @@ async fn one_sigterm_drains_a_runner_its_job_finishes_and_new_runs_go_elsewhere(
     let status = env.wait_runner_exit(0, Duration::from_secs(15)).await;
     eprintln!("drained runner exited {:?} after its job ended", finished_at.elapsed());
     assert_eq!(status.code(), Some(0), "the drained runner should exit with status 0, not {status}");
+    // Containers are removed off the slot; a drained runner still waits for that.
+    let left = env.docker_containers_with_label(&run.id).await;
+    assert!(left.is_empty(), "the drained runner left the container of run {} behind: {left:?}", run.id);
 
     let waiting = env.get_run(&later.id).await;
     assert_eq!(
