@@ -184,7 +184,7 @@ impl NatsBus {
 
     pub async fn log_cursor(&self, run_id: Uuid, attempt: i32) -> Result<LogCursor, Error> {
         let stream = self.js.get_stream(subjects::LOGS_STREAM).await.map_err(nats("get logs stream"))?;
-        Ok(LogCursor { stream, subject: subjects::log_subject(run_id, attempt), next_seq: 1 })
+        Ok(LogCursor { stream, subject: subjects::log_subject(run_id, attempt), next_seq: 1, gets: 0, streaming: None })
     }
 
     /// An ordered consumer from the start of the subject (ephemeral: the server
@@ -195,6 +195,8 @@ impl NatsBus {
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: subjects::log_subject(run_id, attempt),
                 deliver_policy: consumer::DeliverPolicy::All,
+                // Bounds what each follower buffers (the client's default asks for 500).
+                max_batch: STREAMING_BATCH,
                 ..Default::default()
             })
             .await
@@ -212,15 +214,53 @@ fn raw_batch(headers: Option<&HeaderMap>, payload: Bytes) -> RawBatch {
     }
 }
 
-/// Reads a subject's messages by stream sequence, one direct get each.
+/// Messages a cursor reads one request each before it streams the rest through a
+/// consumer: most logs are a batch or two, for which creating a consumer costs more
+/// than it saves; a long log (a GiB is ~16,000 batches) is read with many messages in
+/// flight instead of one round trip each.
+const GETS_BEFORE_STREAMING: u32 = 8;
+/// Messages a streaming cursor or a follower asks for at once (each at most a 64 KiB
+/// batch), which bounds what the control plane buffers per archive or SSE client.
+const STREAMING_BATCH: i64 = 32;
+/// How long a streaming cursor waits for a message the server said is pending.
+const STREAMING_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Reads a subject's messages in stream order: the first few with one `MSG.GET` each
+/// (answered by the stream leader, so nothing stored is missed), the rest through an
+/// ordered consumer (also served by the leader) until it reports nothing pending.
 pub struct LogCursor {
     stream: stream::Stream,
     subject: String,
     next_seq: u64,
+    gets: u32,
+    streaming: Option<consumer::pull::Ordered>,
 }
 
 impl LogCursor {
+    /// The next stored batch, or `None` once everything stored so far was read (a later
+    /// call sees what was stored since).
     pub async fn next_batch(&mut self) -> Result<Option<RawBatch>, Error> {
+        if self.streaming.is_none() && self.gets >= GETS_BEFORE_STREAMING {
+            self.streaming = start_streaming(&self.stream, &self.subject, self.next_seq).await?;
+            if self.streaming.is_none() {
+                return Ok(None);
+            }
+        }
+        match &mut self.streaming {
+            Some(messages) => {
+                let batch = next_streamed(messages, &mut self.next_seq).await?;
+                if batch.is_last {
+                    // Back to single reads: a later call asks the server afresh.
+                    self.streaming = None;
+                    self.gets = 0;
+                }
+                Ok(Some(batch.raw))
+            }
+            None => self.next_by_get().await,
+        }
+    }
+
+    async fn next_by_get(&mut self) -> Result<Option<RawBatch>, Error> {
         use stream::LastRawMessageErrorKind;
         let msg = self
             .stream
@@ -235,8 +275,53 @@ impl LogCursor {
             Err(e) => return Err(nats("read log")(e)),
         };
         self.next_seq = msg.sequence + 1;
+        self.gets += 1;
         Ok(Some(raw_batch(Some(&msg.headers), msg.payload)))
     }
+}
+
+/// An ordered consumer of `subject` from `next_seq`, or `None` when nothing is stored
+/// from there. (Free functions, not methods: the cursor holds the consumer, which is
+/// not `Sync`, so a `&self` must not live across an await.)
+async fn start_streaming(
+    stream: &stream::Stream,
+    subject: &str,
+    next_seq: u64,
+) -> Result<Option<consumer::pull::Ordered>, Error> {
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: next_seq },
+            max_batch: STREAMING_BATCH,
+            ..Default::default()
+        })
+        .await
+        .map_err(nats("stream log"))?;
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(None);
+    }
+    Ok(Some(consumer.messages().await.map_err(nats("stream log"))?))
+}
+
+async fn next_streamed(messages: &mut consumer::pull::Ordered, next_seq: &mut u64) -> Result<Streamed, Error> {
+    let next = tokio::time::timeout(STREAMING_PATIENCE, messages.next()).await.map_err(|_| {
+        nats("stream log")(format!("no message within {STREAMING_PATIENCE:?} although some are pending"))
+    })?;
+    let msg = match next {
+        Some(Ok(msg)) => msg,
+        Some(Err(e)) => return Err(nats("stream log")(e)),
+        None => return Err(nats("stream log")("the consumer ended early")),
+    };
+    let info = msg.info().map_err(nats("stream log"))?;
+    *next_seq = info.stream_sequence + 1;
+    let is_last = info.pending == 0;
+    Ok(Streamed { raw: raw_batch(msg.headers.as_ref(), msg.payload.clone()), is_last })
+}
+
+struct Streamed {
+    raw: RawBatch,
+    /// Nothing more was stored when the server sent it.
+    is_last: bool,
 }
 
 pub struct LogFollower(consumer::pull::Ordered);
