@@ -195,8 +195,6 @@ impl NatsBus {
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: subjects::log_subject(run_id, attempt),
                 deliver_policy: consumer::DeliverPolicy::All,
-                // Bounds what each follower buffers (the client's default asks for 500).
-                max_batch: STREAMING_BATCH,
                 ..Default::default()
             })
             .await
@@ -219,21 +217,25 @@ fn raw_batch(headers: Option<&HeaderMap>, payload: Bytes) -> RawBatch {
 /// than it saves; a long log (a GiB is ~16,000 batches) is read with many messages in
 /// flight instead of one round trip each.
 const GETS_BEFORE_STREAMING: u32 = 8;
-/// Messages a streaming cursor or a follower asks for at once (each at most a 64 KiB
-/// batch), which bounds what the control plane buffers per archive or SSE client.
+/// Messages a streaming cursor asks for at once (each at most a 64 KiB batch), which
+/// bounds what the control plane buffers per archive.
 const STREAMING_BATCH: i64 = 32;
-/// How long a streaming cursor waits for a message the server said is pending.
-const STREAMING_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a streaming cursor waits for a message the server said is pending before it
+/// goes back to single reads from where it is (a consumer that stalls costs this, not the
+/// archive: one benchmark archive of 1 GiB once took ~40 s longer than the others).
+const STREAMING_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Reads a subject's messages in stream order: the first few with one `MSG.GET` each
 /// (answered by the stream leader, so nothing stored is missed), the rest through an
-/// ordered consumer (also served by the leader) until it reports nothing pending.
+/// ordered consumer (also served by the leader) up to the subject's last message when the
+/// consumer was made; a later call reads on one message at a time, so it sees later ones.
 pub struct LogCursor {
     stream: stream::Stream,
     subject: String,
     next_seq: u64,
     gets: u32,
-    streaming: Option<consumer::pull::Ordered>,
+    /// The consumer, and the subject's last sequence when it was created (where it stops).
+    streaming: Option<(consumer::pull::Ordered, u64)>,
 }
 
 impl LogCursor {
@@ -246,18 +248,24 @@ impl LogCursor {
                 return Ok(None);
             }
         }
-        match &mut self.streaming {
-            Some(messages) => {
-                let batch = next_streamed(messages, &mut self.next_seq).await?;
-                if batch.is_last {
-                    // Back to single reads: a later call asks the server afresh.
+        if let Some((messages, last_seq)) = &mut self.streaming {
+            match next_streamed(messages, *last_seq, &mut self.next_seq).await? {
+                Some(batch) => {
+                    if batch.is_last {
+                        // Back to single reads: a later call asks the server afresh.
+                        self.streaming = None;
+                        self.gets = 0;
+                    }
+                    return Ok(Some(batch.raw));
+                }
+                None => {
+                    tracing::warn!(subject = %self.subject, next_seq = self.next_seq, "log consumer stalled; reading on one message at a time");
                     self.streaming = None;
                     self.gets = 0;
                 }
-                Ok(Some(batch.raw))
             }
-            None => self.next_by_get().await,
         }
+        self.next_by_get().await
     }
 
     async fn next_by_get(&mut self) -> Result<Option<RawBatch>, Error> {
@@ -280,14 +288,26 @@ impl LogCursor {
     }
 }
 
-/// An ordered consumer of `subject` from `next_seq`, or `None` when nothing is stored
-/// from there. (Free functions, not methods: the cursor holds the consumer, which is
-/// not `Sync`, so a `&self` must not live across an await.)
+/// An ordered consumer of `subject` from `next_seq` with the subject's last sequence
+/// now, or `None` when nothing is stored from there. (Free functions, not methods: the
+/// cursor holds the consumer, which is not `Sync`, so a `&self` must not live across an
+/// await.)
 async fn start_streaming(
     stream: &stream::Stream,
     subject: &str,
     next_seq: u64,
-) -> Result<Option<consumer::pull::Ordered>, Error> {
+) -> Result<Option<(consumer::pull::Ordered, u64)>, Error> {
+    use stream::LastRawMessageErrorKind;
+    // The end is read first, so the snapshot stops there without waiting: the consumer's
+    // pending count alone was seen to stay above zero after the last message.
+    let last_seq = match stream.raw_message_builder().last_by_subject(subject.to_owned()).send().await {
+        Ok(msg) => msg.sequence,
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) => return Err(nats("read log")(e)),
+    };
+    if last_seq < next_seq {
+        return Ok(None);
+    }
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: subject.to_owned(),
@@ -300,13 +320,17 @@ async fn start_streaming(
     if consumer.cached_info().num_pending == 0 {
         return Ok(None);
     }
-    Ok(Some(consumer.messages().await.map_err(nats("stream log"))?))
+    Ok(Some((consumer.messages().await.map_err(nats("stream log"))?, last_seq)))
 }
 
-async fn next_streamed(messages: &mut consumer::pull::Ordered, next_seq: &mut u64) -> Result<Streamed, Error> {
-    let next = tokio::time::timeout(STREAMING_PATIENCE, messages.next()).await.map_err(|_| {
-        nats("stream log")(format!("no message within {STREAMING_PATIENCE:?} although some are pending"))
-    })?;
+/// The next streamed message; `None` if none came within [`STREAMING_PATIENCE`] although
+/// the server said some are pending.
+async fn next_streamed(
+    messages: &mut consumer::pull::Ordered,
+    last_seq: u64,
+    next_seq: &mut u64,
+) -> Result<Option<Streamed>, Error> {
+    let Ok(next) = tokio::time::timeout(STREAMING_PATIENCE, messages.next()).await else { return Ok(None) };
     let msg = match next {
         Some(Ok(msg)) => msg,
         Some(Err(e)) => return Err(nats("stream log")(e)),
@@ -314,8 +338,8 @@ async fn next_streamed(messages: &mut consumer::pull::Ordered, next_seq: &mut u6
     };
     let info = msg.info().map_err(nats("stream log"))?;
     *next_seq = info.stream_sequence + 1;
-    let is_last = info.pending == 0;
-    Ok(Streamed { raw: raw_batch(msg.headers.as_ref(), msg.payload.clone()), is_last })
+    let is_last = info.pending == 0 || info.stream_sequence >= last_seq;
+    Ok(Some(Streamed { raw: raw_batch(msg.headers.as_ref(), msg.payload.clone()), is_last }))
 }
 
 struct Streamed {
