@@ -436,10 +436,8 @@ impl Executor {
     }
 
     async fn cleanup(&self, container_id: Option<&str>) {
-        if let Some(id) = container_id
-            && let Err(e) = self.docker.remove(id).await
-        {
-            tracing::warn!(container = %id, error = %e, "could not remove the container");
+        if let Some(id) = container_id {
+            self.removals.remove_now(id).await;
         }
     }
 

@@ -37,8 +37,14 @@ impl Removals {
                     drop(permit);
                 });
             }
-            Err(_) => remove_logging(&self.docker, &container_id).await,
+            Err(_) => self.remove_now(&container_id).await,
         }
+    }
+
+    /// Removes the container before returning (a failure is logged: the container is
+    /// found by its labels at the next start).
+    pub async fn remove_now(&self, container_id: &str) {
+        remove_logging(&self.docker, container_id).await;
     }
 
     /// How many removals are still running in the background.

@@ -344,7 +344,8 @@ async fn next_streamed(
 
 struct Streamed {
     raw: RawBatch,
-    /// Nothing more was stored when the server sent it.
+    /// The end of the snapshot: the subject's last sequence when the consumer was made, or
+    /// nothing more stored when the server sent it.
     is_last: bool,
 }
 
