@@ -116,7 +116,12 @@ impl PgStore {
         if let Some((before_ts, before_id)) = filter.before {
             sql.push(" and (created_at, id) < (").push_bind(before_ts).push(", ").push_bind(before_id).push(")");
         }
-        sql.push(" order by created_at desc, id desc limit ").push_bind(filter.limit);
+        // The limit is written into the statement, not bound: with `limit $n` Postgres never
+        // settles on its cached generic plan (it cannot know the row count) and plans every
+        // execution again; a literal limit lets the plan be reused (BENCHMARKS.md, round 7).
+        // An i64 renders as digits only; each distinct limit is one more cached statement
+        // per connection, and sqlx's statement cache is LRU-bounded.
+        sql.push(" order by created_at desc, id desc limit ").push(filter.limit);
         let runs = sql.build_query_as::<Run>().fetch_all(&self.pool).await?;
         Ok(runs)
     }

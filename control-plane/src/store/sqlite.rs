@@ -1003,4 +1003,18 @@ mod tests {
         assert!(write_on_reader.is_err(), "the read pool is read-only");
         assert_eq!(store.writer.options().get_max_connections(), 1);
     }
+
+    /// The bundled SQLite is built without global memory statistics (`.cargo/config.toml`):
+    /// with them, every allocation of every connection takes one process-wide mutex and the
+    /// store's readers queued on it under load. A build without the workspace's cargo
+    /// config (e.g. `cargo install` from elsewhere) would lose it silently; this says so.
+    #[tokio::test]
+    async fn bundled_sqlite_is_built_without_memory_statistics() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.expect("in-memory database");
+        let (used,): (i64,) = sqlx::query_as("select sqlite_compileoption_used('DEFAULT_MEMSTATUS=0')")
+            .fetch_one(&mut conn)
+            .await
+            .expect("compile option query");
+        assert_eq!(used, 1, "LIBSQLITE3_FLAGS from .cargo/config.toml did not reach libsqlite3-sys");
+    }
 }
