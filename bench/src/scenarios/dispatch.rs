@@ -39,7 +39,7 @@ use crate::deploy::{Mode, RunnerSettings};
 use crate::report::Row;
 use crate::stats::Summary;
 
-use super::{Ctx, wait_idle};
+use super::{Ctx, QueuedPoll, wait_idle};
 
 const SCENARIO: &str = "Dispatch capacity (no-op executor)";
 const HARNESS_SCENARIO: &str = "Dispatch capacity (harness as no-op runner)";
@@ -162,7 +162,7 @@ async fn queued_phase(ctx: &mut Ctx, n: usize, noop: RunnerSettings, out: &mut Q
     out.submit.push(n as f64 / started.elapsed().as_secs_f64());
     let started = Instant::now();
     ctx.deployment.restart_runner_with(noop).await?;
-    wait_idle(ctx.api(), started, PHASE_TIMEOUT).await.context("the queued runs")?;
+    wait_idle(ctx.api(), started, PHASE_TIMEOUT, QueuedPoll::NoOp).await.context("the queued runs")?;
     out.drain.push(n as f64 / started.elapsed().as_secs_f64());
     let runs = runs_of(ctx.api(), &ids).await?;
     out.not_success += runs.iter().filter(|r| r.status != "success").count();
@@ -176,7 +176,7 @@ async fn live_phase(ctx: &mut Ctx, n: usize, out: &mut Live) -> anyhow::Result<(
     let started = Instant::now();
     let ids = submit(ctx.api(), n).await?;
     out.submit.push(n as f64 / started.elapsed().as_secs_f64());
-    wait_idle(ctx.api(), started, PHASE_TIMEOUT).await.context("the end-to-end runs")?;
+    wait_idle(ctx.api(), started, PHASE_TIMEOUT, QueuedPoll::NoOp).await.context("the end-to-end runs")?;
     out.e2e.push(n as f64 / started.elapsed().as_secs_f64());
     let runs = runs_of(ctx.api(), &ids).await?;
     out.not_success += runs.iter().filter(|r| r.status != "success").count();

@@ -195,6 +195,7 @@ impl NatsBus {
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: subjects::log_subject(run_id, attempt),
                 deliver_policy: consumer::DeliverPolicy::All,
+                max_batch: FOLLOW_BATCH,
                 ..Default::default()
             })
             .await
@@ -211,6 +212,13 @@ fn raw_batch(headers: Option<&HeaderMap>, payload: Bytes) -> RawBatch {
         payload,
     }
 }
+
+/// Messages an SSE follower's consumer asks for at once. The client asks again when half
+/// are delivered, so up to 1.5 × this many batches (each ≤ 64 KiB) wait in the control
+/// plane for a slow client: ~3 MiB per follower, where the client's default (500) allowed
+/// ~48 MiB. A pull request is one round trip per 16 messages, well inside the 10 ms batch
+/// window of a busy log.
+const FOLLOW_BATCH: i64 = 32;
 
 /// Messages a cursor reads one request each before it streams the rest through a
 /// consumer: most logs are a batch or two, for which creating a consumer costs more

@@ -29,6 +29,9 @@ use tokio_stream::wrappers::ReceiverStream;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How often a follower re-reads the run in case a finished event was missed.
 const STATUS_POLL: Duration = Duration::from_secs(3);
+/// How often a follower of a queued run reads it again: first after 50 ms, doubling to 500 ms.
+const QUEUED_POLL_FIRST: Duration = Duration::from_millis(50);
+const QUEUED_POLL_MAX: Duration = Duration::from_millis(500);
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/runs/{id}/logs", get(text)).route("/api/v1/runs/{id}/logs/stream", get(stream))
@@ -117,7 +120,7 @@ async fn stream(
     tokio::spawn(async move {
         let run_id = run.id;
         let limiter = app.config.log_stream_rate.map(RateLimiter::new);
-        let mut follower = Follower { app, tx, attempt, next_line: last + 1, limiter };
+        let mut follower = Follower { app, tx, attempt, next_line: last + 1, limiter, queued_pause: QUEUED_POLL_FIRST };
         if let Err(e) = follower.follow(run).await {
             tracing::warn!(%run_id, error = %e, "log stream ended with an error");
             let data = serde_json::json!({ "message": e.to_string() }).to_string();
@@ -152,6 +155,8 @@ struct Follower {
     attempt: i32,
     next_line: u64,
     limiter: Option<RateLimiter>,
+    /// The next pause while the run is queued (`wait_queued`); reset once it is not.
+    queued_pause: Duration,
 }
 
 /// At most `rate` lines a second to one client (bursts of up to one second's
@@ -193,6 +198,9 @@ impl Follower {
                 }
                 continue;
             }
+            if run.status != RunStatus::Queued {
+                self.queued_pause = QUEUED_POLL_FIRST;
+            }
             let step = match run.status {
                 s if s.is_final() => return self.finish(&run).await,
                 RunStatus::Queued => self.wait_queued(&mut finished).await,
@@ -231,10 +239,16 @@ impl Follower {
         self.app.store.get_run(run.id).await?.ok_or(FollowError::Gone)
     }
 
-    async fn wait_queued(&self, finished: &mut FinishedEvents) -> Result<(), Disconnected> {
+    /// Waits a little before the run is read again. Nothing announces a start, so the
+    /// pause grows from 50 ms to 500 ms: a run claimed right after its trigger (the usual
+    /// case) shows its first lines within ~50–100 ms, and a run that waits long costs
+    /// two reads a second per follower.
+    async fn wait_queued(&mut self, finished: &mut FinishedEvents) -> Result<(), Disconnected> {
+        let pause = self.queued_pause;
+        self.queued_pause = (pause * 2).min(QUEUED_POLL_MAX);
         tokio::select! {
             _ = finished.next() => Ok(()),
-            _ = tokio::time::sleep(Duration::from_millis(500)) => Ok(()),
+            _ = tokio::time::sleep(pause) => Ok(()),
             _ = self.tx.closed() => Err(Disconnected),
         }
     }
