@@ -43,9 +43,7 @@ pub async fn adopt_orphans(executor: &Executor, slots: &Arc<Semaphore>) -> usize
         let Some(orphan) = Orphan::from_container(&container) else {
             // Without its attempt it can never be reported: nobody else will remove it.
             tracing::warn!(container = %id, labels = ?container.labels, "container lacks the labels to re-attach; removing it");
-            if let Err(e) = executor.docker.remove(&id).await {
-                tracing::warn!(container = %id, error = %e, "could not remove the container");
-            }
+            executor.removals.remove_now(&id).await;
             continue;
         };
         if executor.active.contains(orphan.attempt.run_id) {

@@ -103,3 +103,24 @@ async fn a_restarted_runner_removes_the_container_of_a_run_that_was_lost_meanwhi
     let log = String::from_utf8_lossy(&env.logs(&created.id).await).into_owned();
     assert_eq!(log, "started\n", "nothing more is added to a lost run's log");
 }
+
+/// A container with this runner's label but without an attempt's labels can never be
+/// reported, so nobody else would remove it: the runner removes it when it starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_without_an_attempts_labels_is_removed_when_the_runner_starts() {
+    let mut env = TestEnv::start(TestEnvOptions::default()).await;
+    env.kill_runner(0);
+    // A run-id label only, so the harness can find it; no attempt or fencing token.
+    let marker = uuid::Uuid::new_v4().to_string();
+    let output = tokio::process::Command::new("docker")
+        .args(["run", "-d", "--label", &format!("fastflow-runner-id={}", env.runner_id(0))])
+        .args(["--label", &format!("fastflow-run-id={marker}"), env.dev.busybox_image.as_str(), "sleep", "300"])
+        .output()
+        .await
+        .expect("run docker");
+    assert!(output.status.success(), "docker run: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(env.docker_containers_with_label(&marker).await.len(), 1, "the stray container exists");
+
+    env.restart_runner(0).await;
+    wait_containers_removed(&env, &marker).await;
+}
