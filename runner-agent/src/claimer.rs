@@ -12,10 +12,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// Offers claimed in one exchange at most: enough to claim thousands per
-/// second, small enough that a reply of granted jobs stays well inside a NATS
-/// message.
-pub const MAX_CLAIM_BATCH: usize = 64;
+/// Offers claimed in one exchange at most. A runner with many free slots (a backlog)
+/// claims 5,000 a second with 256 where 64 gave ~2,500 (BENCHMARKS.md, round 7): each
+/// exchange is a fetch and a request/reply round trip whatever its size. A reply that
+/// would not fit in a NATS message is cut short by the control plane, and the offers it
+/// did not decide come back at once.
+pub const MAX_CLAIM_BATCH: usize = 256;
 
 pub async fn run(executor: Executor, slots: Arc<Semaphore>, stop_claiming: CancellationToken) {
     let pool = executor.config.pool.clone();
