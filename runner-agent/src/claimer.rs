@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// Offers claimed in one exchange at most. A runner with many free slots (a backlog)
-/// claims 5,000 a second with 256 where 64 gave ~2,500 (BENCHMARKS.md, round 7): each
-/// exchange is a fetch and a request/reply round trip whatever its size. A reply that
+/// claims about twice as many a second with 256 as with 64 (4,500 against 2,300 on the
+/// benchmark machine; BENCHMARKS.md, round 7): each exchange costs a fetch, a
+/// request/reply round trip and a transaction nearly whatever its size. A reply that
 /// would not fit in a NATS message is cut short by the control plane, and the offers it
 /// did not decide come back at once.
 pub const MAX_CLAIM_BATCH: usize = 256;
