@@ -1,7 +1,8 @@
 //! The claim loop: with free slots, take as many offers for the runner's pool
 //! as there are free slots (at most [`MAX_CLAIM_BATCH`]), ask the control plane
 //! to claim them in one exchange, settle every offer either way, and execute
-//! what was granted.
+//! what was granted. Up to [`CLAIMS_IN_FLIGHT`] exchanges overlap, so the next
+//! fetch does not wait for the previous exchange's reply.
 
 use crate::execution::Executor;
 use crate::link::Offer;
@@ -9,6 +10,7 @@ use shared::protocol::{AttemptRef, ClaimReply, JobOffer, JobSpec};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -20,9 +22,35 @@ use tracing::Instrument;
 /// did not decide come back at once.
 pub const MAX_CLAIM_BATCH: usize = 256;
 
+/// Claim exchanges a runner has open at once. With one, the runner waited for each
+/// reply before it fetched again; with two, a backlog's next fetch and request overlap
+/// the control plane's transaction for the previous one (BENCHMARKS.md, round 8).
+pub const CLAIMS_IN_FLIGHT: usize = 2;
+
+/// Claims until `stop_claiming`; returns once the exchanges it opened are settled (so a
+/// granted attempt is started, and holds its slot, before the caller drains).
 pub async fn run(executor: Executor, slots: Arc<Semaphore>, stop_claiming: CancellationToken) {
+    let mut exchanges = JoinSet::new();
+    claim_until_stopped(&executor, &slots, &stop_claiming, &mut exchanges).await;
+    while exchanges.join_next().await.is_some() {}
+}
+
+async fn claim_until_stopped(
+    executor: &Executor,
+    slots: &Arc<Semaphore>,
+    stop_claiming: &CancellationToken,
+    exchanges: &mut JoinSet<()>,
+) {
     let pool = executor.config.pool.clone();
     loop {
+        while exchanges.try_join_next().is_some() {}
+        if exchanges.len() >= CLAIMS_IN_FLIGHT {
+            tokio::select! {
+                _ = stop_claiming.cancelled() => return,
+                _ = exchanges.join_next() => {}
+            }
+            continue;
+        }
         let first = tokio::select! {
             _ = stop_claiming.cancelled() => return,
             permit = slots.clone().acquire_owned() => match permit {
@@ -47,7 +75,7 @@ pub async fn run(executor: Executor, slots: Arc<Semaphore>, stop_claiming: Cance
             Err(e) => {
                 tracing::warn!(error = %e, "no offers available; retrying");
                 drop(permits);
-                pause(&stop_claiming, Duration::from_secs(1)).await;
+                pause(stop_claiming, Duration::from_secs(1)).await;
                 continue;
             }
         };
@@ -61,7 +89,8 @@ pub async fn run(executor: Executor, slots: Arc<Semaphore>, stop_claiming: Cance
             }
         }
         if !fresh.is_empty() {
-            claim(&executor, fresh, permits).await;
+            let executor = executor.clone();
+            exchanges.spawn(async move { claim(&executor, fresh, permits).await });
         }
     }
 }
@@ -122,5 +151,146 @@ async fn pause(cancel: &CancellationToken, d: Duration) {
     tokio::select! {
         _ = cancel.cancelled() => {}
         _ = tokio::time::sleep(d) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::active::Active;
+    use crate::code_cache::CodeCache;
+    use crate::config::Config;
+    use crate::docker::Docker;
+    use crate::link::{ControlLink, LinkError, LogAck, OfferHandle};
+    use crate::removals::Removals;
+    use bytes::Bytes;
+    use futures::stream::BoxStream;
+    use shared::protocol::{CancelNotice, CodeBundleRef, ExitReply, ExitReport, Heartbeat, HeartbeatReply, JobOffer};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Notify;
+
+    /// A link with an endless backlog whose claim exchanges stay open until released,
+    /// refusing every offer (so nothing is executed).
+    #[derive(Default)]
+    struct HeldClaims {
+        open: AtomicUsize,
+        most_open: AtomicUsize,
+        exchanges: AtomicUsize,
+        release: Notify,
+        released: Mutex<bool>,
+        acked: AtomicUsize,
+    }
+
+    struct Ack(Arc<HeldClaims>);
+
+    #[async_trait::async_trait]
+    impl OfferHandle for Ack {
+        async fn ack(self: Box<Self>) {
+            self.0.acked.fetch_add(1, Ordering::SeqCst);
+        }
+        async fn retry_later(self: Box<Self>, _delay: Duration) {}
+    }
+
+    struct Link(Arc<HeldClaims>);
+
+    fn unused<T>(what: &'static str) -> Result<T, LinkError> {
+        Err(LinkError::new(what, "not used by this test"))
+    }
+
+    #[async_trait::async_trait]
+    impl ControlLink for Link {
+        async fn next_offers(&self, _pool: &str, max: usize) -> Result<Vec<Offer>, LinkError> {
+            Ok((0..max)
+                .map(|_| Offer {
+                    job: JobOffer { run_id: uuid::Uuid::new_v4(), attempt: 1 },
+                    handle: Box::new(Ack(self.0.clone())),
+                })
+                .collect())
+        }
+        async fn claim_batch(&self, _runner_id: &str, offers: &[JobOffer]) -> Result<Vec<ClaimReply>, LinkError> {
+            let held = &self.0;
+            held.exchanges.fetch_add(1, Ordering::SeqCst);
+            let open = held.open.fetch_add(1, Ordering::SeqCst) + 1;
+            held.most_open.fetch_max(open, Ordering::SeqCst);
+            loop {
+                let released = held.release.notified();
+                if *held.released.lock().map_err(|_| LinkError::new("test", "poisoned"))? {
+                    break;
+                }
+                released.await;
+            }
+            held.open.fetch_sub(1, Ordering::SeqCst);
+            Ok(offers.iter().map(|_| ClaimReply::Refused { reason: "test".into() }).collect())
+        }
+        async fn heartbeat(&self, _beat: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
+            unused("heartbeat")
+        }
+        async fn report_exit(&self, _report: &ExitReport) -> Result<ExitReply, LinkError> {
+            unused("exit report")
+        }
+        async fn cancel_notices(&self, _runner_id: &str) -> Result<BoxStream<'static, CancelNotice>, LinkError> {
+            unused("cancel notices")
+        }
+        async fn fetch_bundle(&self, _code: &CodeBundleRef, _max_bytes: u64) -> Result<Vec<u8>, LinkError> {
+            unused("code bundle")
+        }
+        fn max_log_payload(&self) -> usize {
+            1024
+        }
+        async fn publish_log(&self, _at: &AttemptRef, _first_line: u64, _payload: Bytes) -> Result<LogAck, LinkError> {
+            unused("log")
+        }
+        async fn published_log(
+            &self,
+            _at: &AttemptRef,
+        ) -> Result<BoxStream<'static, Result<(u64, Bytes), LinkError>>, LinkError> {
+            unused("published log")
+        }
+    }
+
+    #[tokio::test]
+    async fn exchanges_overlap_up_to_the_limit_and_are_settled_before_the_loop_returns() {
+        let held = Arc::new(HeldClaims::default());
+        let link: Arc<dyn ControlLink> = Arc::new(Link(held.clone()));
+        let config = Arc::new(Config::from_source(&|_| None).expect("default config"));
+        let docker = Docker::unconnected().expect("a Docker client");
+        let executor = Executor {
+            config: config.clone(),
+            docker: docker.clone(),
+            link: link.clone(),
+            code: CodeCache::new(std::env::temp_dir(), link),
+            active: Active::default(),
+            removals: Removals::new(docker, 1),
+        };
+        // Slots for one more full exchange than may be open.
+        let all = MAX_CLAIM_BATCH * (CLAIMS_IN_FLIGHT + 1);
+        let slots = Arc::new(Semaphore::new(all));
+        let stop = CancellationToken::new();
+        let claiming = tokio::spawn(run(executor, slots.clone(), stop.clone()));
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while held.open.load(Ordering::SeqCst) < CLAIMS_IN_FLIGHT && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(held.open.load(Ordering::SeqCst), CLAIMS_IN_FLIGHT, "the second exchange waited for the first");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(held.most_open.load(Ordering::SeqCst), CLAIMS_IN_FLIGHT, "never more than the limit open");
+
+        // Stopping does not end the loop while its exchanges are open ...
+        stop.cancel();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!claiming.is_finished(), "returned with exchanges still open");
+        // ... and once they are answered, every offer is settled and every slot is free.
+        *held.released.lock().expect("lock") = true;
+        held.release.notify_waiters();
+        tokio::time::timeout(Duration::from_secs(10), claiming).await.expect("the loop returned").expect("no panic");
+        let exchanges = held.exchanges.load(Ordering::SeqCst);
+        assert_eq!(
+            held.acked.load(Ordering::SeqCst),
+            exchanges * MAX_CLAIM_BATCH,
+            "every offer of every exchange acked"
+        );
+        assert_eq!(slots.available_permits(), all, "refused offers give their slots back");
     }
 }

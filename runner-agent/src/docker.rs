@@ -173,6 +173,12 @@ impl Docker {
         }
     }
 
+    /// A client that has not spoken to the engine yet (tests whose code never reaches it).
+    #[cfg(test)]
+    pub(crate) fn unconnected() -> Result<Docker, Error> {
+        Ok(Docker { inner: bollard::Docker::connect_with_defaults()? })
+    }
+
     /// Older engines (20.10) reject bollard's versioned `/version` request with "client version
     /// X is too new. Maximum supported API version is Y", so `negotiate_version` cannot work;
     /// reconnect at the version that message names instead.
