@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::api::{ControlPlaneClient, Run};
 use crate::config::{DevEnv, workspace_root};
 use crate::docker;
-use crate::nats::NatsServer;
+use crate::nats::{self, NatsServer};
 use crate::postgres::TestDatabase;
 use crate::private_postgres::PrivatePostgres;
 use crate::process::{ChildProcess, free_port, log_tail};
@@ -83,6 +83,9 @@ pub struct TestEnvOptions {
     /// Run the control planes against a Postgres cluster of the test's own (which
     /// the test may stop and restart) instead of the shared one.
     pub private_postgres: bool,
+    /// nats-server's `max_payload` (e.g. `"1MB"`, the server's own default); the
+    /// tests' default is 8 MB.
+    pub nats_max_payload: Option<String>,
 }
 
 impl Default for TestEnvOptions {
@@ -96,6 +99,7 @@ impl Default for TestEnvOptions {
             control_plane_env: Vec::new(),
             runner_env: Vec::new(),
             private_postgres: false,
+            nats_max_payload: None,
         }
     }
 }
@@ -141,6 +145,12 @@ impl TestEnvOptions {
         self
     }
 
+    /// nats-server's largest message (`max_payload`, e.g. `"1MB"`).
+    pub fn nats_max_payload(mut self, size: &str) -> Self {
+        self.nats_max_payload = Some(size.to_string());
+        self
+    }
+
     /// Panics when the options ask for what a single node cannot be.
     fn check_single_node(&self) {
         assert!(
@@ -158,6 +168,10 @@ impl TestEnvOptions {
         assert!(
             !self.private_postgres,
             "TestEnvOptions::private_postgres() is not available in single-node mode: it uses SQLite"
+        );
+        assert!(
+            self.nats_max_payload.is_none(),
+            "TestEnvOptions::nats_max_payload() is not available in single-node mode: it has no NATS"
         );
     }
 }
@@ -762,7 +776,8 @@ impl TestEnv {
 
 impl Services {
     async fn start(dev: &DevEnv, dir: &Path, options: &TestEnvOptions) -> Self {
-        let nats = NatsServer::start(&dev.nats_server_bin, &dir.join("nats")).await;
+        let max_payload = options.nats_max_payload.as_deref().unwrap_or(nats::DEFAULT_MAX_PAYLOAD);
+        let nats = NatsServer::start(&dev.nats_server_bin, &dir.join("nats"), max_payload).await;
         let private_pg = if options.private_postgres {
             Some(PrivatePostgres::start(&dir.join("logs").join("postgres.log")).await)
         } else {

@@ -255,6 +255,12 @@ pub async fn claim_batch(
             let size = serde_json::to_vec(&template).map(|v| v.len()).unwrap_or(0) + JOB_OVERHEAD_BYTES;
             // The first offer is always decided, so a runner is never stuck on it.
             if i > 0 && reply_bytes + size > max {
+                tracing::info!(
+                    runner_id,
+                    decided = i,
+                    offered = offers.len(),
+                    "claim reply cut short to fit one NATS message; the runner offers the rest again"
+                );
                 break;
             }
             reply_bytes += size;
