@@ -654,6 +654,9 @@ impl TestEnv {
         match &self.services {
             Some(services) => {
                 command
+                    // Used only where a test switches a seam to SQLite or files; without it
+                    // the default `./data` would be the test process's working directory.
+                    .env("DATA_DIR", self.dir.join(format!("data-cp{i}")))
                     .env("DATABASE_URL", &services.db.url)
                     .env("NATS_URL", services.nats.url())
                     .env("S3_ENDPOINT", &self.dev.s3_endpoint)
