@@ -1,13 +1,25 @@
 //! Pipeline code bundles fetched through the control link, verified against
 //! their sha256 and unpacked once per digest under `<data dir>/code/<digest>`.
 
-use crate::link::ControlLink;
+use crate::link::{ControlLink, LinkError};
 use sha2::{Digest, Sha256};
 use shared::protocol::CodeBundleRef;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 const MAX_BUNDLE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Tries of one fetch. A fetch reads the bundle through a JetStream consumer,
+/// which has been seen to stall for good (CI, round 9: a run sat in setup until the
+/// control plane ended it); a fresh try with a new consumer gets past that.
+const FETCH_TRIES: u32 = 3;
+
+/// How long one try may take: a base plus a second per MiB (the bundle comes from
+/// NATS, usually on the same network, at far more than 1 MiB/s).
+fn try_deadline(size: u64) -> Duration {
+    Duration::from_secs(10 + size / (1024 * 1024))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -56,11 +68,34 @@ impl CodeCache {
         if code.size > MAX_BUNDLE_BYTES {
             return Err(unavailable(format!("larger than {MAX_BUNDLE_BYTES} bytes")));
         }
-        let data = self.link.fetch_bundle(code, MAX_BUNDLE_BYTES).await.map_err(|e| unavailable(e.to_string()))?;
+        let fetch = || self.link.fetch_bundle(code, MAX_BUNDLE_BYTES);
+        let data = with_tries(&code.digest, try_deadline(code.size), FETCH_TRIES, fetch).await.map_err(unavailable)?;
         if data.len() as u64 > MAX_BUNDLE_BYTES {
             return Err(unavailable(format!("larger than {MAX_BUNDLE_BYTES} bytes")));
         }
         Ok(data)
+    }
+}
+
+/// Calls `fetch` until it succeeds, at most `tries` times, giving each call `deadline`.
+async fn with_tries<F, Fut>(digest: &str, deadline: Duration, tries: u32, mut fetch: F) -> Result<Vec<u8>, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<u8>, LinkError>>,
+{
+    let mut tried = 0;
+    loop {
+        tried += 1;
+        let failure = match tokio::time::timeout(deadline, fetch()).await {
+            Ok(Ok(data)) => return Ok(data),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {}s", deadline.as_secs()),
+        };
+        if tried >= tries {
+            return Err(format!("{failure} (tried {tried} times)"));
+        }
+        tracing::warn!(digest, tried, error = %failure, "fetching the code bundle failed; trying again");
+        tokio::time::sleep(Duration::from_millis(500 * u64::from(tried))).await;
     }
 }
 
@@ -77,5 +112,40 @@ fn unpack(dir: &Path, target: &Path, data: &[u8]) -> std::io::Result<()> {
         // Another run unpacked the same digest first.
         Err(_) if target.exists() => std::fs::remove_dir_all(&tmp),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_that_never_answers_is_tried_again() {
+        let calls = AtomicU32::new(0);
+        let fetched = with_tries("d", Duration::from_secs(10), 3, || {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if call == 0 {
+                    std::future::pending::<()>().await;
+                }
+                Ok(b"bundle".to_vec())
+            }
+        })
+        .await;
+        assert_eq!(fetched, Ok(b"bundle".to_vec()));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the stalled first try was given up, the second answered");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_gives_up_after_its_tries_with_the_last_reason() {
+        let calls = AtomicU32::new(0);
+        let fetched = with_tries("d", Duration::from_secs(10), 3, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err::<Vec<u8>, _>(LinkError::new("code bundle", "no such object")) }
+        })
+        .await;
+        assert_eq!(fetched, Err("code bundle: no such object (tried 3 times)".to_owned()));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 }

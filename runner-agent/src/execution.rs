@@ -17,9 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 
 const UV_CACHE_MOUNT: &str = "/uv-cache";
 const EXIT_REPORT_PATIENCE: Duration = Duration::from_secs(3600);
+/// How often a job setup step that is still waiting is logged (see [`watched`]).
+const SETUP_WARN_EVERY: Duration = Duration::from_secs(20);
 /// The one log line of an attempt under the benchmark-only no-op executor.
 pub const NOOP_LINE: &str = "fastflow: no-op executor (benchmark mode)";
 
@@ -278,26 +281,23 @@ impl Executor {
         &self,
         job: &JobSpec,
         pump: &mut LogPump,
-        stop: watch::Receiver<Option<StopReason>>,
+        mut stop: watch::Receiver<Option<StopReason>>,
     ) -> Result<Ended, Error> {
-        let code_dir = match &job.code {
-            Some(code) => match self.code.ensure(code).await {
-                Ok(dir) => Some(dir),
-                Err(e) => return Ok(Ended::SetupFailed(e.to_string())),
-            },
-            None => None,
+        // A stop (cancel, lease lost, shutdown) ends the setup wherever it is: a fetch
+        // or a pull must not hold the slot after the control plane gave up the attempt.
+        let prepared = tokio::select! {
+            prepared = self.prepare(job, pump) => prepared?,
+            reason = stop_requested(&mut stop) => return Ok(ended_before_start(reason)),
         };
-        if let Err(e) = self.pull_image(&job.image, pump).await? {
-            return Ok(Ended::SetupFailed(e));
-        }
+        let code_dir = match prepared {
+            Ok(code_dir) => code_dir,
+            Err(message) => return Ok(Ended::SetupFailed(message)),
+        };
         if let Some(reason) = *stop.borrow() {
-            return Ok(match reason {
-                StopReason::Cancel { .. } => Ended::CancelledEarly,
-                _ => Ended::Abandoned { container_id: None },
-            });
+            return Ok(ended_before_start(reason));
         }
         let spec = self.container_spec(job, code_dir);
-        let started = match self.docker.start(&spec).await {
+        let started = match watched("starting the container", self.docker.start(&spec)).await {
             Ok(s) => s,
             Err(e) => return Ok(Ended::SetupFailed(format!("container did not start: {e}"))),
         };
@@ -361,13 +361,31 @@ impl Executor {
         Ok(Ended::Exited { container_id, exit_code, timed_out, cancelled })
     }
 
+    /// Fetches the code and makes the image available. The inner `Err` is a setup
+    /// failure to report; the outer one a log failure.
+    async fn prepare(
+        &self,
+        job: &JobSpec,
+        pump: &mut LogPump,
+    ) -> Result<Result<Option<std::path::PathBuf>, String>, Error> {
+        let code_dir = match &job.code {
+            Some(code) => match watched("fetching the code bundle", self.code.ensure(code)).await {
+                Ok(dir) => Some(dir),
+                Err(e) => return Ok(Err(e.to_string())),
+            },
+            None => None,
+        };
+        Ok(watched("making the image available", self.pull_image(&job.image, pump)).await?.map(|()| code_dir))
+    }
+
     /// Makes the image available, streaming pull progress into the log.
     /// The inner `Err` is a setup failure to report; the outer one a log failure.
     async fn pull_image(&self, image: &str, pump: &mut LogPump) -> Result<Result<(), String>, Error> {
         let (tx, mut rx) = mpsc::channel::<String>(64);
         let docker = self.docker.clone();
         let image_owned = image.to_owned();
-        let pull = tokio::spawn(async move { docker.ensure_image(&image_owned, &tx).await });
+        // Aborted when dropped: a stop during the pull ends the engine request with it.
+        let pull = AbortOnDropHandle::new(tokio::spawn(async move { docker.ensure_image(&image_owned, &tx).await }));
         while let Some(line) = rx.recv().await {
             pump.system_line(&line);
             pump.publish().await?;
@@ -467,6 +485,42 @@ impl Executor {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
         }
+    }
+}
+
+/// Runs one step of a job's setup, logging a warning each [`SETUP_WARN_EVERY`] it
+/// is still waiting, so a setup that hangs shows where (an image pull may simply be long).
+async fn watched<F: Future>(step: &'static str, work: F) -> F::Output {
+    tokio::pin!(work);
+    let mut waited = Duration::ZERO;
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tokio::time::sleep(SETUP_WARN_EVERY) => {
+                waited += SETUP_WARN_EVERY;
+                tracing::warn!(step, waited_s = waited.as_secs(), "job setup still waiting");
+            }
+        }
+    }
+}
+
+/// Resolves with the reason once the attempt is told to stop; never if it is not.
+async fn stop_requested(stop: &mut watch::Receiver<Option<StopReason>>) -> StopReason {
+    loop {
+        if let Some(reason) = *stop.borrow_and_update() {
+            return reason;
+        }
+        if stop.changed().await.is_err() {
+            // The sender is gone: nobody can ask any more.
+            return std::future::pending().await;
+        }
+    }
+}
+
+fn ended_before_start(reason: StopReason) -> Ended {
+    match reason {
+        StopReason::Cancel { .. } => Ended::CancelledEarly,
+        StopReason::Stale | StopReason::Shutdown => Ended::Abandoned { container_id: None },
     }
 }
 

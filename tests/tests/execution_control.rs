@@ -556,3 +556,39 @@ async fn a_runner_cut_off_from_nats_stops_its_jobs() {
     .await;
     eprintln!("the job's container stopped {:?} after NATS went away", killed_at.elapsed());
 }
+
+/// Port of the never-answering "registry" named by the `stalled_pull` fixture.
+const STALLED_REGISTRY: &str = "127.0.0.1:45999";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_cancelled_while_its_image_pull_hangs_ends_cancelled_without_waiting_for_the_pull() {
+    // A registry that accepts connections and never answers: the engine's pull waits on it
+    // (about 25 s before it gives up), so the run sits in its setup.
+    let registry = tokio::net::TcpListener::bind(STALLED_REGISTRY).await.expect("bind the stalled registry port");
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = registry.accept().await {
+            held.push(conn);
+            let _ = accepted_tx.send(());
+        }
+    });
+    let env = TestEnv::start(TestEnvOptions::default()).await;
+
+    let created = env.run_pipeline("stalled_pull", &[]).await;
+    tokio::time::timeout(START, accepted.recv())
+        .await
+        .expect("the engine never connected to the stalled registry")
+        .expect("registry listener ended");
+    assert_eq!(env.get_run(&created.id).await.status, "running", "the run is claimed and in its setup");
+
+    env.cp(0).cancel_run(&created.id).await.expect(StatusCode::ACCEPTED);
+    let run = env.wait_final(&created.id, START).await;
+    assert_finished(&run, "cancelled", Some("cancelled"));
+    let log = String::from_utf8_lossy(&env.logs(&run.id).await).into_owned();
+    // Ended by the cancel, not by the pull failing later.
+    assert!(log.contains("fastflow: cancelled before the container started"), "log: {log:?}");
+    assert!(!log.contains("pull failed"), "the run waited for the pull to fail: {log:?}");
+    assert!(env.docker_containers_with_label(&run.id).await.is_empty(), "a container was created");
+    holder.abort();
+}
