@@ -10,9 +10,10 @@ use std::time::Duration;
 
 const MAX_BUNDLE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Tries of one fetch. A fetch reads the bundle through a JetStream consumer,
-/// which has been seen to stall for good (CI, round 9: a run sat in setup until the
-/// control plane ended it); a fresh try with a new consumer gets past that.
+/// Tries of one fetch. A fetch reads the bundle through a JetStream consumer with no
+/// deadline of its own; a run once sat in its setup until the control plane ended it
+/// (CI, round 9; the stalled step was not logged, the fetch is the likely one). A fresh
+/// try with a new consumer gets past a stalled read.
 const FETCH_TRIES: u32 = 3;
 
 /// How long one try may take: a base plus a second per MiB (the bundle comes from
