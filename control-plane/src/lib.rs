@@ -2,9 +2,9 @@
 //! NATS API (or the embedded runner of the single node), log archiving and the
 //! sweeper. See ARCHITECTURE.md.
 
-pub mod app;
 pub mod bus;
 pub mod config;
+pub mod context;
 pub mod embedded_runner;
 pub mod http;
 pub mod logs;
@@ -13,9 +13,11 @@ pub mod object_store;
 pub mod pipelines;
 pub mod runner_api;
 pub mod runs;
+pub mod startup;
 pub mod store;
 pub mod sweeper;
 pub mod telemetry;
 
-pub use app::App;
+pub use context::Context;
+pub use startup::ControlPlane;
 pub use config::Config;

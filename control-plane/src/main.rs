@@ -1,7 +1,7 @@
 use anyhow::Context;
 use control_plane::object_store::ObjectStore;
 use control_plane::store::Store;
-use control_plane::{App, Config, migrate};
+use control_plane::{Config, ControlPlane, migrate};
 use tokio_util::sync::CancellationToken;
 
 const USAGE: &str = "usage:
@@ -45,7 +45,7 @@ async fn run() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let app = App::connect(config).await?;
+    let control_plane = ControlPlane::connect(config).await?;
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -53,7 +53,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         signal.cancel();
     });
-    app.run(shutdown).await.context("control plane stopped")
+    control_plane.run(shutdown).await.context("control plane stopped")
 }
 
 async fn migrate_store(config: Config, args: &[String]) -> anyhow::Result<()> {
@@ -86,7 +86,7 @@ async fn migrate_store(config: Config, args: &[String]) -> anyhow::Result<()> {
                 anyhow::bail!("--from {}: no such SQLite file", path.display());
             }
             let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-            Some(control_plane::app::lock_data_dir(dir).context("--from: stop the node using it first")?)
+            Some(control_plane::startup::lock_data_dir(dir).context("--from: stop the node using it first")?)
         }
         None => None,
     };

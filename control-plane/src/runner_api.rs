@@ -1,23 +1,25 @@
 //! The NATS request/reply API runners talk to: claim, exit report, heartbeat.
 //! Every replica subscribes in one queue group, so each request is handled once.
-//! The single node's embedded runner calls the same handlers through
-//! `bus::local::LocalLink`.
+//! A thin adapter: decode, call `runs`, encode. Its twin for the single node's
+//! embedded runner is `embedded_runner::link::LocalLink`, which makes the same calls.
 
-use crate::app::App;
+use crate::context::Context;
 use crate::bus::nats::NatsBus;
 use crate::runs;
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared::protocol::{
-    CancelNotice, ClaimBatchReply, ClaimBatchRequest, ClaimReply, ClaimRequest, ExitReply, ExitReport, Heartbeat,
+    ClaimBatchReply, ClaimBatchRequest, ClaimReply, ClaimRequest, ExitReply, ExitReport, Heartbeat,
     HeartbeatReply,
 };
 use shared::subjects;
 use std::future::Future;
-use tokio_util::sync::CancellationToken;
 
-pub async fn serve(app: App, bus: NatsBus, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Answers runners until the context shuts down. Requests in flight then are
+/// tracked by the context, so shutdown waits for their replies.
+pub async fn serve(ctx: Context, bus: NatsBus) -> anyhow::Result<()> {
+    let shutdown = ctx.shutdown.clone();
     let client = bus.client().clone();
     let mut claims = client.queue_subscribe(subjects::CLAIM, subjects::CONTROL_PLANE_QUEUE.into()).await?;
     let mut claim_batches = client.queue_subscribe(subjects::CLAIM_BATCH, subjects::CONTROL_PLANE_QUEUE.into()).await?;
@@ -26,30 +28,31 @@ pub async fn serve(app: App, bus: NatsBus, shutdown: CancellationToken) -> anyho
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            Some(msg) = claims.next() => spawn_reply(&app, &client, msg, handle_claim),
+            Some(msg) = claims.next() => spawn_reply(&ctx, &client, msg, handle_claim),
             Some(msg) = claim_batches.next() => {
                 // A quarter of the server's limit stays free for the reply's framing.
                 let max_reply = client.server_info().max_payload / 4 * 3;
-                spawn_reply(&app, &client, msg, move |app, req| handle_claim_batch(app, req, max_reply))
+                spawn_reply(&ctx, &client, msg, move |ctx, req| handle_claim_batch(ctx, req, max_reply))
             }
-            Some(msg) = exits.next() => spawn_reply(&app, &client, msg, handle_exit),
-            Some(msg) = heartbeats.next() => spawn_reply(&app, &client, msg, heartbeat),
+            Some(msg) = exits.next() => spawn_reply(&ctx, &client, msg, handle_exit),
+            Some(msg) = heartbeats.next() => spawn_reply(&ctx, &client, msg, handle_heartbeat),
             else => return Ok(()),
         }
     }
 }
 
 /// Decodes a request, runs its handler in its own task and sends the reply.
-fn spawn_reply<Req, Rep, F, Fut>(app: &App, client: &async_nats::Client, msg: async_nats::Message, handler: F)
+fn spawn_reply<Req, Rep, F, Fut>(ctx: &Context, client: &async_nats::Client, msg: async_nats::Message, handler: F)
 where
     Req: DeserializeOwned + Send + 'static,
     Rep: Serialize + Send,
-    F: FnOnce(App, Req) -> Fut + Send + 'static,
+    F: FnOnce(Context, Req) -> Fut + Send + 'static,
     Fut: Future<Output = Option<Rep>> + Send,
 {
-    let app = app.clone();
     let client = client.clone();
-    tokio::spawn(async move {
+    let task_ctx = ctx.clone();
+    ctx.spawn(async move {
+        let ctx = task_ctx;
         let Some(reply_to) = msg.reply.clone() else { return };
         let request: Req = match serde_json::from_slice(&msg.payload) {
             Ok(r) => r,
@@ -59,7 +62,7 @@ where
             }
         };
         // `None`: no answer, the runner times out and retries (transient failure).
-        let Some(reply) = handler(app, request).await else { return };
+        let Some(reply) = handler(ctx, request).await else { return };
         match serde_json::to_vec(&reply) {
             Ok(body) => {
                 if let Err(e) = client.publish(reply_to, body.into()).await {
@@ -71,8 +74,8 @@ where
     });
 }
 
-async fn handle_claim(app: App, req: ClaimRequest) -> Option<ClaimReply> {
-    match runs::claim(&app, req.run_id, req.attempt, &req.runner_id).await {
+async fn handle_claim(ctx: Context, req: ClaimRequest) -> Option<ClaimReply> {
+    match runs::claim(&ctx, req.run_id, req.attempt, &req.runner_id).await {
         Ok(reply) => Some(reply),
         Err(e) => {
             tracing::warn!(run_id = %req.run_id, error = %e, "claim failed");
@@ -81,8 +84,8 @@ async fn handle_claim(app: App, req: ClaimRequest) -> Option<ClaimReply> {
     }
 }
 
-async fn handle_claim_batch(app: App, req: ClaimBatchRequest, max_reply_bytes: usize) -> Option<ClaimBatchReply> {
-    match runs::claim_batch(&app, &req.runner_id, &req.offers, Some(max_reply_bytes)).await {
+async fn handle_claim_batch(ctx: Context, req: ClaimBatchRequest, max_reply_bytes: usize) -> Option<ClaimBatchReply> {
+    match runs::claim_batch(&ctx, &req.runner_id, &req.offers, Some(max_reply_bytes)).await {
         Ok(replies) => Some(ClaimBatchReply { replies }),
         Err(e) => {
             tracing::warn!(runner_id = %req.runner_id, offers = req.offers.len(), error = %e, "claim batch failed");
@@ -91,44 +94,16 @@ async fn handle_claim_batch(app: App, req: ClaimBatchRequest, max_reply_bytes: u
     }
 }
 
-async fn handle_exit(app: App, report: ExitReport) -> Option<ExitReply> {
-    Some(runs::finish(&app, &report).await)
+async fn handle_exit(ctx: Context, report: ExitReport) -> Option<ExitReply> {
+    Some(runs::finish(&ctx, &report).await)
 }
 
-/// Records the heartbeat and renews the runner's leases; the reply carries
-/// cancel notices and the attempts it no longer holds. `None`: not recorded.
-pub(crate) async fn heartbeat(app: App, hb: Heartbeat) -> Option<HeartbeatReply> {
-    if let Err(e) = app.store.record_heartbeat(&hb).await {
-        tracing::warn!(runner_id = %hb.runner_id, error = %e, "could not record heartbeat");
-        return None;
-    }
-    let renewed = match app.store.renew_leases(&hb.runner_id, &hb.running, app.config.lease).await {
-        Ok(r) => r,
+async fn handle_heartbeat(ctx: Context, hb: Heartbeat) -> Option<HeartbeatReply> {
+    match runs::heartbeat(&ctx, &hb).await {
+        Ok(reply) => Some(reply),
         Err(e) => {
-            tracing::warn!(runner_id = %hb.runner_id, error = %e, "could not renew leases");
-            return None;
-        }
-    };
-    if hb.starting {
-        match runs::end_unheld_on_start(&app, &hb.runner_id, &hb.running).await {
-            Ok(0) => {}
-            Ok(ended) => {
-                tracing::info!(runner_id = %hb.runner_id, ended, "ended attempts the restarted runner had no container for")
-            }
-            Err(e) => {
-                tracing::warn!(runner_id = %hb.runner_id, error = %e, "could not end attempts of a restarted runner")
-            }
+            tracing::warn!(runner_id = %hb.runner_id, error = %e, "could not record heartbeat or renew leases");
+            None
         }
     }
-    let mut reply = HeartbeatReply::default();
-    for held in &hb.running {
-        match renewed.iter().find(|r| &r.attempt == held) {
-            Some(state) if state.cancel_requested => {
-                reply.cancel.push(CancelNotice { attempt: held.clone(), force: state.cancel_force })
-            }
-            Some(_) => {}
-            None => reply.stale.push(held.clone()),
-        }
-    }
-    Some(reply)
 }

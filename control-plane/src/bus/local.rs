@@ -2,18 +2,11 @@
 //! broadcast channels, and live log batches in one append-only spool file per
 //! attempt under `DATA_DIR/live-logs` (so a killed process still has what its
 //! runner published, exactly like a JetStream stream, and a restarted runner
-//! resumes after it). [`LocalLink`] is the embedded runner's side of it.
+//! resumes after it). The embedded runner reaches it through
+//! `embedded_runner::link::LocalLink`.
 
 use super::{Error, RawBatch};
-use crate::app::App;
-use crate::{runner_api, runs};
-use bytes::Bytes;
-use futures::StreamExt;
-use futures::stream::BoxStream;
-use runner_agent::link::{ControlLink, LinkError, LogAck, Offer, OfferHandle};
-use shared::protocol::{
-    AttemptRef, CancelNotice, ClaimReply, CodeBundleRef, ExitReply, ExitReport, Heartbeat, HeartbeatReply, JobOffer,
-};
+use shared::protocol::{AttemptRef, CancelNotice, JobOffer};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -25,8 +18,6 @@ use uuid::Uuid;
 
 /// How long `next_offer` waits before answering "nothing".
 const OFFER_WAIT: Duration = Duration::from_secs(5);
-/// Largest log batch the embedded runner sends (the same as NATS' usual limit).
-pub const MAX_LOG_PAYLOAD: usize = 8 * 1024 * 1024;
 /// Spool frame header: first_line u64 LE, fencing token i64 LE, payload length u32 LE.
 const FRAME_HEADER: usize = 20;
 
@@ -97,8 +88,9 @@ impl LocalBus {
     }
 
     /// Up to `max` offers of `pool`: those queued now, or else the first to
-    /// come within [`OFFER_WAIT`] (empty when none came).
-    async fn next_offers(&self, pool: &str, max: usize) -> Vec<JobOffer> {
+    /// come within [`OFFER_WAIT`] (empty when none came). They stay outstanding
+    /// until [`LocalBus::settle`]d.
+    pub async fn next_offers(&self, pool: &str, max: usize) -> Vec<JobOffer> {
         let deadline = tokio::time::Instant::now() + OFFER_WAIT;
         loop {
             // Register before looking, so an offer in between is not missed.
@@ -118,17 +110,24 @@ impl LocalBus {
         }
     }
 
-    fn settle(&self, job: &JobOffer) {
+    /// The runner is done with an offer (claimed or refused for good).
+    pub fn settle(&self, job: &JobOffer) {
         lock(&self.inner.offers).outstanding.remove(&(job.run_id, job.attempt));
     }
 
-    fn requeue(&self, pool: &str, job: JobOffer) {
+    /// Puts an offer back at the end of its pool's queue.
+    pub fn requeue(&self, pool: &str, job: JobOffer) {
         lock(&self.inner.offers).queues.entry(pool.to_owned()).or_default().push_back(job);
         self.inner.offered.notify_waiters();
     }
 
     pub fn notify_cancel(&self, runner_id: &str, notice: &CancelNotice) {
         let _ = self.inner.cancels.send((runner_id.to_owned(), notice.clone()));
+    }
+
+    /// Every cancel notice from now on, with the runner it is for.
+    pub fn cancel_notices(&self) -> broadcast::Receiver<(String, CancelNotice)> {
+        self.inner.cancels.subscribe()
     }
 
     pub fn notify_finished(&self, run_id: Uuid) {
@@ -184,7 +183,8 @@ impl LocalBus {
         Ok(LogFollower { cursor: LogCursor { spool, next: 0 }, grown })
     }
 
-    fn append(&self, at: &AttemptRef, first_line: u64, payload: &[u8]) -> Result<(), Error> {
+    /// Appends a batch to the attempt's spool (a re-sent or late batch is skipped).
+    pub fn append(&self, at: &AttemptRef, first_line: u64, payload: &[u8]) -> Result<(), Error> {
         self.spool(at.run_id, at.attempt)?.append(at.fencing_token, first_line, payload)
     }
 }
@@ -394,126 +394,6 @@ impl LogFollower {
                 Err(e) => return Some(Err(e)),
             }
         }
-    }
-}
-
-/// The embedded runner's link: the same claim, heartbeat and exit handling the
-/// NATS runner API runs, called directly.
-pub struct LocalLink {
-    app: App,
-    bus: LocalBus,
-}
-
-impl LocalLink {
-    pub fn new(app: App, bus: LocalBus) -> LocalLink {
-        LocalLink { app, bus }
-    }
-}
-
-struct LocalOffer {
-    bus: LocalBus,
-    pool: String,
-    job: JobOffer,
-}
-
-#[async_trait::async_trait]
-impl OfferHandle for LocalOffer {
-    async fn ack(self: Box<Self>) {
-        self.bus.settle(&self.job);
-    }
-
-    async fn retry_later(self: Box<Self>, delay: Duration) {
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            self.bus.requeue(&self.pool, self.job);
-        });
-    }
-}
-
-#[async_trait::async_trait]
-impl ControlLink for LocalLink {
-    async fn next_offers(&self, pool: &str, max: usize) -> Result<Vec<Offer>, LinkError> {
-        let jobs = self.bus.next_offers(pool, max).await;
-        Ok(jobs
-            .into_iter()
-            .map(|job| Offer {
-                job: job.clone(),
-                handle: Box::new(LocalOffer { bus: self.bus.clone(), pool: pool.to_owned(), job }),
-            })
-            .collect())
-    }
-
-    async fn claim_batch(&self, runner_id: &str, offers: &[JobOffer]) -> Result<Vec<ClaimReply>, LinkError> {
-        runs::claim_batch(&self.app, runner_id, offers, None).await.map_err(|e| LinkError::new("claim", e))
-    }
-
-    async fn heartbeat(&self, beat: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
-        runner_api::heartbeat(self.app.clone(), beat.clone())
-            .await
-            .ok_or_else(|| LinkError::new("heartbeat", "the store did not record it"))
-    }
-
-    async fn report_exit(&self, report: &ExitReport) -> Result<ExitReply, LinkError> {
-        Ok(runs::finish(&self.app, report).await)
-    }
-
-    async fn cancel_notices(&self, runner_id: &str) -> Result<BoxStream<'static, CancelNotice>, LinkError> {
-        let runner_id = runner_id.to_owned();
-        let notices = tokio_stream::wrappers::BroadcastStream::new(self.bus.inner.cancels.subscribe());
-        Ok(notices
-            .filter_map(move |item| {
-                let runner_id = runner_id.clone();
-                async move {
-                    match item {
-                        Ok((to, notice)) if to == runner_id => Some(notice),
-                        // Missed notices are repeated by heartbeat replies.
-                        _ => None,
-                    }
-                }
-            })
-            .boxed())
-    }
-
-    async fn fetch_bundle(&self, code: &CodeBundleRef, _max_bytes: u64) -> Result<Vec<u8>, LinkError> {
-        match self.app.store.load_bundle(&code.digest).await {
-            Ok(Some(data)) => Ok(data),
-            Ok(None) => Err(LinkError::new("code bundle", "not in the store")),
-            Err(e) => Err(LinkError::new("code bundle", e)),
-        }
-    }
-
-    fn max_log_payload(&self) -> usize {
-        MAX_LOG_PAYLOAD
-    }
-
-    async fn publish_log(&self, at: &AttemptRef, first_line: u64, payload: Bytes) -> Result<LogAck, LinkError> {
-        self.bus.append(at, first_line, &payload).map_err(|e| LinkError::new("log spool", e))?;
-        Ok(Box::pin(std::future::ready(Ok(()))))
-    }
-
-    async fn published_log(
-        &self,
-        at: &AttemptRef,
-    ) -> Result<BoxStream<'static, Result<(u64, Bytes), LinkError>>, LinkError> {
-        let cursor = self.bus.log_cursor(at.run_id, at.attempt).await.map_err(|e| LinkError::new("log spool", e))?;
-        let token = at.fencing_token;
-        // Streamed batch by batch: a resumed log may be large.
-        let batches = futures::stream::unfold(cursor, move |mut cursor| async move {
-            loop {
-                match cursor.next_batch().await {
-                    Ok(Some(batch)) => {
-                        if batch.token == Some(token)
-                            && let Some(first) = batch.first_line
-                        {
-                            return Some((Ok((first, batch.payload)), cursor));
-                        }
-                    }
-                    Ok(None) => return None,
-                    Err(e) => return Some((Err(LinkError::new("log spool", e)), cursor)),
-                }
-            }
-        });
-        Ok(batches.boxed())
     }
 }
 

@@ -4,8 +4,11 @@
 //! Two implementations, chosen at start (DESIGN.md): [`nats::NatsBus`]
 //! (JetStream; runners are separate `runner-agent` processes) when `NATS_URL`
 //! is set, and [`local::LocalBus`] otherwise: in-process queues and log spool
-//! files under `DATA_DIR`, served to the embedded runner through
-//! [`local::LocalLink`]. Either way the bus only delivers; the store decides.
+//! files under `DATA_DIR`, which the embedded runner reaches through its own
+//! link (`embedded_runner::link`). Either way the bus only delivers; the store decides.
+//!
+//! Architecture invariant: the bus imports nothing of the control plane above it
+//! (no `runs`, `http`, `context` or start-up), and its public types carry no NATS type.
 
 pub mod local;
 pub mod nats;
@@ -16,8 +19,9 @@ use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The message broker (NATS) failed; its own error type stays inside `nats.rs`.
     #[error("NATS: {context}: {source}")]
-    Nats { context: &'static str, source: async_nats::Error },
+    Broker { context: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("log spool {path}: {source}")]
     Spool { path: String, source: std::io::Error },
     #[error("corrupt log spool {path}: {message}")]
@@ -149,20 +153,15 @@ impl Bus {
 }
 
 pub enum FinishedEvents {
-    Nats(async_nats::Subscriber),
+    Nats(nats::FinishedEvents),
     Local(local::FinishedEvents),
 }
 
 impl FinishedEvents {
     /// Resolves when the run finished (or the subscription ended: callers re-check).
     pub async fn next(&mut self) {
-        use futures::StreamExt;
         match self {
-            FinishedEvents::Nats(sub) => {
-                if sub.next().await.is_none() {
-                    std::future::pending::<()>().await;
-                }
-            }
+            FinishedEvents::Nats(events) => events.next().await,
             FinishedEvents::Local(events) => events.next().await,
         }
     }

@@ -15,8 +15,10 @@ use shared::subjects;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// NATS's errors leave this module as the seam's `Error::Broker`, boxed: callers
+/// above the seam never see a NATS type.
 fn nats<E: Into<async_nats::Error>>(context: &'static str) -> impl FnOnce(E) -> Error {
-    move |e| Error::Nats { context, source: e.into() }
+    move |e| Error::Broker { context, source: e.into() }
 }
 
 #[derive(Clone)]
@@ -178,8 +180,10 @@ impl NatsBus {
             .map_err(nats("flush"))
     }
 
-    pub async fn finished_events(&self, run_id: Uuid) -> Result<async_nats::Subscriber, Error> {
-        self.client.subscribe(subjects::run_finished(run_id)).await.map_err(nats("subscribe to run events"))
+    pub async fn finished_events(&self, run_id: Uuid) -> Result<FinishedEvents, Error> {
+        let subscriber =
+            self.client.subscribe(subjects::run_finished(run_id)).await.map_err(nats("subscribe to run events"))?;
+        Ok(FinishedEvents { subscriber })
     }
 
     pub async fn log_cursor(&self, run_id: Uuid, attempt: i32) -> Result<LogCursor, Error> {
@@ -232,6 +236,21 @@ const STREAMING_BATCH: i64 = 32;
 /// goes back to single reads from where it is (a consumer that stalls costs this, not the
 /// archive: one benchmark archive of 1 GiB once took ~40 s longer than the others).
 const STREAMING_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Run-finished events of one run (a core NATS subscription).
+pub struct FinishedEvents {
+    subscriber: async_nats::Subscriber,
+}
+
+impl FinishedEvents {
+    /// Resolves when the run finished; never, once the subscription ended
+    /// (callers also re-check the run).
+    pub async fn next(&mut self) {
+        if self.subscriber.next().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
 
 /// Reads a subject's messages in stream order: the first few with one `MSG.GET` each
 /// (answered by the stream leader, so nothing stored is missed), the rest through an

@@ -117,11 +117,20 @@ async fn stream(
     let run = load(&app, &id).await?;
     let (attempt, last) = extract::last_event_id(&headers)?;
     let (tx, rx) = mpsc::channel::<Event>(256);
-    tokio::spawn(async move {
+    let task_app = app.clone();
+    // Ends on shutdown (the client reconnects to another replica with
+    // `Last-Event-ID`), so the server's graceful shutdown is not held by it.
+    app.spawn(async move {
+        let app = task_app;
         let run_id = run.id;
+        let shutdown = app.shutdown.clone();
         let limiter = app.config.log_stream_rate.map(RateLimiter::new);
         let mut follower = Follower { app, tx, attempt, next_line: last + 1, limiter, queued_pause: QUEUED_POLL_FIRST };
-        if let Err(e) = follower.follow(run).await {
+        let followed = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            followed = follower.follow(run) => followed,
+        };
+        if let Err(e) = followed {
             tracing::warn!(%run_id, error = %e, "log stream ended with an error");
             let data = serde_json::json!({ "message": e.to_string() }).to_string();
             let _ = follower.tx.send(Event::default().event("error").data(data)).await;

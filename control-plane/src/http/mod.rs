@@ -8,15 +8,15 @@ mod pipelines;
 mod runners;
 mod runs;
 
-use crate::app::App;
+use crate::context::Context;
 use axum::Router;
 use axum::serve::ListenerExt;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
-pub type AppState = App;
+pub type AppState = Context;
 
-pub fn router(app: App) -> Router {
+pub fn router(app: Context) -> Router {
     Router::new()
         .merge(health::router())
         .merge(pipelines::router())
@@ -30,7 +30,7 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
-pub async fn serve(app: App, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(app: Context, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
     // TCP_NODELAY: axum leaves Nagle on. A log stream writes small SSE events while the
     // previous segment is unacknowledged, so Nagle held them until the client's delayed
     // ACK (40 ms on Linux): the ~50 ms live-log p99 at 10k lines/s (BENCHMARKS.md).

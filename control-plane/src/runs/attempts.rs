@@ -3,7 +3,7 @@
 
 use super::repair::ReofferError;
 use super::{Error, JobTemplate, template_of};
-use crate::app::App;
+use crate::context::Context;
 use crate::logs::archive;
 use crate::store::runs::{ArchivedLog, Outcome, Run};
 use shared::protocol::{AttemptRef, ExitOutcome, ExitReply, ExitReport};
@@ -44,18 +44,18 @@ fn outcome_of(report: &ExitReport, cancel_requested: bool) -> Outcome {
 /// A runner's exit report: archive the log, then end the attempt (final
 /// status, or the next attempt when the retry policy says so). Idempotent, so a
 /// runner may repeat a report whose answer it did not get.
-pub async fn finish(app: &App, report: &ExitReport) -> ExitReply {
+pub async fn finish(ctx: &Context, report: &ExitReport) -> ExitReply {
     let at = &report.attempt;
     // Waits for a turn (FINISH_CONCURRENCY). `Err` only if closed, which never happens.
-    let _turn = app.finishing.acquire().await.ok();
-    let run = match app.store.get_run(at.run_id).await {
+    let _turn = ctx.finishing.acquire().await.ok();
+    let run = match ctx.store.get_run(at.run_id).await {
         Ok(Some(run)) => run,
         Ok(None) => return ExitReply::Rejected { reason: "unknown run".into() },
         Err(e) => return ExitReply::RetryLater { reason: e.to_string() },
     };
     if run.attempt != at.attempt || run.fencing_token != at.fencing_token {
         // Already ended by this token (a repeated report) or taken over.
-        return match app.store.attempts(at.run_id).await {
+        return match ctx.store.attempts(at.run_id).await {
             Ok(done) if done.iter().any(|a| a.attempt == at.attempt) && run.attempt > at.attempt => ExitReply::Accepted,
             Ok(_) => ExitReply::Rejected { reason: "stale fencing token".into() },
             Err(e) => ExitReply::RetryLater { reason: e.to_string() },
@@ -64,7 +64,7 @@ pub async fn finish(app: &App, report: &ExitReport) -> ExitReply {
     if run.status.is_final() {
         return ExitReply::Accepted;
     }
-    let archived = match archive::archive(&app.bus, &app.objects, at, Some(report.log)).await {
+    let archived = match archive::archive(&ctx.bus, &ctx.objects, at, Some(report.log)).await {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(run_id = %at.run_id, error = %e, "archiving failed; runner will retry");
@@ -75,7 +75,7 @@ pub async fn finish(app: &App, report: &ExitReport) -> ExitReply {
     if archived.missing_lines > 0 && outcome.error_message.is_none() {
         outcome.error_message = Some(format!("{} log lines were lost in transit", archived.missing_lines));
     }
-    match end_attempt(app, &run, &outcome, Some(&archived.log)).await {
+    match end_attempt(ctx, &run, &outcome, Some(&archived.log)).await {
         // `None`: ended meanwhile by lease expiry, which archived the log too.
         Ok(_) => ExitReply::Accepted,
         Err(e) => ExitReply::RetryLater { reason: e.to_string() },
@@ -85,30 +85,35 @@ pub async fn finish(app: &App, report: &ExitReport) -> ExitReply {
 /// Ends `run`'s current attempt with `outcome`: final, or re-queued as the next
 /// attempt after a back-off when its pipeline's retry policy covers the failure.
 pub(super) async fn end_attempt(
-    app: &App,
+    ctx: &Context,
     run: &Run,
     outcome: &Outcome,
     log: Option<&ArchivedLog>,
 ) -> Result<Option<Run>, Error> {
     let at = run.attempt_ref();
     let template = template_of(run)?;
-    let retry_after = retry_delay(&template, run.attempt, outcome, app.config.retry_backoff);
-    let Some(ended) = app.store.end_attempt(&at, outcome, log, retry_after).await? else { return Ok(None) };
+    let retry_after = retry_delay(&template, run.attempt, outcome, ctx.config.retry_backoff);
+    let Some(ended) = ctx.store.end_attempt(&at, outcome, log, retry_after).await? else { return Ok(None) };
     if let Some(delay) = retry_after {
         tracing::info!(run_id = %run.id, attempt = run.attempt, reason = ?outcome.reason, ?delay, "attempt failed; retrying");
-        let (app2, run_id, next, pool) = (app.clone(), ended.id, ended.attempt, ended.pool.clone());
-        // Offered when the back-off ends; if this replica dies first, the sweeper does it.
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+        let (bus, run_id, next, pool) = (ctx.bus.clone(), ended.id, ended.attempt, ended.pool.clone());
+        let shutdown = ctx.shutdown.clone();
+        // Offered when the back-off ends; if this replica stops or dies first, the
+        // sweeper (of any replica, or of the next start) does it.
+        ctx.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
             let nonce = format!("retry{}", Uuid::new_v4().simple());
-            if let Err(e) = app2.bus.offer(&pool, run_id, next, Some(&nonce)).await {
+            if let Err(e) = bus.offer(&pool, run_id, next, Some(&nonce)).await {
                 tracing::warn!(%run_id, error = %e, "retry offer failed; the sweeper will retry");
             }
         });
     } else {
         tracing::info!(run_id = %ended.id, status = %ended.status, "run finished");
     }
-    after_attempt(app, &at).await;
+    after_attempt(ctx, &at).await;
     Ok(Some(ended))
 }
 
@@ -129,22 +134,22 @@ fn retry_delay(template: &JobTemplate, attempt: i32, outcome: &Outcome, base: Du
 const MAX_RETRY_DELAY_SECS: f64 = 300.0;
 
 /// Housekeeping once an attempt ended and its log is archived.
-async fn after_attempt(app: &App, at: &AttemptRef) {
-    if let Err(e) = app.bus.purge_log(at.run_id, at.attempt).await {
+async fn after_attempt(ctx: &Context, at: &AttemptRef) {
+    if let Err(e) = ctx.bus.purge_log(at.run_id, at.attempt).await {
         tracing::warn!(run_id = %at.run_id, error = %e, "could not purge the live log");
     }
-    app.bus.notify_finished(at.run_id).await;
-    if let Err(e) = offer_waiting(app).await {
+    ctx.bus.notify_finished(at.run_id).await;
+    if let Err(e) = offer_waiting(ctx).await {
         tracing::warn!(error = %e, "could not re-offer runs waiting for a slot");
     }
 }
 
 /// A slot freed: offer the runs a concurrency limit held back, oldest first,
 /// so any replica's runners can take them at once.
-pub(super) async fn offer_waiting(app: &App) -> Result<(), ReofferError> {
+pub(super) async fn offer_waiting(ctx: &Context) -> Result<(), ReofferError> {
     let nonce = format!("w{}", Uuid::new_v4().simple());
-    for (run_id, attempt, pool) in app.store.waiting_runs(20).await? {
-        app.bus.offer(&pool, run_id, attempt, Some(&nonce)).await?;
+    for (run_id, attempt, pool) in ctx.store.waiting_runs(20).await? {
+        ctx.bus.offer(&pool, run_id, attempt, Some(&nonce)).await?;
     }
     Ok(())
 }

@@ -1,7 +1,11 @@
-//! The run lifecycle: submit, claim, finish, cancel, expire. HTTP handlers, the
-//! runner API and the sweeper call these; the SQL lives in `store::runs`.
+//! The run lifecycle: submit, claim, heartbeat, finish, cancel, expire. The
+//! adapters above it (HTTP handlers, the NATS runner API, the embedded runner's
+//! link, the sweeper) call these; the SQL lives in `store`.
+//!
+//! Architecture invariant: `runs` imports only the context and the seams below it
+//! (store, bus, object store, logs), never an adapter or start-up.
 
-use crate::app::App;
+use crate::context::Context;
 use crate::config::ConcurrencyPolicy;
 use crate::pipelines::{self, Pipeline};
 use crate::store;
@@ -14,9 +18,11 @@ use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
 mod attempts;
+mod leases;
 mod repair;
 
 pub use attempts::finish;
+pub use leases::heartbeat;
 pub use repair::{
     ReofferError, end_unheld_on_start, expire_leases, expire_logs, expire_timeouts, fail_unrunnable, reoffer_stale,
 };
@@ -117,21 +123,21 @@ pub fn validate_params(params: &serde_json::Value) -> Result<BTreeMap<String, St
 }
 
 /// Loads a pipeline by (unvalidated) name off the async runtime.
-pub async fn load_pipeline(app: &App, name: &str) -> Result<Pipeline, Error> {
+pub async fn load_pipeline(ctx: &Context, name: &str) -> Result<Pipeline, Error> {
     if !pipelines::valid_name(name) {
         return Err(Error::InvalidPipelineName(name.to_owned()));
     }
-    let catalog = app.catalog.clone();
+    let catalog = ctx.catalog.clone();
     let name = name.to_owned();
     Ok(tokio::task::spawn_blocking(move || catalog.get(&name)).await??)
 }
 
 /// Creates a queued run and offers it to the runners.
-pub async fn submit(app: &App, pipeline_name: &str, params: BTreeMap<String, String>) -> Result<Run, Error> {
-    let pipeline = load_pipeline(app, pipeline_name).await?;
+pub async fn submit(ctx: &Context, pipeline_name: &str, params: BTreeMap<String, String>) -> Result<Run, Error> {
+    let pipeline = load_pipeline(ctx, pipeline_name).await?;
     let for_bundle = pipeline.clone();
     let bundle = tokio::task::spawn_blocking(move || pipelines::bundle(&for_bundle)).await??;
-    app.store.save_bundle(&bundle.reference.digest, &bundle.data).await?;
+    ctx.store.save_bundle(&bundle.reference.digest, &bundle.data).await?;
 
     let mut env = pipeline.env.clone();
     if pipeline.is_python {
@@ -144,17 +150,17 @@ pub async fn submit(app: &App, pipeline_name: &str, params: BTreeMap<String, Str
         env,
         code: Some(bundle.reference),
         mount_uv_cache: pipeline.is_python,
-        timeout_seconds: pipeline.timeout_seconds.or(app.config.default_timeout),
-        resources: pipeline.resources.over(app.config.default_resources),
+        timeout_seconds: pipeline.timeout_seconds.or(ctx.config.default_timeout),
+        resources: pipeline.resources.over(ctx.config.default_resources),
         max_concurrent: pipeline.max_concurrent,
-        log_max_bytes: app.config.log_max_bytes,
-        retries: pipeline.retries.unwrap_or(app.config.retry_attempts),
+        log_max_bytes: ctx.config.log_max_bytes,
+        retries: pipeline.retries.unwrap_or(ctx.config.retry_attempts),
         retry_on: pipeline.retry_on.clone().unwrap_or_else(|| vec![FailureReason::ExitCode, FailureReason::Lost]),
     };
-    if app.config.concurrency_policy == ConcurrencyPolicy::Reject {
-        let (active, active_here) = app.store.count_active(&pipeline.name).await?;
-        let limit = if app.config.max_concurrent_runs.is_some_and(|max| active >= max) {
-            Some(("MAX_CONCURRENT_RUNS", app.config.max_concurrent_runs.unwrap_or_default()))
+    if ctx.config.concurrency_policy == ConcurrencyPolicy::Reject {
+        let (active, active_here) = ctx.store.count_active(&pipeline.name).await?;
+        let limit = if ctx.config.max_concurrent_runs.is_some_and(|max| active >= max) {
+            Some(("MAX_CONCURRENT_RUNS", ctx.config.max_concurrent_runs.unwrap_or_default()))
         } else {
             pipeline.max_concurrent.map(i64::from).filter(|max| active_here >= *max).map(|max| ("max_concurrent", max))
         };
@@ -162,7 +168,7 @@ pub async fn submit(app: &App, pipeline_name: &str, params: BTreeMap<String, Str
             return Err(Error::LimitReached { limit: name, max });
         }
     }
-    let run = app
+    let run = ctx
         .store
         .insert_run(NewRun {
             id: Uuid::now_v7(),
@@ -173,7 +179,7 @@ pub async fn submit(app: &App, pipeline_name: &str, params: BTreeMap<String, Str
         })
         .await?;
     // A failed publish is not fatal: the run is stored, the sweeper re-offers it.
-    if let Err(e) = app.bus.offer(&run.pool, run.id, run.attempt, None).await {
+    if let Err(e) = ctx.bus.offer(&run.pool, run.id, run.attempt, None).await {
         tracing::warn!(run_id = %run.id, error = %e, "offer not published yet; the sweeper will retry");
     }
     tracing::info!(run_id = %run.id, pipeline = %run.pipeline_name, "run queued");
@@ -181,34 +187,34 @@ pub async fn submit(app: &App, pipeline_name: &str, params: BTreeMap<String, Str
 }
 
 /// Cancels a queued run at once, or asks the runner of a running one to stop it.
-pub async fn cancel(app: &App, id: Uuid, force: bool) -> Result<Run, Error> {
-    if let Some(run) = app.store.cancel_queued(id).await? {
+pub async fn cancel(ctx: &Context, id: Uuid, force: bool) -> Result<Run, Error> {
+    if let Some(run) = ctx.store.cancel_queued(id).await? {
         tracing::info!(run_id = %id, "queued run cancelled");
-        app.bus.notify_finished(id).await;
+        ctx.bus.notify_finished(id).await;
         return Ok(run);
     }
-    if let Some(run) = app.store.request_cancel(id, force).await? {
+    if let Some(run) = ctx.store.request_cancel(id, force).await? {
         if let Some(runner) = &run.runner_id {
             let notice = CancelNotice { attempt: run.attempt_ref(), force: run.cancel_force };
-            if let Err(e) = app.bus.notify_cancel(runner, &notice).await {
+            if let Err(e) = ctx.bus.notify_cancel(runner, &notice).await {
                 tracing::warn!(run_id = %id, error = %e, "cancel notice not sent; the next heartbeat carries it");
             }
         }
         tracing::info!(run_id = %id, "cancellation requested");
         return Ok(run);
     }
-    match app.store.get_run(id).await? {
+    match ctx.store.get_run(id).await? {
         None => Err(Error::RunNotFound(id)),
         Some(run) if run.status.is_final() => Err(Error::AlreadyFinished(Box::new(run))),
         // It moved from queued to running between the two updates: try again.
-        Some(_) => Box::pin(cancel(app, id, force)).await,
+        Some(_) => Box::pin(cancel(ctx, id, force)).await,
     }
 }
 
 /// A runner's claim: one conditional update decides; the code bundle is made
 /// available before the grant so the runner can always fetch it.
-pub async fn claim(app: &App, run_id: Uuid, attempt: i32, runner_id: &str) -> Result<ClaimReply, Error> {
-    let mut replies = claim_batch(app, runner_id, &[JobOffer { run_id, attempt }], None).await?;
+pub async fn claim(ctx: &Context, run_id: Uuid, attempt: i32, runner_id: &str) -> Result<ClaimReply, Error> {
+    let mut replies = claim_batch(ctx, runner_id, &[JobOffer { run_id, attempt }], None).await?;
     Ok(replies.pop().unwrap_or_else(|| ClaimReply::Refused { reason: "not decided".into() }))
 }
 
@@ -221,13 +227,13 @@ const JOB_OVERHEAD_BYTES: usize = 512;
 /// offers whose jobs fit are decided; the reply is shorter than the request
 /// and the runner offers the rest again.
 pub async fn claim_batch(
-    app: &App,
+    ctx: &Context,
     runner_id: &str,
     offers: &[JobOffer],
     max_reply_bytes: Option<usize>,
 ) -> Result<Vec<ClaimReply>, Error> {
     let ids: Vec<Uuid> = offers.iter().map(|o| o.run_id).collect();
-    let runs: HashMap<Uuid, Run> = app.store.get_runs(&ids).await?.into_iter().map(|r| (r.id, r)).collect();
+    let runs: HashMap<Uuid, Run> = ctx.store.get_runs(&ids).await?.into_iter().map(|r| (r.id, r)).collect();
     let mut bundles: HashMap<String, Result<(), String>> = HashMap::new();
     let mut replies: Vec<Option<ClaimReply>> = Vec::with_capacity(offers.len());
     // The claimable offers: (index in `offers`, run, template).
@@ -269,7 +275,7 @@ pub async fn claim_batch(
             let checked = match bundles.get(&code.digest) {
                 Some(checked) => checked.clone(),
                 None => {
-                    let checked = check_bundle(app, run.id, code).await;
+                    let checked = check_bundle(ctx, run.id, code).await;
                     bundles.insert(code.digest.clone(), checked.clone());
                     checked
                 }
@@ -289,12 +295,12 @@ pub async fn claim_batch(
             attempt: run.attempt,
             runner_id,
             pipeline_name: &run.pipeline_name,
-            lease: app.config.lease,
-            max_running: app.config.max_concurrent_runs,
+            lease: ctx.config.lease,
+            max_running: ctx.config.max_concurrent_runs,
             max_running_of_pipeline: template.max_concurrent.map(i64::from),
         })
         .collect();
-    let results = if claims.is_empty() { Vec::new() } else { app.store.claim_batch(&claims).await? };
+    let results = if claims.is_empty() { Vec::new() } else { ctx.store.claim_batch(&claims).await? };
     for ((i, _, template), result) in claimable.into_iter().zip(results) {
         replies[i] = Some(match result {
             ClaimResult::Granted(run) => {
@@ -312,10 +318,10 @@ pub async fn claim_batch(
 
 /// Whether a code bundle can be fetched by runners (the bus holds it, or it
 /// was re-published from the database). `Err`: the refusal reason.
-async fn check_bundle(app: &App, run_id: Uuid, code: &CodeBundleRef) -> Result<(), String> {
-    let store = app.store.clone();
+async fn check_bundle(ctx: &Context, run_id: Uuid, code: &CodeBundleRef) -> Result<(), String> {
+    let store = ctx.store.clone();
     let digest = code.digest.clone();
-    match app.bus.ensure_bundle(code, || async move { store.load_bundle(&digest).await.ok().flatten() }).await {
+    match ctx.bus.ensure_bundle(code, || async move { store.load_bundle(&digest).await.ok().flatten() }).await {
         Ok(true) => Ok(()),
         Ok(false) => {
             // As before: the runner reports the missing bundle as the run's failure.

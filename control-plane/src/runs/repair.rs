@@ -3,7 +3,7 @@
 
 use super::Error;
 use super::attempts::end_attempt;
-use crate::app::App;
+use crate::context::Context;
 use crate::logs::archive;
 use crate::store::runs::{Outcome, Run};
 use crate::{bus, store};
@@ -14,12 +14,12 @@ use std::time::Duration;
 /// Ends attempts whose runner stopped renewing its lease (`failed` / `lost`,
 /// or `cancelled` if a cancel was pending), archiving what their log holds.
 /// Replicas may race here; the guarded update lets exactly one end each attempt.
-pub async fn expire_leases(app: &App) -> Result<usize, Error> {
+pub async fn expire_leases(ctx: &Context) -> Result<usize, Error> {
     let mut count = 0;
-    for run in app.store.expired_leases(100).await? {
+    for run in ctx.store.expired_leases(100).await? {
         tracing::warn!(run_id = %run.id, runner_id = ?run.runner_id, "lease expired");
         let message = format!("runner {} stopped renewing its lease", run.runner_id.as_deref().unwrap_or("?"));
-        count += usize::from(take_over(app, &run, &lost_or_cancelled(&run, message)).await?);
+        count += usize::from(take_over(ctx, &run, &lost_or_cancelled(&run, message)).await?);
     }
     Ok(count)
 }
@@ -28,15 +28,15 @@ pub async fn expire_leases(app: &App) -> Result<usize, Error> {
 /// containers): attempts the store assigns to it that it does not hold have no
 /// container (the previous process died between the claim and the container) and
 /// end now as `lost` (or are retried) instead of waiting for their lease.
-pub async fn end_unheld_on_start(app: &App, runner_id: &str, held: &[AttemptRef]) -> Result<usize, Error> {
+pub async fn end_unheld_on_start(ctx: &Context, runner_id: &str, held: &[AttemptRef]) -> Result<usize, Error> {
     let mut count = 0;
-    for run in app.store.running_on_runner(runner_id).await? {
+    for run in ctx.store.running_on_runner(runner_id).await? {
         if held.contains(&run.attempt_ref()) {
             continue;
         }
         tracing::warn!(run_id = %run.id, runner_id, "the runner restarted without a container for this attempt");
         let message = format!("runner {runner_id} restarted and had no container for the attempt");
-        count += usize::from(take_over(app, &run, &lost_or_cancelled(&run, message)).await?);
+        count += usize::from(take_over(ctx, &run, &lost_or_cancelled(&run, message)).await?);
     }
     Ok(count)
 }
@@ -63,14 +63,14 @@ fn lost_or_cancelled(run: &Run, message: String) -> Outcome {
 
 /// Ends attempts whose timeout passed long ago (the runner should have stopped
 /// them) and tells their runner to kill them.
-pub async fn expire_timeouts(app: &App) -> Result<usize, Error> {
-    let slack = app.config.stop_grace + Duration::from_secs(30);
+pub async fn expire_timeouts(ctx: &Context) -> Result<usize, Error> {
+    let slack = ctx.config.stop_grace + Duration::from_secs(30);
     let mut count = 0;
-    for run in app.store.overdue_runs(slack, 100).await? {
+    for run in ctx.store.overdue_runs(slack, 100).await? {
         tracing::warn!(run_id = %run.id, runner_id = ?run.runner_id, "timeout enforced by the control plane");
         if let Some(runner) = &run.runner_id {
             let notice = CancelNotice { attempt: run.attempt_ref(), force: true };
-            if let Err(e) = app.bus.notify_cancel(runner, &notice).await {
+            if let Err(e) = ctx.bus.notify_cancel(runner, &notice).await {
                 tracing::warn!(run_id = %run.id, error = %e, "could not tell the runner to stop the job");
             }
         }
@@ -81,42 +81,42 @@ pub async fn expire_timeouts(app: &App) -> Result<usize, Error> {
             exit_code: None,
             error_message: Some(message),
         };
-        count += usize::from(take_over(app, &run, &outcome).await?);
+        count += usize::from(take_over(ctx, &run, &outcome).await?);
     }
     Ok(count)
 }
 
 /// Ends an attempt without its runner: archive what the live log holds, then
 /// end it. `true` if this replica ended it.
-async fn take_over(app: &App, run: &Run, outcome: &Outcome) -> Result<bool, Error> {
+async fn take_over(ctx: &Context, run: &Run, outcome: &Outcome) -> Result<bool, Error> {
     let at = run.attempt_ref();
-    let archived = match archive::archive(&app.bus, &app.objects, &at, None).await {
+    let archived = match archive::archive(&ctx.bus, &ctx.objects, &at, None).await {
         Ok(archived) => Some(archived.log),
         Err(e) => {
             tracing::warn!(run_id = %run.id, error = %e, "could not archive the log");
             None
         }
     };
-    Ok(end_attempt(app, run, outcome, archived.as_ref()).await?.is_some())
+    Ok(end_attempt(ctx, run, outcome, archived.as_ref()).await?.is_some())
 }
 
 /// Fails queued runs no runner can take (`NO_RUNNER_TIMEOUT_SECONDS`).
-pub async fn fail_unrunnable(app: &App) -> Result<usize, Error> {
-    let Some(after) = app.config.no_runner_timeout else { return Ok(0) };
-    let failed = app.store.fail_unrunnable(after, app.config.lease, 100).await?;
+pub async fn fail_unrunnable(ctx: &Context) -> Result<usize, Error> {
+    let Some(after) = ctx.config.no_runner_timeout else { return Ok(0) };
+    let failed = ctx.store.fail_unrunnable(after, ctx.config.lease, 100).await?;
     for run in &failed {
         tracing::warn!(run_id = %run.id, pool = %run.pool, "no runner took the run");
-        app.bus.notify_finished(run.id).await;
+        ctx.bus.notify_finished(run.id).await;
     }
     Ok(failed.len())
 }
 
 /// Deletes archived logs past retention (the runs themselves stay).
-pub async fn expire_logs(app: &App) -> Result<usize, Error> {
-    let expired = app.store.expire_logs(app.config.log_retention_runs, app.config.log_retention, 500).await?;
+pub async fn expire_logs(ctx: &Context) -> Result<usize, Error> {
+    let expired = ctx.store.expire_logs(ctx.config.log_retention_runs, ctx.config.log_retention, 500).await?;
     for (run_id, attempt, log_key) in &expired {
         for key in [log_key.clone(), crate::logs::index_key(*run_id, *attempt)] {
-            if let Err(e) = app.objects.delete(&key).await {
+            if let Err(e) = ctx.objects.delete(&key).await {
                 tracing::warn!(%run_id, %key, error = %e, "could not delete an expired log object");
             }
         }
@@ -128,14 +128,14 @@ pub async fn expire_logs(app: &App) -> Result<usize, Error> {
 }
 
 /// Re-offers queued runs whose offer is gone from NATS (lost message, wiped store).
-pub async fn reoffer_stale(app: &App) -> Result<usize, ReofferError> {
-    let stale = app.store.stale_queued(app.config.reoffer_after, 500).await?;
+pub async fn reoffer_stale(ctx: &Context) -> Result<usize, ReofferError> {
+    let stale = ctx.store.stale_queued(ctx.config.reoffer_after, 500).await?;
     let mut count = 0;
     for (run_id, attempt, pool) in stale {
-        if !app.bus.has_offer(&pool, run_id).await? {
+        if !ctx.bus.has_offer(&pool, run_id).await? {
             // One nonce per second: replicas sweeping together still publish once.
             let nonce = format!("r{}", chrono::Utc::now().timestamp());
-            app.bus.offer(&pool, run_id, attempt, Some(&nonce)).await?;
+            ctx.bus.offer(&pool, run_id, attempt, Some(&nonce)).await?;
             tracing::info!(%run_id, attempt, "re-offered a queued run");
             count += 1;
         }

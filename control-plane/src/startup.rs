@@ -1,47 +1,41 @@
-//! The control plane assembled: its state (shared by HTTP handlers, the runner
-//! API and the sweeper) and its long-running tasks.
+//! Start-up, the composition root: connect the seams as configured, lock
+//! `DATA_DIR`, build the [`Context`], then spawn the long-running parts (runner
+//! API or embedded runner, sweeper), serve HTTP, and shut all of it down in order.
+//!
+//! Architecture invariant: nothing imports this module but `main.rs` (and tests);
+//! it is the only place that knows every layer.
 
 use crate::bus::Bus;
-use crate::bus::local::{LocalBus, LocalLink};
+use crate::bus::local::LocalBus;
 use crate::bus::nats::NatsBus;
 use crate::config::Config;
+use crate::context::Context;
 use crate::object_store::ObjectStore;
-use crate::pipelines::Catalog;
 use crate::store::Store;
 use crate::{embedded_runner, http, runner_api, sweeper};
-use anyhow::Context;
-use std::sync::Arc;
-use tokio::sync::Semaphore;
+use anyhow::Context as _;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Exit reports processed at once per control plane. Each archives a log (S3
-/// multipart buffers, or file copies and fsyncs) and writes the end of the
-/// attempt: a burst of exits must neither take every database connection (the
-/// SQLite writer) from claims and heartbeats nor hold a buffer per exit. The
-/// others wait their turn; runners wait up to 5 minutes for the reply.
-pub const FINISH_CONCURRENCY: usize = 8;
+/// How long shutdown waits for exit reports and archives still in flight.
+const TASK_PATIENCE: Duration = Duration::from_secs(60);
+/// How long start-up waits for the embedded runner to re-attach to leftover containers.
+const ADOPT_PATIENCE: Duration = Duration::from_secs(60);
 
-/// Cheap to clone; everything a request or task needs.
-#[derive(Clone)]
-pub struct App {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub bus: Bus,
-    pub objects: ObjectStore,
-    pub catalog: Catalog,
-    /// Exit reports archived at once (see [`FINISH_CONCURRENCY`]).
-    pub finishing: Arc<Semaphore>,
+/// A connected control plane, not yet serving.
+pub struct ControlPlane {
+    ctx: Context,
     /// Held while the process runs when it uses `DATA_DIR` (SQLite, live-log spool,
     /// embedded runner): those belong to one process.
-    _data_dir_lock: Option<Arc<std::fs::File>>,
+    _data_dir_lock: Option<std::fs::File>,
 }
 
-impl App {
+impl ControlPlane {
     /// Opens the three seams (store, log store, bus) as configured, printing
     /// one line per seam saying which implementation is in use.
-    pub async fn connect(config: Config) -> anyhow::Result<App> {
+    pub async fn connect(config: Config) -> anyhow::Result<ControlPlane> {
         let uses_data_dir = config.nats_url.is_none() || config.database_url.starts_with("sqlite://");
-        let data_dir_lock = if uses_data_dir { Some(Arc::new(lock_data_dir(&config.data_dir)?)) } else { None };
+        let data_dir_lock = if uses_data_dir { Some(lock_data_dir(&config.data_dir)?) } else { None };
         let store = Store::connect(&config.database_url).await.context("DATABASE_URL: cannot use the database")?;
         tracing::info!("store: {} at {}", store.kind(), crate::config::redact_url(&config.database_url));
         let bus = match &config.nats_url {
@@ -58,42 +52,48 @@ impl App {
             None => ObjectStore::local(config.logs_dir.clone()).context("LOGS_DIR: cannot store logs there")?,
         };
         tracing::info!("log store: {}", objects.describe());
-        let catalog = Catalog::new(config.pipelines_dir.clone(), config.worker_base_image.clone());
-        Ok(App {
-            config: Arc::new(config),
-            store,
-            bus,
-            objects,
-            catalog,
-            finishing: Arc::new(Semaphore::new(FINISH_CONCURRENCY)),
-            _data_dir_lock: data_dir_lock,
-        })
+        Ok(ControlPlane { ctx: Context::new(config, store, bus, objects), _data_dir_lock: data_dir_lock })
+    }
+
+    /// The shared state, e.g. for router tests that serve no socket.
+    pub fn context(&self) -> &Context {
+        &self.ctx
     }
 
     /// Serves HTTP and the runner API (or runs the embedded runner) and sweeps
-    /// until `shutdown` fires.
+    /// until `shutdown` fires; then stops taking work, ends log streams and waits
+    /// for exit reports in flight.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let listener = tokio::net::TcpListener::bind(self.config.bind_addr)
-            .await
-            .with_context(|| format!("BIND_ADDR: cannot listen on {}", self.config.bind_addr))?;
-        tracing::info!(addr = %self.config.bind_addr, "listening on http://{}", self.config.bind_addr);
-        let runners = match &self.bus {
-            Bus::Nats(bus) => tokio::spawn(runner_api::serve(self.clone(), (**bus).clone(), shutdown.clone())),
+        let ctx = self.ctx.clone();
+        let addr = ctx.config.bind_addr;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("BIND_ADDR: cannot listen on {addr}"))?;
+        tracing::info!(%addr, "listening on http://{addr}");
+        // One token for everything the context spawned or serves.
+        let forward = ctx.shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            forward.cancel();
+        });
+        let runners = match &ctx.bus {
+            Bus::Nats(bus) => tokio::spawn(runner_api::serve(ctx.clone(), (**bus).clone())),
             Bus::Local(bus) => {
-                let link = LocalLink::new(self.clone(), bus.clone());
                 let (ready, adopted) = tokio::sync::oneshot::channel();
-                let task = tokio::spawn(embedded_runner::run(self.clone(), link, ready, shutdown.clone()));
+                let task = tokio::spawn(embedded_runner::run(ctx.clone(), bus.clone(), ready));
                 // Leftover containers are re-attached (their leases renewed) before
                 // the sweeper may judge those leases.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(60), adopted).await;
+                let _ = tokio::time::timeout(ADOPT_PATIENCE, adopted).await;
                 task
             }
         };
-        let sweeper = tokio::spawn(sweeper::run(self.clone(), shutdown.clone()));
-        let served = http::serve(self, listener, shutdown.clone()).await;
-        shutdown.cancel();
+        let sweeper = tokio::spawn(sweeper::run(ctx.clone()));
+        let served = http::serve(ctx.clone(), listener, ctx.shutdown.clone()).await;
+        ctx.shutdown.cancel();
         runners.await.context("runner task")?.context("runners")?;
         sweeper.await.context("sweeper task")?;
+        if !ctx.wait_for_tasks(TASK_PATIENCE).await {
+            tracing::warn!(left = ctx.tasks_running(), "shutdown: work still in flight was cut off");
+        }
         served.context("HTTP server")
     }
 }

@@ -1,0 +1,79 @@
+//! The control plane's shared state: its seams (store, bus, log store), the pipeline
+//! catalog, the settings, and the tasks it has spawned. Every domain function (`runs`)
+//! and every adapter (HTTP, runner API, embedded runner, sweeper) takes a `Context`.
+//!
+//! Architecture invariant: this module starts nothing and imports only the seams and
+//! the settings; connecting and spawning is `startup`'s job.
+
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::object_store::ObjectStore;
+use crate::pipelines::Catalog;
+use crate::store::Store;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Exit reports processed at once per control plane. Each archives a log (S3
+/// multipart buffers, or file copies and fsyncs) and writes the end of the
+/// attempt: a burst of exits must neither take every database connection (the
+/// SQLite writer) from claims and heartbeats nor hold a buffer per exit. The
+/// others wait their turn; runners wait up to 5 minutes for the reply.
+pub const FINISH_CONCURRENCY: usize = 8;
+
+/// Cheap to clone; everything a request or task needs.
+#[derive(Clone)]
+pub struct Context {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub bus: Bus,
+    pub objects: ObjectStore,
+    pub catalog: Catalog,
+    /// Exit reports archived at once (see [`FINISH_CONCURRENCY`]).
+    pub finishing: Arc<Semaphore>,
+    /// Fires when the control plane shuts down: long-lived work (log streams,
+    /// back-off timers) ends on it.
+    pub shutdown: CancellationToken,
+    /// Work spawned on behalf of a request or a runner message; shutdown waits for
+    /// it, so an exit report being archived is finished, not cut off.
+    tasks: TaskTracker,
+}
+
+impl Context {
+    pub fn new(config: Config, store: Store, bus: Bus, objects: ObjectStore) -> Context {
+        let catalog = Catalog::new(config.pipelines_dir.clone(), config.worker_base_image.clone());
+        Context {
+            config: Arc::new(config),
+            store,
+            bus,
+            objects,
+            catalog,
+            finishing: Arc::new(Semaphore::new(FINISH_CONCURRENCY)),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Spawns work that shutdown waits for (see [`Context::wait_for_tasks`]).
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tasks.spawn(task)
+    }
+
+    /// Waits up to `patience` for the spawned work to end; `false` if some was still
+    /// running then.
+    pub async fn wait_for_tasks(&self, patience: std::time::Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(patience, self.tasks.wait()).await.is_ok()
+    }
+
+    /// Spawned work still running.
+    pub fn tasks_running(&self) -> usize {
+        self.tasks.len()
+    }
+}
