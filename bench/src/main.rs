@@ -7,6 +7,7 @@
 //! Markdown table and writes JSON to `bench/results/`. Everything stays on 127.0.0.1.
 //!
 //!     bench [--quick] [--reps N] [--only latency,throughput,...] [--configs distributed,single-node] [--out DIR] [--keep]
+//!     bench table [--write BENCHMARKS.md]   (the status table from bench/results, see `status`)
 
 mod api;
 mod deploy;
@@ -17,6 +18,7 @@ mod rss;
 mod scenarios;
 mod sse;
 mod stats;
+mod status;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -156,6 +158,10 @@ const USAGE: &str = "bench [--quick] [--reps N] [--only SCENARIOS] [--configs di
   --dispatch-runs N    runs per dispatch phase (full 2000; more gives a longer window to profile)
   --out DIR            where the JSON goes (default bench/results)
   --keep               keep the deployment's directory under /tmp/fastflow-bench
+
+bench table [--results DIR] [--known FILE] [--write BENCHMARKS.md]
+  prints the status table (latest result per goal and configuration) from bench/results,
+  or writes it between the status-table markers of the given file; no services needed
 ";
 
 /// Size overrides from the command line, applied after the profile is chosen so that
@@ -257,10 +263,14 @@ fn number<T: std::str::FromStr + Default + PartialEq>(value: Option<String>, fla
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("table") {
+        return status::cli(std::env::args().skip(2));
+    }
     let args = parse_args()?;
     let dev = DevEnv::from_env()?;
     let started_at = chrono::Utc::now().to_rfc3339();
     let machine = Machine::probe();
+    let commit = report::git_commit();
     let clock = Instant::now();
     eprintln!("bench: {} profile", args.profile.name);
 
@@ -274,6 +284,7 @@ async fn main() -> anyhow::Result<()> {
         started_at,
         profile: args.profile.name,
         sizes: format!("{:?}", args.profile),
+        commit,
         machine,
         duration_seconds,
         rows: &rows,

@@ -94,6 +94,10 @@ pub struct Report<'a> {
     pub profile: &'a str,
     /// Every size the scenarios used (`Profile` as Debug).
     pub sizes: String,
+    /// The commit the harness was built from (`git rev-parse --short HEAD`, `-dirty` with
+    /// uncommitted changes to tracked files); absent where git could not tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
     pub machine: Machine,
     pub duration_seconds: f64,
     pub rows: &'a [Row],
@@ -132,6 +136,21 @@ impl Machine {
             load_average_at_start: std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string(),
         }
     }
+}
+
+/// The checkout's commit, asked of git in the source directory the harness was built from
+/// (`scripts/bench.sh` builds it from the checkout it benchmarks).
+pub fn git_commit() -> Option<String> {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| std::process::Command::new("git").arg("-C").arg(dir).args(args).output().ok();
+    let head = git(&["rev-parse", "--short", "HEAD"]).filter(|o| o.status.success())?;
+    let commit = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    if commit.is_empty() {
+        return None;
+    }
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|o| o.status.success() && !o.stdout.is_empty());
+    Some(if dirty { format!("{commit}-dirty") } else { commit })
 }
 
 pub fn markdown(rows: &[Row]) -> String {
@@ -180,7 +199,7 @@ fn cell(summary: Option<&Summary>, unit: &str) -> String {
     }
 }
 
-fn num(x: f64) -> String {
+pub(crate) fn num(x: f64) -> String {
     if x.abs() >= 100.0 {
         format!("{x:.0}")
     } else if x.abs() >= 10.0 {
