@@ -811,7 +811,7 @@ async fn populate(store: &Store) {
 
     let mut limited = claim_of(&waiting, "r1", LEASE);
     limited.max_running = Some(0);
-    assert!(matches!(claim_one(&store, &limited).await.expect("claim"), ClaimResult::Waiting(_)));
+    assert!(matches!(claim_one(store, &limited).await.expect("claim"), ClaimResult::Waiting(_)));
     claimed(store, &running, "r1", LEASE).await;
     store.request_cancel(running.id, true).await.expect("cancel").expect("running");
     let held = claimed(store, &retried, "r1", LEASE).await;
