@@ -3,7 +3,9 @@
 //! private database created through `FASTFLOW_PG_ADMIN_URL`, dropped after).
 //! Without that variable the Postgres variants fail: they never pass silently.
 
-use control_plane::store::runs::{ArchivedLog, Claim, ClaimResult, NewRun, Outcome, Run, RunFilter};
+use control_plane::store::runs::{
+    ArchivedLog, Claim, ClaimResult, NewRun, Outcome, Run, RunFilter, Trigger, WaitingReason,
+};
 use control_plane::store::transfer::{BundleRecord, RunRecord};
 use control_plane::store::{Error, Store};
 use serde_json::json;
@@ -25,14 +27,27 @@ enum TestDb {
 
 impl TestDb {
     async fn sqlite() -> (TestDb, Store) {
+        let (db, url) = TestDb::sqlite_url();
+        let store = Store::connect(&url).await.unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+        (db, store)
+    }
+
+    /// A SQLite database yet to be created, and its URL.
+    fn sqlite_url() -> (TestDb, String) {
         let dir = std::env::temp_dir().join(format!("fastflow-store-{}", Uuid::new_v4().simple()));
         // A missing parent directory is created by connect.
         let url = format!("sqlite://{}/nested/fastflow.db", dir.display());
-        let store = Store::connect(&url).await.unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
-        (TestDb::Sqlite { dir }, store)
+        (TestDb::Sqlite { dir }, url)
     }
 
     async fn postgres() -> (TestDb, Store) {
+        let (db, url) = TestDb::postgres_url().await;
+        let store = Store::connect(&url).await.unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+        (db, store)
+    }
+
+    /// An empty Postgres database (no schema yet), and its URL.
+    async fn postgres_url() -> (TestDb, String) {
         let admin_url = std::env::var("FASTFLOW_PG_ADMIN_URL").unwrap_or_else(|_| {
             panic!(
                 "FASTFLOW_PG_ADMIN_URL is not set: the Postgres variants of the store tests need an admin URL \
@@ -49,8 +64,7 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
         let _ = admin.close().await;
         let url = database_url(&admin_url, &name);
-        let store = Store::connect(&url).await.unwrap_or_else(|e| panic!("cannot open database {name}: {e}"));
-        (TestDb::Postgres { admin_url, name }, store)
+        (TestDb::Postgres { admin_url, name }, url)
     }
 
     async fn remove(self) {
@@ -125,6 +139,8 @@ async fn submit(store: &Store, pipeline: &str, pool: &str, spec: serde_json::Val
             pipeline_name: pipeline,
             pool,
             params: json!({"who": "world", "n": 3}),
+            // As `runs::submit` does: the template's timeout, in its own column.
+            timeout_seconds: spec["timeout_seconds"].as_i64(),
             spec,
         })
         .await
@@ -146,8 +162,15 @@ fn claim_of<'a>(run: &'a Run, runner: &'a str, lease: Duration) -> Claim<'a> {
     }
 }
 
+/// One claim, in a batch of its own.
+async fn claim_one(store: &Store, claim: &Claim<'_>) -> Result<ClaimResult, Error> {
+    let mut results = store.claim_batch(std::slice::from_ref(claim)).await?;
+    assert_eq!(results.len(), 1, "one result per claim");
+    Ok(results.pop().expect("one result"))
+}
+
 async fn claimed(store: &Store, run: &Run, runner: &str, lease: Duration) -> Run {
-    match store.claim(&claim_of(run, runner, lease)).await.expect("claim") {
+    match claim_one(store, &claim_of(run, runner, lease)).await.expect("claim") {
         ClaimResult::Granted(run) => *run,
         ClaimResult::Waiting(reason) => panic!("claim of {} waits: {reason}", run.id),
         ClaimResult::Gone => panic!("claim of {} is gone", run.id),
@@ -209,7 +232,7 @@ async fn insert_get_list(store: Store) {
     let first = &inserted[0];
     assert_eq!(first.status, RunStatus::Queued);
     assert_eq!(first.attempt, 1);
-    assert_eq!(first.trigger, "api");
+    assert_eq!(first.trigger, Trigger::Api);
     assert_eq!(first.fencing_token, 0);
     assert_eq!(first.params, json!({"who": "world", "n": 3}));
     assert_eq!(first.spec, spec());
@@ -299,7 +322,14 @@ async fn concurrent_submissions_each_get_their_own_run(store: Store) {
             let pipeline = format!("p{}", i % 7);
             let pool = if i % 2 == 0 { "default" } else { "gpu" };
             let result = store
-                .insert_run(NewRun { id, pipeline_name: &pipeline, pool, params: json!({ "i": i }), spec: spec() })
+                .insert_run(NewRun {
+                    id,
+                    pipeline_name: &pipeline,
+                    pool,
+                    params: json!({ "i": i }),
+                    spec: spec(),
+                    timeout_seconds: Some(3600),
+                })
                 .await;
             (i, id, pipeline, pool, result)
         }
@@ -347,7 +377,7 @@ both!(claim_exactly_once);
 async fn claim_exactly_once(store: Store) {
     let run = submit(&store, "p", "default", spec()).await;
     let (claim_a, claim_b) = (claim_of(&run, "runner-a", LEASE), claim_of(&run, "runner-b", LEASE));
-    let (a, b) = tokio::join!(store.claim(&claim_a), store.claim(&claim_b));
+    let (a, b) = tokio::join!(claim_one(&store, &claim_a), claim_one(&store, &claim_b));
     let results = [a.expect("claim a"), b.expect("claim b")];
     let granted: Vec<&Run> = results
         .iter()
@@ -365,11 +395,11 @@ async fn claim_exactly_once(store: Store) {
     assert!(matches!(holder.runner_id.as_deref(), Some("runner-a" | "runner-b")));
     assert_eq!(&get(&store, run.id).await, holder);
     // A later claim, and a claim of another attempt number, find nothing queued.
-    assert!(matches!(store.claim(&claim_of(&run, "runner-c", LEASE)).await.expect("claim"), ClaimResult::Gone));
+    assert!(matches!(claim_one(&store, &claim_of(&run, "runner-c", LEASE)).await.expect("claim"), ClaimResult::Gone));
     let other = submit(&store, "p", "default", spec()).await;
     let mut wrong_attempt = claim_of(&other, "runner-c", LEASE);
     wrong_attempt.attempt = 2;
-    assert!(matches!(store.claim(&wrong_attempt).await.expect("claim"), ClaimResult::Gone));
+    assert!(matches!(claim_one(&store, &wrong_attempt).await.expect("claim"), ClaimResult::Gone));
 }
 
 both!(claim_batch_in_one_transaction);
@@ -424,9 +454,9 @@ async fn claim_batch_in_one_transaction(store: Store) {
         .collect();
     let results = store.claim_batch(&limited).await.expect("limited claim_batch");
     assert!(matches!(results[0], ClaimResult::Granted(_)));
-    assert!(matches!(results[1], ClaimResult::Waiting("max_concurrent_runs")));
-    assert!(matches!(results[2], ClaimResult::Waiting("max_concurrent_runs")));
-    assert_eq!(get(&store, more[1].id).await.waiting_reason.as_deref(), Some("max_concurrent_runs"));
+    assert!(matches!(results[1], ClaimResult::Waiting(WaitingReason::MaxConcurrentRuns)));
+    assert!(matches!(results[2], ClaimResult::Waiting(WaitingReason::MaxConcurrentRuns)));
+    assert_eq!(get(&store, more[1].id).await.waiting_reason, Some(WaitingReason::MaxConcurrentRuns));
     assert_eq!(store.count_active("p").await.expect("count"), (7, 6));
 }
 
@@ -440,14 +470,20 @@ async fn concurrency_limits(store: Store) {
 
     let mut overall = claim_of(&b, "r1", LEASE);
     overall.max_running = Some(1);
-    assert!(matches!(store.claim(&overall).await.expect("claim"), ClaimResult::Waiting("max_concurrent_runs")));
-    assert_eq!(get(&store, b.id).await.waiting_reason.as_deref(), Some("max_concurrent_runs"));
+    assert!(matches!(
+        claim_one(&store, &overall).await.expect("claim"),
+        ClaimResult::Waiting(WaitingReason::MaxConcurrentRuns)
+    ));
+    assert_eq!(get(&store, b.id).await.waiting_reason, Some(WaitingReason::MaxConcurrentRuns));
     assert_eq!(get(&store, b.id).await.status, RunStatus::Queued);
 
     let mut of_pipeline = claim_of(&c, "r1", LEASE);
     of_pipeline.max_running = Some(5);
     of_pipeline.max_running_of_pipeline = Some(1);
-    assert!(matches!(store.claim(&of_pipeline).await.expect("claim"), ClaimResult::Waiting("pipeline_max_concurrent")));
+    assert!(matches!(
+        claim_one(&store, &of_pipeline).await.expect("claim"),
+        ClaimResult::Waiting(WaitingReason::PipelineMaxConcurrent)
+    ));
     // `b` is of another pipeline: the limit of `p` does not hold it back.
     let mut other_pipeline = claim_of(&b, "r1", LEASE);
     other_pipeline.max_running_of_pipeline = Some(1);
@@ -455,7 +491,7 @@ async fn concurrency_limits(store: Store) {
     let waiting: Vec<Uuid> = store.waiting_runs(10).await.expect("waiting").into_iter().map(|w| w.0).collect();
     assert_eq!(waiting, vec![b.id, c.id]);
 
-    let granted = match store.claim(&other_pipeline).await.expect("claim") {
+    let granted = match claim_one(&store, &other_pipeline).await.expect("claim") {
         ClaimResult::Granted(run) => run,
         _ => panic!("b should be granted"),
     };
@@ -517,13 +553,13 @@ async fn end_attempt_final_retry_and_stale(store: Store) {
     assert_eq!(retried.exit_code, None);
     assert_eq!(retried.log_key, None);
     assert_eq!(retried.started_at, None);
-    assert_eq!(retried.waiting_reason.as_deref(), Some("retry_backoff"));
+    assert_eq!(retried.waiting_reason, Some(WaitingReason::RetryBackoff));
     assert_eq!(retried.fencing_token, at1.fencing_token, "the token moves on at the next claim");
     let attempts = store.attempts(run.id).await.expect("attempts");
     assert_eq!(attempts.len(), 1);
     let a1 = &attempts[0];
     assert_eq!((a1.attempt, a1.status.as_str()), (1, "failed"));
-    assert_eq!(a1.failure_reason.as_deref(), Some("exit_code"));
+    assert_eq!(a1.failure_reason, Some(FailureReason::ExitCode));
     assert_eq!(a1.exit_code, Some(3));
     assert_eq!(a1.error_message.as_deref(), Some("exit 3"));
     assert_eq!(a1.runner_id.as_deref(), Some("r1"));
@@ -560,8 +596,8 @@ async fn end_attempt_final_retry_and_stale(store: Store) {
         store.end_attempt(&held.attempt_ref(), &failed(), None, Some(Duration::from_secs(3600))).await.expect("end");
     let backing_off = backing_off.expect("held");
     assert!(matches!(
-        store.claim(&claim_of(&backing_off, "r1", LEASE)).await.expect("claim"),
-        ClaimResult::Waiting("retry_backoff")
+        claim_one(&store, &claim_of(&backing_off, "r1", LEASE)).await.expect("claim"),
+        ClaimResult::Waiting(WaitingReason::RetryBackoff)
     ));
     assert!(store.waiting_runs(10).await.expect("waiting").is_empty());
     assert!(store.stale_queued(Duration::ZERO, 10).await.expect("stale").is_empty());
@@ -576,7 +612,7 @@ async fn cancel_guards(store: Store) {
     assert_eq!(cancelled.failure_reason, Some(FailureReason::Cancelled));
     assert!(cancelled.cancel_requested_at.is_some() && cancelled.finished_at.is_some());
     assert!(store.cancel_queued(queued.id).await.expect("cancel").is_none(), "already final");
-    assert!(matches!(store.claim(&claim_of(&queued, "r1", LEASE)).await.expect("claim"), ClaimResult::Gone));
+    assert!(matches!(claim_one(&store, &claim_of(&queued, "r1", LEASE)).await.expect("claim"), ClaimResult::Gone));
 
     let run = submit(&store, "p", "default", spec()).await;
     claimed(&store, &run, "r1", LEASE).await;
@@ -622,6 +658,33 @@ async fn lease_and_timeout_sweeps(store: Store) {
         store.stale_queued(Duration::ZERO, 10).await.expect("stale").into_iter().map(|r| r.0).collect();
     assert_eq!(stale, vec![not_started.id]);
     assert!(store.stale_queued(Duration::from_secs(3600), 10).await.expect("stale").is_empty());
+}
+
+both!(overdue_reads_the_timeout_column);
+/// The timeout is the run's own column: a run whose template lacks the field is overdue
+/// by its column, and one whose template has it but whose column is empty is not.
+async fn overdue_reads_the_timeout_column(store: Store) {
+    let new_run = |timeout_seconds, spec| NewRun {
+        id: Uuid::now_v7(),
+        pipeline_name: "p",
+        pool: "default",
+        params: json!({}),
+        spec,
+        timeout_seconds,
+    };
+    let by_column = store.insert_run(new_run(Some(0), json!({"image": "x"}))).await.expect("insert");
+    let by_json_only =
+        store.insert_run(new_run(None, json!({"image": "x", "timeout_seconds": 0}))).await.expect("insert");
+    claimed(&store, &by_column, "r1", LEASE).await;
+    claimed(&store, &by_json_only, "r1", LEASE).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let overdue: Vec<Uuid> =
+        store.overdue_runs(Duration::ZERO, 10).await.expect("overdue").into_iter().map(|r| r.id).collect();
+    assert_eq!(overdue, vec![by_column.id]);
+    let exported = store.export_runs(None, 10).await.expect("export");
+    let timeouts: Vec<(Uuid, Option<i64>)> = exported.iter().map(|r| (r.run.id, r.timeout_seconds)).collect();
+    assert_eq!(timeouts, [(by_column.id, Some(0)), (by_json_only.id, None)], "export carries the column");
 }
 
 both!(running_on_runner_lists_only_that_runners_running_attempts);
@@ -748,7 +811,7 @@ async fn populate(store: &Store) {
 
     let mut limited = claim_of(&waiting, "r1", LEASE);
     limited.max_running = Some(0);
-    assert!(matches!(store.claim(&limited).await.expect("claim"), ClaimResult::Waiting(_)));
+    assert!(matches!(claim_one(store, &limited).await.expect("claim"), ClaimResult::Waiting(_)));
     claimed(store, &running, "r1", LEASE).await;
     store.request_cancel(running.id, true).await.expect("cancel").expect("running");
     let held = claimed(store, &retried, "r1", LEASE).await;
@@ -864,6 +927,91 @@ async fn export_import_round_trip_sqlite_postgres() {
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
+}
+
+/// Old runs, as stored before the `timeout_seconds` column: (id, spec JSON, expected column).
+fn old_runs() -> [(Uuid, &'static str, Option<i64>); 3] {
+    [
+        (Uuid::now_v7(), r#"{"image": "x", "timeout_seconds": 30}"#, Some(30)),
+        (Uuid::now_v7(), r#"{"image": "x"}"#, None),
+        (Uuid::now_v7(), r#"{"image": "x", "timeout_seconds": null}"#, None),
+    ]
+}
+
+/// The migrations before the one that adds `timeout_seconds` (named `*_timeout_seconds`).
+fn before_timeout_column(mut all: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    let kept: Vec<_> =
+        all.migrations.iter().take_while(|m| !m.description.contains("timeout seconds")).cloned().collect();
+    assert!(kept.len() < all.migrations.len(), "the timeout_seconds migration exists");
+    all.migrations = kept.into();
+    all
+}
+
+/// Connecting the store migrates the old runs: each has its template's timeout in the column.
+async fn assert_backfilled(url: &str, old: &[(Uuid, &str, Option<i64>)]) {
+    let store = Store::connect(url).await.expect("connect and migrate");
+    let exported = store.export_runs(None, 10).await.expect("export");
+    let timeouts: Vec<(Uuid, Option<i64>)> = exported.iter().map(|r| (r.run.id, r.timeout_seconds)).collect();
+    let expected: Vec<(Uuid, Option<i64>)> = old.iter().map(|(id, _, timeout)| (*id, *timeout)).collect();
+    assert_eq!(timeouts, expected);
+}
+
+/// Runs `body`, removes the database, re-raises the body's panic.
+async fn then_remove(db: TestDb, body: impl Future<Output = ()> + Send + 'static) {
+    let outcome = tokio::spawn(body).await;
+    db.remove().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+#[tokio::test]
+async fn timeout_column_is_backfilled_on_sqlite() {
+    let (db, url) = TestDb::sqlite_url();
+    let path = url.trim_start_matches("sqlite://").to_string();
+    then_remove(db, async move {
+        let old = old_runs();
+        if let Some(dir) = std::path::Path::new(&path).parent() {
+            std::fs::create_dir_all(dir).expect("create the directory");
+        }
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.expect("open the file");
+        before_timeout_column(sqlx::migrate!("./migrations/sqlite")).run(&pool).await.expect("earlier migrations");
+        for (id, spec, _) in &old {
+            sqlx::query(
+                "insert into runs (id, pipeline_name, status, spec, created_at) values ($1, 'p', 'queued', $2, 0)",
+            )
+            .bind(id.hyphenated().to_string())
+            .bind(*spec)
+            .execute(&pool)
+            .await
+            .expect("insert an old run");
+        }
+        pool.close().await;
+        assert_backfilled(&url, &old).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn timeout_column_is_backfilled_on_postgres() {
+    let (db, url) = TestDb::postgres_url().await;
+    then_remove(db, async move {
+        let old = old_runs();
+        let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+        before_timeout_column(sqlx::migrate!("./migrations/postgres")).run(&pool).await.expect("earlier migrations");
+        for (id, spec, _) in &old {
+            sqlx::query("insert into runs (id, pipeline_name, status, spec) values ($1, 'p', 'queued', $2::jsonb)")
+                .bind(id)
+                .bind(*spec)
+                .execute(&pool)
+                .await
+                .expect("insert an old run");
+        }
+        pool.close().await;
+        assert_backfilled(&url, &old).await;
+    })
+    .await;
 }
 
 /// The file keeps committed state across a reopen (and a second connect does

@@ -89,7 +89,7 @@ async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result<Jso
     if !run.status.is_final() {
         attempts.push(AttemptRecord {
             attempt: run.attempt,
-            status: run.status.to_string(),
+            status: run.status,
             failure_reason: None,
             exit_code: None,
             error_message: None,

@@ -1,9 +1,11 @@
 //! The database. Only this module (and its children) writes SQL; run status
 //! transitions live in the backends alone and are guarded in the statement
-//! itself. Two backends, chosen at start from the URL: Postgres (`postgres.rs`,
-//! many replicas) and SQLite (`sqlite.rs`, the single-node default). The public
+//! itself. Two backends, chosen at start from the URL: Postgres (`postgres/`,
+//! many replicas) and SQLite (`sqlite/`, the single-node default). The public
 //! types and the `Store` methods (in `runs.rs`, `runners.rs`, `bundles.rs`,
-//! `transfer.rs`) are the same for both; each method only dispatches.
+//! `transfer.rs`) are the same for both; each method only dispatches. What both
+//! backends decide alike (the policy, the stored strings) is in `policy.rs`, how
+//! they decode rows in `rows.rs`.
 
 /// The columns every run query returns, in `Run::from_row`'s terms (both backends).
 macro_rules! run_columns {
@@ -23,12 +25,21 @@ macro_rules! run_columns {
     };
 }
 
+/// The columns of `run_attempts` an `AttemptRecord` reads (both backends).
+macro_rules! attempt_columns {
+    () => {
+        "attempt, status, failure_reason, exit_code, error_message, runner_id, started_at, finished_at, log_key,
+         log_size_bytes"
+    };
+}
+
 pub mod bundles;
+pub mod policy;
 mod postgres;
+mod rows;
 pub mod runners;
 pub mod runs;
 mod sqlite;
-mod sqlite_batch;
 pub mod transfer;
 
 use postgres::PgStore;

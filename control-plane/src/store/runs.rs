@@ -1,9 +1,10 @@
 //! Runs and their status transitions. Every transition is one statement guarded
 //! by the state it expects (`where status = …`), so concurrent replicas and
 //! stale runners can never move a run backwards or twice. The SQL is in the
-//! backends (`postgres.rs`, `sqlite.rs`); these methods say what each one
-//! guarantees, on both.
+//! backends (`postgres/`, `sqlite/`), the policy they share in `policy.rs`;
+//! these methods say what each one guarantees, on both.
 
+pub use super::policy::{Trigger, WaitingReason};
 use super::{Error, Store, dispatch};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -21,7 +22,7 @@ pub struct Run {
     pub pool: String,
     pub status: RunStatus,
     pub attempt: i32,
-    pub trigger: String,
+    pub trigger: Trigger,
     pub params: serde_json::Value,
     pub runner_id: Option<String>,
     pub exit_code: Option<i64>,
@@ -29,7 +30,7 @@ pub struct Run {
     pub error_message: Option<String>,
     pub cancel_requested_at: Option<DateTime<Utc>>,
     /// Why a queued run has not started yet (e.g. a concurrency limit).
-    pub waiting_reason: Option<String>,
+    pub waiting_reason: Option<WaitingReason>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -58,6 +59,9 @@ pub struct NewRun<'a> {
     pub pool: &'a str,
     pub params: serde_json::Value,
     pub spec: serde_json::Value,
+    /// The job template's timeout, in its own column so that SQL never reads the
+    /// template's JSON (overdue runs).
+    pub timeout_seconds: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -105,7 +109,7 @@ impl Claim<'_> {
 pub enum ClaimResult {
     Granted(Box<Run>),
     /// A concurrency limit is reached; the run stays queued with this reason.
-    Waiting(&'static str),
+    Waiting(WaitingReason),
     /// The attempt is no longer queued.
     Gone,
 }
@@ -114,8 +118,9 @@ pub enum ClaimResult {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AttemptRecord {
     pub attempt: i32,
-    pub status: String,
-    pub failure_reason: Option<String>,
+    /// Final when recorded; the API also shows the current attempt, queued or running.
+    pub status: RunStatus,
+    pub failure_reason: Option<FailureReason>,
     pub exit_code: Option<i64>,
     pub error_message: Option<String>,
     pub runner_id: Option<String>,
@@ -153,17 +158,12 @@ impl Store {
         dispatch!(self.get_runs(ids))
     }
 
-    /// The claim: succeeds for exactly one caller while the attempt is queued,
-    /// not backing off, and the concurrency limits leave room, handing out a
+    /// Claims, in one transaction (one commit), results in their order. A claim
+    /// succeeds for exactly one caller while the attempt is queued, not backing
+    /// off, and the concurrency limits leave room (`policy.rs`), handing out a
     /// fresh fencing token and a lease. Claims under a limit are serialised
     /// (Postgres: a transaction-scoped advisory lock; SQLite: the single writer
     /// connection) so two replicas cannot both take the last free slot.
-    pub async fn claim(&self, claim: &Claim<'_>) -> Result<ClaimResult, Error> {
-        let mut results = self.claim_batch(std::slice::from_ref(claim)).await?;
-        results.pop().ok_or_else(|| Error::Corrupt("a claim without a result".into()))
-    }
-
-    /// Several claims in one transaction (one commit), results in their order.
     pub async fn claim_batch(&self, claims: &[Claim<'_>]) -> Result<Vec<ClaimResult>, Error> {
         dispatch!(self.claim_batch(claims))
     }

@@ -9,11 +9,12 @@ use super::{Error, Store, dispatch};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-/// Every column of `runs`: the public [`Run`] plus the two columns only the
-/// store itself reads.
+/// Every column of `runs`: the public [`Run`] plus the columns only the store
+/// itself reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRecord {
     pub run: Run,
+    pub timeout_seconds: Option<i64>,
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub not_before: Option<DateTime<Utc>>,
 }

@@ -14,9 +14,10 @@
 //! COMMIT, or any other error (which may have ended the transaction), fails every insert of
 //! the group. A group of one is a plain autocommit insert, as before.
 
-use super::Error;
-use super::runs::{NewRun, Run};
-use super::sqlite::{BEGIN, now, text};
+use super::{BEGIN, now, text};
+use crate::store::Error;
+use crate::store::policy::sql;
+use crate::store::runs::{NewRun, Run};
 use sqlx::Connection;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
@@ -35,6 +36,7 @@ struct Pending {
     pool: String,
     params: String,
     spec: String,
+    timeout_seconds: Option<i64>,
     reply: oneshot::Sender<Result<Run, Error>>,
 }
 
@@ -62,6 +64,7 @@ impl RunInserter {
             pool: new.pool.to_string(),
             params: new.params.to_string(),
             spec: new.spec.to_string(),
+            timeout_seconds: new.timeout_seconds,
             reply,
         };
         self.queue.send(pending).await.map_err(|_| Error::WriterStopped)?;
@@ -146,9 +149,9 @@ fn fails_alone(e: &sqlx::Error) -> bool {
 }
 
 async fn insert(conn: &mut SqliteConnection, p: &Pending) -> Result<Run, sqlx::Error> {
-    sqlx::query_as::<_, Run>(concat!(
-        "insert into runs (id, pipeline_name, pool, status, params, spec, created_at)
-         values ($1, $2, $3, 'queued', $4, $5, $6)
+    sqlx::query_as::<_, Run>(sql!(
+        "insert into runs (id, pipeline_name, pool, status, params, spec, created_at, timeout_seconds)
+         values ($1, $2, $3, {status.queued}, $4, $5, $6, $7)
          returning ",
         run_columns!()
     ))
@@ -158,6 +161,7 @@ async fn insert(conn: &mut SqliteConnection, p: &Pending) -> Result<Run, sqlx::E
     .bind(&p.params)
     .bind(&p.spec)
     .bind(now())
+    .bind(p.timeout_seconds)
     .fetch_one(&mut *conn)
     .await
 }
@@ -191,6 +195,7 @@ mod tests {
             pool: "default".into(),
             params: "{}".into(),
             spec: "{}".into(),
+            timeout_seconds: None,
             reply,
         };
         (p, answer)
@@ -234,6 +239,7 @@ mod tests {
             pool: "default",
             params: serde_json::json!({}),
             spec: serde_json::json!({}),
+            timeout_seconds: None,
         };
         let result = second.block_on(store.inserts.insert(new));
         drop(store);
