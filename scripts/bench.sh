@@ -21,7 +21,10 @@ source "${FASTFLOW_DEV_DIR:-/var/tmp/fastflow-dev}/env.sh"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fastflow-target}"
 step "build release (target dir: $CARGO_TARGET_DIR)"
-cargo build --locked --release -p control-plane -p runner-agent -p bench >&2
+# `bench-noop`: the dispatch scenario's no-op executor (RUNNER_BENCH_NOOP_EXECUTOR), which
+# builds without the feature (tests, quick start, releases) refuse.
+cargo build --locked --release -p control-plane -p runner-agent -p bench \
+  --features runner-agent/bench-noop,control-plane/bench-noop >&2
 # A private copy of the binaries: the target dir may be shared with other checkouts whose
 # builds would otherwise replace them during a run of an hour.
 FASTFLOW_BIN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/fastflow-bench-bin.XXXXXX")"

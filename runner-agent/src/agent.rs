@@ -1,18 +1,23 @@
 //! The runner assembled: connect, then claim, execute and heartbeat until shut down.
 //!
-//! Shutdown: the first signal stops claiming and waits for running attempts to
-//! finish; a second one stops them. The single-node control plane embeds the
-//! same loop through [`serve`] with its in-process link.
+//! Shutdown ([`Shutdown`]): the first signal stops claiming and waits for running
+//! attempts to finish; a second one stops them. The single-node control plane embeds
+//! the same loop through [`serve`] with its in-process link, and leaves running
+//! attempts alone when it stops.
+//!
+//! Each long-running part is a service with `run(self, cancel)`: the attempts
+//! registry (`attempts`), heartbeats and the cancel listener (`heartbeat`), and the
+//! claimer (`claimer`); executions talk to the registry through its handle.
 
-use crate::active::{Active, StopReason};
-use crate::code_cache::CodeCache;
+use crate::attempts::{Attempts, StopReason};
+use crate::claimer::Claimer;
 use crate::config::Config;
 use crate::docker::Docker;
 use crate::execution::Executor;
+use crate::heartbeat::{CancelListener, Heartbeats};
 use crate::link::ControlLink;
 use crate::link::nats::NatsLink;
-use crate::removals::Removals;
-use crate::{claimer, heartbeat, reattach};
+use crate::reattach;
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,18 +27,54 @@ use tokio_util::sync::CancellationToken;
 /// How long shutdown waits for exited containers still being removed.
 const REMOVAL_PATIENCE: Duration = Duration::from_secs(30);
 
+/// What [`serve`] runs with.
+pub struct Options {
+    pub config: Arc<Config>,
+    pub docker: Docker,
+    pub link: Arc<dyn ControlLink>,
+    /// Fired once the leftovers of an earlier process are adopted and claiming starts.
+    pub ready: Option<oneshot::Sender<()>>,
+}
+
+/// How [`serve`] ends.
+pub struct Shutdown {
+    /// Stop claiming.
+    pub drain: CancellationToken,
+    /// Stop the running attempts (after `drain`).
+    pub stop: CancellationToken,
+    /// What happens to running attempts on `drain`.
+    pub attempts: OnDrain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDrain {
+    /// Wait for them to finish (until `stop`), and for their containers' removal.
+    Finish,
+    /// Return at once and leave their containers running: the next start re-attaches
+    /// to them by their labels, as after a crash (the single node).
+    LeaveRunning,
+}
+
+impl Shutdown {
+    /// The runner process: drain on `drain` (first signal), stop attempts on `stop` (second).
+    pub fn drain_then_stop(drain: CancellationToken, stop: CancellationToken) -> Self {
+        Self { drain, stop, attempts: OnDrain::Finish }
+    }
+
+    /// Return as soon as `leave` fires; running containers keep running.
+    pub fn leave_running(leave: CancellationToken) -> Self {
+        Self { drain: leave, stop: CancellationToken::new(), attempts: OnDrain::LeaveRunning }
+    }
+}
+
 /// The `runner-agent` process: NATS link, then [`serve`].
-pub async fn run(
-    config: Config,
-    first_signal: CancellationToken,
-    second_signal: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let config = prepare(config)?;
     let docker = Docker::connect().await.context("cannot reach the Docker engine")?;
     let link = NatsLink::connect(&config.nats_url, &config.runner_id)
         .await
         .with_context(|| format!("NATS_URL: cannot connect to {}", config.nats_url))?;
-    serve(config, docker, Arc::new(link), first_signal, second_signal, None).await
+    serve(Options { config, docker, link: Arc::new(link), ready: None }, shutdown).await
 }
 
 /// Creates the data and uv cache folders, settles the runner id (persisted in
@@ -50,65 +91,71 @@ pub fn prepare(config: Config) -> anyhow::Result<Arc<Config>> {
     Ok(Arc::new(config))
 }
 
-/// Re-attaches to this runner's leftover containers, then claims and executes
-/// until `first_signal` (drain) and `second_signal` (stop running attempts).
-/// `ready` fires once the leftovers are adopted and claiming starts.
-pub async fn serve(
-    config: Arc<Config>,
-    docker: Docker,
-    link: Arc<dyn ControlLink>,
-    first_signal: CancellationToken,
-    second_signal: CancellationToken,
-    ready: Option<oneshot::Sender<()>>,
-) -> anyhow::Result<()> {
-    let active = Active::default();
-    let executor = Executor {
-        config: config.clone(),
-        docker: docker.clone(),
-        link: link.clone(),
-        code: CodeCache::new(config.data_dir.join("code"), link.clone()),
-        active: active.clone(),
-        removals: Removals::new(docker.clone(), config.concurrency as usize),
-    };
-    let removals = executor.removals.clone();
+/// Re-attaches to this runner's leftover containers, then claims and executes until
+/// shut down (see [`Shutdown`]); returns when done.
+pub async fn serve(options: Options, shutdown: Shutdown) -> anyhow::Result<()> {
+    match shutdown.attempts {
+        OnDrain::Finish => serve_until_drained(options, &shutdown).await,
+        OnDrain::LeaveRunning => {
+            // Dropping the loop cancels its services; executions already spawned go on.
+            tokio::select! {
+                biased;
+                _ = shutdown.drain.cancelled() => {
+                    tracing::info!("runner stopped; running jobs keep running and are re-attached at the next start");
+                    Ok(())
+                }
+                served = serve_until_drained(options, &shutdown) => served,
+            }
+        }
+    }
+}
+
+async fn serve_until_drained(options: Options, shutdown: &Shutdown) -> anyhow::Result<()> {
+    let Options { config, docker, link, ready } = options;
+    // Cancels every service below when this function returns or is dropped.
+    let services = CancellationToken::new();
+    let _services = services.clone().drop_guard();
+    let registry = Attempts::new();
+    let attempts = registry.handle();
+    let registry = tokio::spawn(registry.run(services.clone()));
+    let executor = Executor::new(config.clone(), docker, link.clone(), attempts.clone());
     tracing::info!(runner_id = %config.runner_id, pool = %config.pool, slots = config.concurrency, "runner ready");
 
     let slots = Arc::new(Semaphore::new(config.concurrency as usize));
+    let heartbeats = Heartbeats::new(config.clone(), link.clone(), attempts.clone());
     // Before claiming anything new and before the heartbeat loop: take over the
     // containers an earlier process of this runner left behind.
-    reattach::adopt_orphans(&executor, &slots).await;
+    reattach::adopt_orphans(&executor, &heartbeats, &slots).await;
     if let Some(ready) = ready {
         let _ = ready.send(());
     }
 
-    let background = CancellationToken::new();
-    let heartbeats = tokio::spawn(heartbeat::run(config.clone(), link.clone(), active.clone(), background.clone()));
-    let cancels = tokio::spawn(heartbeat::listen_for_cancels(
-        config.runner_id.clone(),
-        link.clone(),
-        active.clone(),
-        background.clone(),
-    ));
-    claimer::run(executor, slots.clone(), first_signal).await;
+    let heartbeats = tokio::spawn(heartbeats.run(services.clone()));
+    let cancels = tokio::spawn(
+        CancelListener::new(config.runner_id.clone(), link.clone(), attempts.clone()).run(services.clone()),
+    );
+    Claimer::new(executor.clone(), slots.clone()).run(shutdown.drain.clone()).await;
 
-    tracing::info!(running = active.len(), "draining: no new claims; waiting for running attempts");
+    let running = attempts.len().await;
+    tracing::info!(running, "draining: no new claims; waiting for running attempts");
     let all = config.concurrency;
     tokio::select! {
         _ = slots.acquire_many(all) => {}
-        _ = second_signal.cancelled() => {
+        _ = shutdown.stop.cancelled() => {
             tracing::warn!("second signal: stopping running attempts");
-            active.stop_all(StopReason::Cancel { force: false });
+            attempts.stop_all(StopReason::Cancel { force: false });
             let _ = tokio::time::timeout(config.stop_grace + Duration::from_secs(30), slots.acquire_many(all)).await;
         }
     }
+    let removals = executor.removals();
     if !removals.finish(REMOVAL_PATIENCE).await {
         tracing::warn!(
             left = removals.in_background(),
             "containers still being removed at exit; the next start removes them"
         );
     }
-    background.cancel();
-    let _ = tokio::join!(heartbeats, cancels);
+    services.cancel();
+    let _ = tokio::join!(heartbeats, cancels, registry);
     link.flush().await;
     Ok(())
 }

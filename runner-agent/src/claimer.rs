@@ -27,12 +27,25 @@ pub const MAX_CLAIM_BATCH: usize = 256;
 /// the control plane's transaction for the previous one (BENCHMARKS.md, round 8).
 pub const CLAIMS_IN_FLIGHT: usize = 2;
 
-/// Claims until `stop_claiming`; returns once the exchanges it opened are settled (so a
-/// granted attempt is started, and holds its slot, before the caller drains).
-pub async fn run(executor: Executor, slots: Arc<Semaphore>, stop_claiming: CancellationToken) {
-    let mut exchanges = JoinSet::new();
-    claim_until_stopped(&executor, &slots, &stop_claiming, &mut exchanges).await;
-    while exchanges.join_next().await.is_some() {}
+/// The claim loop as a service: takes a slot per attempt it starts (the caller waits
+/// for all of them to drain).
+pub struct Claimer {
+    executor: Executor,
+    slots: Arc<Semaphore>,
+}
+
+impl Claimer {
+    pub fn new(executor: Executor, slots: Arc<Semaphore>) -> Self {
+        Self { executor, slots }
+    }
+
+    /// Claims until `cancel`; returns once the exchanges it opened are settled (so a
+    /// granted attempt is started, and holds its slot, before the caller drains).
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut exchanges = JoinSet::new();
+        claim_until_stopped(&self.executor, &self.slots, &cancel, &mut exchanges).await;
+        while exchanges.join_next().await.is_some() {}
+    }
 }
 
 async fn claim_until_stopped(
@@ -41,7 +54,7 @@ async fn claim_until_stopped(
     stop_claiming: &CancellationToken,
     exchanges: &mut JoinSet<()>,
 ) {
-    let pool = executor.config.pool.clone();
+    let pool = executor.config().pool.clone();
     loop {
         while exchanges.try_join_next().is_some() {}
         if exchanges.len() >= CLAIMS_IN_FLIGHT {
@@ -68,7 +81,7 @@ async fn claim_until_stopped(
         }
         let offers = tokio::select! {
             _ = stop_claiming.cancelled() => return,
-            offers = executor.link.next_offers(&pool, permits.len()) => offers,
+            offers = executor.link().next_offers(&pool, permits.len()) => offers,
         };
         let offers = match offers {
             Ok(offers) => offers,
@@ -79,9 +92,10 @@ async fn claim_until_stopped(
                 continue;
             }
         };
+        let held = executor.attempts().held(offers.iter().map(|o| o.job.run_id).collect()).await;
         let mut fresh = Vec::with_capacity(offers.len());
         for offer in offers {
-            if executor.active.contains(offer.job.run_id) {
+            if held.contains(&offer.job.run_id) {
                 // A redelivery of an attempt this runner already executes.
                 offer.handle.ack().await;
             } else {
@@ -98,7 +112,7 @@ async fn claim_until_stopped(
 /// Claims `offers` (one permit each) and starts what was granted.
 async fn claim(executor: &Executor, offers: Vec<Offer>, mut permits: Vec<OwnedSemaphorePermit>) {
     let jobs: Vec<JobOffer> = offers.iter().map(|o| o.job.clone()).collect();
-    let replies = match executor.link.claim_batch(&executor.config.runner_id, &jobs).await {
+    let replies = match executor.link().claim_batch(&executor.config().runner_id, &jobs).await {
         Ok(replies) => replies,
         Err(e) => {
             // Nobody decided: let the offers come back (to us or another runner).
@@ -116,7 +130,7 @@ async fn claim(executor: &Executor, offers: Vec<Offer>, mut permits: Vec<OwnedSe
             ClaimReply::Granted { job } => {
                 offer.handle.ack().await;
                 match permits.pop() {
-                    Some(permit) => start(executor, job, permit),
+                    Some(permit) => start(executor, job, permit).await,
                     // Cannot happen (one permit per offer); the lease expiry retries the run.
                     None => tracing::error!(run_id = %job.run_id, "granted a claim without a free slot"),
                 }
@@ -133,9 +147,13 @@ async fn claim(executor: &Executor, offers: Vec<Offer>, mut permits: Vec<OwnedSe
     }
 }
 
-fn start(executor: &Executor, job: JobSpec, permit: OwnedSemaphorePermit) {
+async fn start(executor: &Executor, job: JobSpec, permit: OwnedSemaphorePermit) {
     let at = AttemptRef { run_id: job.run_id, attempt: job.attempt, fencing_token: job.fencing_token };
-    let stop = executor.active.insert(at);
+    let Some(stop) = executor.attempts().register(at).await else {
+        // Granted twice (a redelivery claimed by two exchanges at once): one copy runs.
+        tracing::warn!(run_id = %job.run_id, "already executing this run; not starting it again");
+        return;
+    };
     let span = tracing::info_span!("run", run_id = %job.run_id, attempt = job.attempt, pipeline = %job.pipeline_name);
     let executor = executor.clone();
     tokio::spawn(
@@ -157,12 +175,10 @@ async fn pause(cancel: &CancellationToken, d: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::active::Active;
-    use crate::code_cache::CodeCache;
+    use crate::attempts::Attempts;
     use crate::config::Config;
     use crate::docker::Docker;
     use crate::link::{ControlLink, LinkError, LogAck, OfferHandle};
-    use crate::removals::Removals;
     use bytes::Bytes;
     use futures::stream::BoxStream;
     use shared::protocol::{CancelNotice, CodeBundleRef, ExitReply, ExitReport, Heartbeat, HeartbeatReply, JobOffer};
@@ -255,19 +271,16 @@ mod tests {
         let link: Arc<dyn ControlLink> = Arc::new(Link(held.clone()));
         let config = Arc::new(Config::from_source(&|_| None).expect("default config"));
         let docker = Docker::unconnected().expect("a Docker client");
-        let executor = Executor {
-            config: config.clone(),
-            docker: docker.clone(),
-            link: link.clone(),
-            code: CodeCache::new(std::env::temp_dir(), link),
-            active: Active::default(),
-            removals: Removals::new(docker, 1),
-        };
+        let attempts = Attempts::new();
+        let executor = Executor::new(config, docker, link, attempts.handle());
+        let registry = CancellationToken::new();
+        tokio::spawn(attempts.run(registry.clone()));
+        let _registry = registry.drop_guard();
         // Slots for one more full exchange than may be open.
         let all = MAX_CLAIM_BATCH * (CLAIMS_IN_FLIGHT + 1);
         let slots = Arc::new(Semaphore::new(all));
         let stop = CancellationToken::new();
-        let claiming = tokio::spawn(run(executor, slots.clone(), stop.clone()));
+        let claiming = tokio::spawn(Claimer::new(executor, slots.clone()).run(stop.clone()));
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while held.open.load(Ordering::SeqCst) < CLAIMS_IN_FLIGHT && tokio::time::Instant::now() < deadline {

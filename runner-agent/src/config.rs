@@ -35,7 +35,9 @@ pub struct Config {
     pub cap_add: Vec<String>,
     /// `RUNNER_BENCH_NOOP_EXECUTOR=1`: benchmark-only. Claimed jobs are not executed: no
     /// code, image or container; each attempt publishes one system line and reports exit
-    /// code 0. For measuring dispatch capacity (BENCHMARKS.md); never for real use.
+    /// code 0. For measuring dispatch capacity (BENCHMARKS.md); never for real use, so only
+    /// a build with the `bench-noop` feature has it (others refuse the variable).
+    #[cfg(feature = "bench-noop")]
     pub noop_executor: bool,
     /// `RUNNER_CONTAINER_LOG_DRIVER`: `local` (default) or `engine-default`.
     pub container_log_driver: LogDriver,
@@ -61,13 +63,7 @@ impl Config {
         let data_dir = PathBuf::from(get("RUNNER_DATA_DIR").unwrap_or_else(|| "./runner-data".into()));
         let uv_cache_dir = get("UV_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| data_dir.join("uv-cache"));
         let cap_add = parse_caps(get("CONTAINER_CAP_ADD").unwrap_or_default())?;
-        let noop_executor = parse_flag(get("RUNNER_BENCH_NOOP_EXECUTOR"), "RUNNER_BENCH_NOOP_EXECUTOR")?;
-        if noop_executor {
-            tracing::warn!(
-                "RUNNER_BENCH_NOOP_EXECUTOR is on: benchmark mode, claimed jobs are NOT executed \
-                 (no container; each run reports exit code 0). Never use this for real work."
-            );
-        }
+        let noop_executor = noop_executor(get("RUNNER_BENCH_NOOP_EXECUTOR"))?;
         let concurrency: u32 = parse(get("RUNNER_CONCURRENCY"), "RUNNER_CONCURRENCY", 4, "a number of slots")?;
         // No-op slots cost nothing: the dispatch benchmark uses thousands to
         // measure claims apart from the exit path.
@@ -81,6 +77,7 @@ impl Config {
         }
         let container_log_driver = parse_log_driver(get("RUNNER_CONTAINER_LOG_DRIVER"))?;
         Ok(Config {
+            #[cfg(feature = "bench-noop")]
             noop_executor,
             container_log_driver,
             cap_add,
@@ -158,6 +155,27 @@ const RUNNER_ID_FILE: &str = "runner-id";
 const MAX_CONCURRENCY: u32 = 256;
 /// Slots of a runner in the benchmark-only no-op mode.
 const MAX_NOOP_CONCURRENCY: u32 = 10_000;
+const NOOP_VARIABLE: &str = "RUNNER_BENCH_NOOP_EXECUTOR";
+
+/// `RUNNER_BENCH_NOOP_EXECUTOR`: on only in a build with the `bench-noop` feature.
+fn noop_executor(value: Option<String>) -> Result<bool, Error> {
+    let on = parse_flag(value.clone(), NOOP_VARIABLE)?;
+    if on && cfg!(not(feature = "bench-noop")) {
+        // A release binary must not be told to report success without running anything.
+        return Err(Error {
+            name: NOOP_VARIABLE,
+            value: value.unwrap_or_default(),
+            message: "benchmark-only and not in this build (built without the `bench-noop` feature); unset it".into(),
+        });
+    }
+    if on {
+        tracing::warn!(
+            "RUNNER_BENCH_NOOP_EXECUTOR is on: benchmark mode, claimed jobs are NOT executed \
+             (no container; each run reports exit code 0). Never use this for real work."
+        );
+    }
+    Ok(on)
+}
 
 fn valid_runner_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -228,7 +246,6 @@ mod tests {
         let cfg = Config::from_source(&|_| None).expect("defaults");
         assert_eq!(cfg.concurrency, 4);
         assert!(cfg.uv_cache_dir.ends_with("uv-cache"));
-        assert!(!cfg.noop_executor, "the benchmark-only no-op executor is off by default");
         assert_eq!(cfg.container_log_driver, LogDriver::Local);
         let driver = |v: &'static str| {
             Config::from_source(&move |n| (n == "RUNNER_CONTAINER_LOG_DRIVER").then(|| v.into()))
@@ -238,6 +255,23 @@ mod tests {
         assert_eq!(driver("Engine-Default"), Ok(LogDriver::EngineDefault));
         assert_eq!(driver("local"), Ok(LogDriver::Local));
         assert!(driver("json-file").is_err_and(|e| e.starts_with("RUNNER_CONTAINER_LOG_DRIVER:")));
+        let err = Config::from_source(&|n| (n == "RUNNER_CONCURRENCY").then(|| "2000".into())).err();
+        assert!(err.map(|e| e.to_string()).unwrap_or_default().contains("must be from 1 to 256"));
+        let err = Config::from_source(&|n| (n == "RUNNER_CONCURRENCY").then(|| "many".into())).err();
+        assert!(err.map(|e| e.to_string()).unwrap_or_default().starts_with("RUNNER_CONCURRENCY:"));
+        let err = Config::from_source(&|n| (n == "RUNNER_ID").then(|| "a.b".into())).err();
+        assert!(err.map(|e| e.to_string()).unwrap_or_default().starts_with("RUNNER_ID:"));
+        let cfg = Config::from_source(&|n| (n == "CONTAINER_CAP_ADD").then(|| "net_bind_service, CAP_CHOWN".into()));
+        assert_eq!(cfg.map(|c| c.cap_add).ok(), Some(vec!["NET_BIND_SERVICE".to_string(), "CHOWN".to_string()]));
+        let err = Config::from_source(&|n| (n == "CONTAINER_CAP_ADD").then(|| "ALL".into())).err();
+        assert!(err.map(|e| e.to_string()).unwrap_or_default().starts_with("CONTAINER_CAP_ADD:"));
+    }
+
+    #[cfg(feature = "bench-noop")]
+    #[test]
+    fn the_bench_build_has_the_noop_executor() {
+        let cfg = Config::from_source(&|_| None).expect("defaults");
+        assert!(!cfg.noop_executor, "the benchmark-only no-op executor is off by default");
         let on = Config::from_source(&|n| (n == "RUNNER_BENCH_NOOP_EXECUTOR").then(|| "1".into()));
         assert_eq!(on.map(|c| c.noop_executor).ok(), Some(true));
         let many = |noop: &'static str| {
@@ -252,14 +286,27 @@ mod tests {
         assert_eq!(Config::from_source(&many("1")).map(|c| c.concurrency).ok(), Some(2000));
         let err = Config::from_source(&|n| (n == "RUNNER_BENCH_NOOP_EXECUTOR").then(|| "maybe".into())).err();
         assert!(err.map(|e| e.to_string()).unwrap_or_default().starts_with("RUNNER_BENCH_NOOP_EXECUTOR:"));
-        let err = Config::from_source(&|n| (n == "RUNNER_CONCURRENCY").then(|| "many".into())).err();
-        assert!(err.map(|e| e.to_string()).unwrap_or_default().starts_with("RUNNER_CONCURRENCY:"));
-        let err = Config::from_source(&|n| (n == "RUNNER_ID").then(|| "a.b".into())).err();
-        assert!(err.map(|e| e.to_string()).unwrap_or_default().starts_with("RUNNER_ID:"));
-        let cfg = Config::from_source(&|n| (n == "CONTAINER_CAP_ADD").then(|| "net_bind_service, CAP_CHOWN".into()));
-        assert_eq!(cfg.map(|c| c.cap_add).ok(), Some(vec!["NET_BIND_SERVICE".to_string(), "CHOWN".to_string()]));
-        let err = Config::from_source(&|n| (n == "CONTAINER_CAP_ADD").then(|| "ALL".into())).err();
-        assert!(err.map(|e| e.to_string()).unwrap_or_default().starts_with("CONTAINER_CAP_ADD:"));
+    }
+
+    #[cfg(not(feature = "bench-noop"))]
+    #[test]
+    fn a_default_build_refuses_the_noop_executor() {
+        let noop = |v: &'static str| {
+            Config::from_source(&move |n| (n == "RUNNER_BENCH_NOOP_EXECUTOR").then(|| v.into()))
+                .map_err(|e| e.to_string())
+        };
+        let err = noop("1").err().unwrap_or_default();
+        assert!(err.starts_with("RUNNER_BENCH_NOOP_EXECUTOR:") && err.contains("bench-noop"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+        assert!(noop("0").is_ok(), "off is harmless");
+        assert!(noop("maybe").is_err_and(|e| e.starts_with("RUNNER_BENCH_NOOP_EXECUTOR:")));
+        // Nor does it lift the slot limit.
+        let many = |n: &str| match n {
+            "RUNNER_CONCURRENCY" => Some("2000".to_string()),
+            "RUNNER_BENCH_NOOP_EXECUTOR" => Some("0".to_string()),
+            _ => None,
+        };
+        assert!(Config::from_source(&many).is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and removal of the container once the control plane has the log (in the
 //! background: see `removals`).
 
-use crate::active::{Active, StopReason};
+use crate::attempts::{self, StopReason, StopSignal};
 use crate::code_cache::CodeCache;
 use crate::config::Config;
 use crate::docker::{self, BindMount, ContainerSpec, Docker, Limits, Output};
@@ -15,7 +15,7 @@ use shared::protocol::{AttemptRef, ExitOutcome, ExitReply, ExitReport, JobSpec};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -24,6 +24,7 @@ const EXIT_REPORT_PATIENCE: Duration = Duration::from_secs(3600);
 /// How often a job setup step that is still waiting is logged (see [`watched`]).
 const SETUP_WARN_EVERY: Duration = Duration::from_secs(20);
 /// The one log line of an attempt under the benchmark-only no-op executor.
+#[cfg(feature = "bench-noop")]
 pub const NOOP_LINE: &str = "fastflow: no-op executor (benchmark mode)";
 
 /// Labels of a job container: enough to rebuild its attempt after a runner restart.
@@ -76,14 +77,49 @@ impl Orphan {
     }
 }
 
+/// Executes attempts; cheap to clone (one shared inner per runner), one clone per attempt.
 #[derive(Clone)]
 pub struct Executor {
-    pub config: Arc<Config>,
-    pub docker: Docker,
-    pub link: Arc<dyn ControlLink>,
-    pub code: CodeCache,
-    pub active: Active,
-    pub removals: Removals,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    docker: Docker,
+    link: Arc<dyn ControlLink>,
+    code: CodeCache,
+    attempts: attempts::Handle,
+    removals: Removals,
+}
+
+impl Executor {
+    /// Code bundles are cached under the data dir; as many container removals run in
+    /// the background as the runner has slots (see `removals`).
+    pub fn new(config: Arc<Config>, docker: Docker, link: Arc<dyn ControlLink>, attempts: attempts::Handle) -> Self {
+        let code = CodeCache::new(config.data_dir.join("code"), link.clone());
+        let removals = Removals::new(docker.clone(), config.concurrency as usize);
+        Self { inner: Arc::new(Inner { config, docker, link, code, attempts, removals }) }
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.inner.config
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.inner.docker
+    }
+
+    pub fn link(&self) -> &Arc<dyn ControlLink> {
+        &self.inner.link
+    }
+
+    pub fn attempts(&self) -> &attempts::Handle {
+        &self.inner.attempts
+    }
+
+    pub fn removals(&self) -> &Removals {
+        &self.inner.removals
+    }
 }
 
 /// How the container part of an attempt ended.
@@ -98,6 +134,7 @@ enum Ended {
     /// Cancelled before its container started.
     CancelledEarly,
     /// Benchmark-only no-op executor (`RUNNER_BENCH_NOOP_EXECUTOR`): nothing ran.
+    #[cfg(feature = "bench-noop")]
     Noop,
     /// Told the attempt is no longer ours: nothing to report.
     Abandoned {
@@ -115,10 +152,11 @@ enum Error {
 
 impl Executor {
     /// Executes an attempt to the end; never panics, always deregisters it.
-    pub async fn execute(self, job: JobSpec, stop: watch::Receiver<Option<StopReason>>) {
+    pub async fn execute(self, job: JobSpec, stop: StopSignal) {
         let at = AttemptRef { run_id: job.run_id, attempt: job.attempt, fencing_token: job.fencing_token };
-        let mut pump = LogPump::new(self.link.clone(), &at, job.log_max_bytes);
-        if self.config.noop_executor {
+        let mut pump = LogPump::new(self.inner.link.clone(), &at, job.log_max_bytes);
+        #[cfg(feature = "bench-noop")]
+        if self.inner.config.noop_executor {
             // Benchmark mode: no code, image or container; the log and the exit report take
             // the normal path (pump, then report), so dispatch is measured end to end.
             pump.system_line(NOOP_LINE);
@@ -135,7 +173,7 @@ impl Executor {
     /// Takes over a container an earlier process of this runner started (found by its
     /// labels after a restart): resumes its log after the lines already published, waits
     /// for its exit (or reads the exit code it already has) and reports it as usual.
-    pub async fn reattach(self, orphan: Orphan, stop: watch::Receiver<Option<StopReason>>) {
+    pub async fn reattach(self, orphan: Orphan, stop: StopSignal) {
         let at = orphan.attempt.clone();
         let container_id = orphan.container_id.clone();
         let stopped = *stop.borrow();
@@ -143,7 +181,7 @@ impl Executor {
             // The control plane gave the attempt up (lease expired) while we were down.
             tracing::warn!(container = %container_id, "re-attached attempt is no longer ours; removing its container");
             self.cleanup(Some(&container_id)).await;
-            self.active.remove(at.run_id);
+            self.inner.attempts.deregister(at.run_id);
             return;
         }
         let point = match self.published_so_far(&at).await {
@@ -153,7 +191,7 @@ impl Executor {
                 // expiry rather than run it unsupervised.
                 tracing::error!(error = %e, "cannot read the published log; giving up the re-attached attempt");
                 self.cleanup(Some(&container_id)).await;
-                self.active.remove(at.run_id);
+                self.inner.attempts.deregister(at.run_id);
                 return;
             }
         };
@@ -163,7 +201,7 @@ impl Executor {
             published_lines = point.lines,
             "re-attached to a container left by an earlier runner process"
         );
-        let mut pump = LogPump::resume(self.link.clone(), &at, orphan.log_max_bytes, point);
+        let mut pump = LogPump::resume(self.inner.link.clone(), &at, orphan.log_max_bytes, point);
         let ended = match self.follow_orphan(&orphan, &mut pump, stop).await {
             Ok(ended) => ended,
             Err(e) => Ended::SetupFailed(e.to_string()),
@@ -180,18 +218,13 @@ impl Executor {
         self.conclude(at, pump, ended).await;
     }
 
-    async fn follow_orphan(
-        &self,
-        orphan: &Orphan,
-        pump: &mut LogPump,
-        stop: watch::Receiver<Option<StopReason>>,
-    ) -> Result<Ended, Error> {
+    async fn follow_orphan(&self, orphan: &Orphan, pump: &mut LogPump, stop: StopSignal) -> Result<Ended, Error> {
         let id = &orphan.container_id;
         let mut state = orphan.state;
         if state == docker::State::Created {
             // Created, then the runner died before starting it: start it now. Its
             // output goes to the engine's log, which `logs` reads from the start.
-            if let Err(e) = self.docker.start_existing(id).await {
+            if let Err(e) = self.inner.docker.start_existing(id).await {
                 return Ok(Ended::SetupFailed(format!("container did not start: {e}")));
             }
             state = docker::State::Running;
@@ -202,7 +235,7 @@ impl Executor {
             let left_ms = at_ms.saturating_sub(chrono::Utc::now().timestamp_millis()).max(0);
             Instant::now() + Duration::from_millis(left_ms as u64)
         });
-        let output = self.docker.logs(id, running);
+        let output = self.inner.docker.logs(id, running);
         self.follow(id, output, pump, stop, timeout_at).await
     }
 
@@ -212,7 +245,7 @@ impl Executor {
         let mut delay = Duration::from_millis(500);
         let mut tries = 0;
         loop {
-            match log_pump::resume_point(self.link.as_ref(), at).await {
+            match log_pump::resume_point(self.inner.link.as_ref(), at).await {
                 Ok(point) => return Ok(point),
                 Err(e) if tries >= 6 => return Err(e),
                 Err(e) => tracing::warn!(error = %e, "reading the published log failed; retrying"),
@@ -230,6 +263,7 @@ impl Executor {
             Ended::Exited { container_id, exit_code, timed_out, cancelled } => {
                 (ExitOutcome::Exited { exit_code }, Some(container_id), timed_out, cancelled)
             }
+            #[cfg(feature = "bench-noop")]
             Ended::Noop => (ExitOutcome::Exited { exit_code: 0 }, None, false, false),
             Ended::SetupFailed(message) => {
                 tracing::warn!(run_id = %at.run_id, %message, "setup failed");
@@ -244,7 +278,7 @@ impl Executor {
             Ended::Abandoned { container_id } => {
                 tracing::warn!(run_id = %at.run_id, "attempt no longer held by this runner; dropping it");
                 self.cleanup(container_id.as_deref()).await;
-                self.active.remove(at.run_id);
+                self.inner.attempts.deregister(at.run_id);
                 return;
             }
         };
@@ -255,13 +289,13 @@ impl Executor {
                 // leave the attempt to lease expiry instead.
                 tracing::error!(run_id = %at.run_id, error = %e, "could not publish the log; abandoning the attempt");
                 self.cleanup(container_id.as_deref()).await;
-                self.active.remove(at.run_id);
+                self.inner.attempts.deregister(at.run_id);
                 return;
             }
         };
         let report = ExitReport {
             attempt: at.clone(),
-            runner_id: self.config.runner_id.clone(),
+            runner_id: self.inner.config.runner_id.clone(),
             outcome,
             log,
             timed_out,
@@ -272,17 +306,12 @@ impl Executor {
         {
             // The control plane has the log: the container may go, and the slot with
             // it, before the engine has finished removing it.
-            self.removals.remove(id).await;
+            self.inner.removals.remove(id).await;
         }
-        self.active.remove(at.run_id);
+        self.inner.attempts.deregister(at.run_id);
     }
 
-    async fn run_container(
-        &self,
-        job: &JobSpec,
-        pump: &mut LogPump,
-        mut stop: watch::Receiver<Option<StopReason>>,
-    ) -> Result<Ended, Error> {
+    async fn run_container(&self, job: &JobSpec, pump: &mut LogPump, mut stop: StopSignal) -> Result<Ended, Error> {
         // A stop (cancel, lease lost, shutdown) ends the setup wherever it is: a fetch
         // or a pull must not hold the slot after the control plane gave up the attempt.
         let prepared = tokio::select! {
@@ -297,7 +326,7 @@ impl Executor {
             return Ok(ended_before_start(reason));
         }
         let spec = self.container_spec(job, code_dir);
-        let started = match watched("starting the container", self.docker.start(&spec)).await {
+        let started = match watched("starting the container", self.inner.docker.start(&spec)).await {
             Ok(s) => s,
             Err(e) => return Ok(Ended::SetupFailed(format!("container did not start: {e}"))),
         };
@@ -314,13 +343,14 @@ impl Executor {
         container_id: &str,
         mut output: docker::OutputStream,
         pump: &mut LogPump,
-        mut stop: watch::Receiver<Option<StopReason>>,
+        mut stop: StopSignal,
         timeout_at: Option<Instant>,
     ) -> Result<Ended, Error> {
         let container_id = container_id.to_owned();
         let mut timed_out = false;
         let mut cancelled = false;
         let mut abandoned = false;
+        let mut stop_open = true;
         loop {
             let flush_at = pump.deadline();
             tokio::select! {
@@ -334,15 +364,17 @@ impl Executor {
                 _ = sleep_until_opt(timeout_at), if !timed_out => {
                     timed_out = true;
                     pump.system_line("fastflow: timeout reached; stopping the container");
-                    self.stop_in_background(&container_id, self.config.stop_grace);
+                    self.stop_in_background(&container_id, self.inner.config.stop_grace);
                 }
-                changed = stop.changed() => {
-                    let reason = if changed.is_ok() { *stop.borrow() } else { None };
+                changed = stop.changed(), if stop_open => {
+                    // Closed: the registry is gone (the runner returned), no stop can come.
+                    stop_open = changed.is_ok();
+                    let reason = if stop_open { *stop.borrow() } else { None };
                     match reason {
                         Some(StopReason::Cancel { force }) => {
                             cancelled = true;
                             pump.system_line("fastflow: cancelled; stopping the container");
-                            let grace = if force { Duration::ZERO } else { self.config.stop_grace };
+                            let grace = if force { Duration::ZERO } else { self.inner.config.stop_grace };
                             self.stop_in_background(&container_id, grace);
                         }
                         Some(StopReason::Stale | StopReason::Shutdown) => {
@@ -354,7 +386,7 @@ impl Executor {
                 }
             }
         }
-        let exit_code = self.docker.wait(&container_id).await?;
+        let exit_code = self.inner.docker.wait(&container_id).await?;
         if abandoned {
             return Ok(Ended::Abandoned { container_id: Some(container_id) });
         }
@@ -369,7 +401,7 @@ impl Executor {
         pump: &mut LogPump,
     ) -> Result<Result<Option<std::path::PathBuf>, String>, Error> {
         let code_dir = match &job.code {
-            Some(code) => match watched("fetching the code bundle", self.code.ensure(code)).await {
+            Some(code) => match watched("fetching the code bundle", self.inner.code.ensure(code)).await {
                 Ok(dir) => Some(dir),
                 Err(e) => return Ok(Err(e.to_string())),
             },
@@ -382,7 +414,7 @@ impl Executor {
     /// The inner `Err` is a setup failure to report; the outer one a log failure.
     async fn pull_image(&self, image: &str, pump: &mut LogPump) -> Result<Result<(), String>, Error> {
         let (tx, mut rx) = mpsc::channel::<String>(64);
-        let docker = self.docker.clone();
+        let docker = self.inner.docker.clone();
         let image_owned = image.to_owned();
         // Aborted when dropped: a stop during the pull ends the engine request with it.
         let pull = AbortOnDropHandle::new(tokio::spawn(async move { docker.ensure_image(&image_owned, &tx).await }));
@@ -405,7 +437,7 @@ impl Executor {
         }
         if job.mount_uv_cache {
             mounts.push(BindMount {
-                host_path: self.config.uv_cache_dir.clone(),
+                host_path: self.inner.config.uv_cache_dir.clone(),
                 container_path: UV_CACHE_MOUNT.into(),
                 read_only: false,
             });
@@ -414,7 +446,7 @@ impl Executor {
         let mut labels = HashMap::from([
             (label::RUN_ID.to_owned(), job.run_id.to_string()),
             (label::ATTEMPT.to_owned(), job.attempt.to_string()),
-            (label::RUNNER_ID.to_owned(), self.config.runner_id.clone()),
+            (label::RUNNER_ID.to_owned(), self.inner.config.runner_id.clone()),
             (label::FENCING_TOKEN.to_owned(), job.fencing_token.to_string()),
             (label::PIPELINE.to_owned(), job.pipeline_name.clone()),
         ]);
@@ -433,18 +465,18 @@ impl Executor {
             labels,
             mounts,
             working_dir: Some("/app".into()),
-            log_driver: self.config.container_log_driver,
+            log_driver: self.inner.config.container_log_driver,
             limits: Limits {
                 memory_bytes: job.resources.memory_mb.map(|mb| (mb as i64).saturating_mul(1024 * 1024)),
                 nano_cpus: job.resources.cpu_millis.map(|m| (m as i64).saturating_mul(1_000_000)),
                 pids: job.resources.pids,
-                cap_add: self.config.cap_add.clone(),
+                cap_add: self.inner.config.cap_add.clone(),
             },
         }
     }
 
     fn stop_in_background(&self, container_id: &str, grace: Duration) {
-        let docker = self.docker.clone();
+        let docker = self.inner.docker.clone();
         let id = container_id.to_owned();
         tokio::spawn(async move {
             if let Err(e) = docker.stop(&id, grace).await {
@@ -455,7 +487,7 @@ impl Executor {
 
     async fn cleanup(&self, container_id: Option<&str>) {
         if let Some(id) = container_id {
-            self.removals.remove_now(id).await;
+            self.inner.removals.remove_now(id).await;
         }
     }
 
@@ -465,7 +497,7 @@ impl Executor {
         let started = Instant::now();
         let mut delay = Duration::from_millis(500);
         loop {
-            let reason = match self.link.report_exit(report).await {
+            let reason = match self.inner.link.report_exit(report).await {
                 Ok(ExitReply::Accepted) => {
                     tracing::info!(run_id = %report.attempt.run_id, "exit accepted");
                     return true;
@@ -505,7 +537,7 @@ async fn watched<F: Future>(step: &'static str, work: F) -> F::Output {
 }
 
 /// Resolves with the reason once the attempt is told to stop; never if it is not.
-async fn stop_requested(stop: &mut watch::Receiver<Option<StopReason>>) -> StopReason {
+async fn stop_requested(stop: &mut StopSignal) -> StopReason {
     loop {
         if let Some(reason) = *stop.borrow_and_update() {
             return reason;

@@ -1,8 +1,8 @@
 //! Fast-Flow runner agent: claims runs (over NATS, or in-process in the single node), executes each in a fresh
 //! Docker container, streams its output, reports its exit. See ARCHITECTURE.md.
 
-pub mod active;
 pub mod agent;
+pub mod attempts;
 pub mod claimer;
 pub mod code_cache;
 pub mod config;

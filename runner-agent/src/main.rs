@@ -1,3 +1,4 @@
+use runner_agent::agent::Shutdown;
 use runner_agent::config::Config;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -30,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
         wait_for_signal().await;
         s.cancel();
     });
-    runner_agent::agent::run(config, first, second).await
+    runner_agent::agent::run(config, Shutdown::drain_then_stop(first, second)).await
 }
 
 async fn wait_for_signal() {

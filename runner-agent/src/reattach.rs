@@ -5,7 +5,7 @@
 
 use crate::docker;
 use crate::execution::{Executor, Orphan, label};
-use crate::heartbeat;
+use crate::heartbeat::Heartbeats;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -13,10 +13,10 @@ use tracing::Instrument;
 /// Finds this runner's containers, registers their attempts (so heartbeats renew
 /// their leases), asks the control plane once which of them it still holds, and
 /// spawns a re-attached execution for each. Call before claiming and before the
-/// heartbeat loop starts. Returns how many were adopted.
-pub async fn adopt_orphans(executor: &Executor, slots: &Arc<Semaphore>) -> usize {
-    let runner_id = executor.config.runner_id.clone();
-    let ids = match executor.docker.containers_with_label(label::RUNNER_ID, &runner_id).await {
+/// heartbeat loop starts (`heartbeats` sends the first beat). Returns how many were adopted.
+pub async fn adopt_orphans(executor: &Executor, heartbeats: &Heartbeats, slots: &Arc<Semaphore>) -> usize {
+    let runner_id = executor.config().runner_id.clone();
+    let ids = match executor.docker().containers_with_label(label::RUNNER_ID, &runner_id).await {
         Ok(ids) => ids,
         Err(e) => {
             tracing::error!(error = %e, "cannot list this runner's containers; not re-attaching any");
@@ -28,7 +28,7 @@ pub async fn adopt_orphans(executor: &Executor, slots: &Arc<Semaphore>) -> usize
     // heartbeat say that what it does not list has no container.
     let mut complete = true;
     for id in ids {
-        let container = match executor.docker.inspect(&id).await {
+        let container = match executor.docker().inspect(&id).await {
             Ok(c) => c,
             Err(docker::Error::NotFound(_)) => continue,
             Err(e) => {
@@ -43,15 +43,14 @@ pub async fn adopt_orphans(executor: &Executor, slots: &Arc<Semaphore>) -> usize
         let Some(orphan) = Orphan::from_container(&container) else {
             // Without its attempt it can never be reported: nobody else will remove it.
             tracing::warn!(container = %id, labels = ?container.labels, "container lacks the labels to re-attach; removing it");
-            executor.removals.remove_now(&id).await;
+            executor.removals().remove_now(&id).await;
             continue;
         };
-        if executor.active.contains(orphan.attempt.run_id) {
+        let Some(stop) = executor.attempts().register(orphan.attempt.clone()).await else {
             tracing::warn!(container = %id, run_id = %orphan.attempt.run_id, "a second container for one run; leaving it");
             complete = false;
             continue;
-        }
-        let stop = executor.active.insert(orphan.attempt.clone());
+        };
         adopted.push((orphan, stop));
     }
     // One heartbeat before anything is published or claimed: it renews the leases of
@@ -60,7 +59,7 @@ pub async fn adopt_orphans(executor: &Executor, slots: &Arc<Semaphore>) -> usize
     // the `starting` one, lets the control plane end at once what this runner held
     // without a container (claimed, then the process died before creating it).
     // Unanswered, re-attach anyway; the heartbeat loop and lease expiry will tell.
-    if !heartbeat::beat(&executor.config, executor.link.as_ref(), &executor.active, complete).await {
+    if !heartbeats.beat(complete).await {
         tracing::warn!("control plane did not answer the first heartbeat; re-attaching anyway");
     }
     if adopted.is_empty() {

@@ -72,6 +72,8 @@ impl Mode {
 pub struct RunnerSettings {
     pub concurrency: usize,
     /// `RUNNER_BENCH_NOOP_EXECUTOR=1`: claimed runs are not executed (dispatch scenario).
+    /// Only binaries built with the `bench-noop` feature accept it (`scripts/bench.sh`
+    /// builds them so); others refuse to start.
     pub noop: bool,
 }
 

@@ -13,11 +13,11 @@ use crate::bus::local::LocalBus;
 use crate::context::Context;
 use anyhow::Context as _;
 use link::LocalLink;
+use runner_agent::agent::{Options, Shutdown};
 use runner_agent::docker::Docker;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 
 /// Runs the embedded runner until the context shuts down. `ready` fires once
 /// leftover containers are re-attached (or Docker is not reachable yet).
@@ -47,13 +47,8 @@ pub async fn run(ctx: Context, bus: LocalBus, ready: oneshot::Sender<()>) -> any
         }
     };
     tracing::info!(runner_id = %config.runner_id, "embedded runner: using the Docker engine");
-    // Draining is not needed here: see the module comment.
-    let never = CancellationToken::new();
-    tokio::select! {
-        served = runner_agent::agent::serve(config, docker, Arc::new(link), never.clone(), never, ready) => served,
-        _ = shutdown.cancelled() => {
-            tracing::info!("embedded runner stopped; running jobs keep running and are re-attached at the next start");
-            Ok(())
-        }
-    }
+    // No draining: on shutdown it returns at once and leaves running containers
+    // alone (see the module comment).
+    let options = Options { config, docker, link: Arc::new(link), ready };
+    runner_agent::agent::serve(options, Shutdown::leave_running(shutdown)).await
 }
