@@ -4,8 +4,10 @@
 //! finished one is read from its archive. The SSE event id is the line number,
 //! so a client reconnecting with `Last-Event-ID` misses and repeats nothing.
 
-use super::error::ApiError;
-use super::{AppState, extract};
+use super::AppState;
+use super::error::Error;
+use super::extract::{self, QueryMap, RunId};
+use super::runs::RunResponse;
 use crate::bus::FinishedEvents;
 use crate::logs::LogLine;
 use crate::logs::archived::ArchiveReader;
@@ -13,14 +15,13 @@ use crate::logs::live::{self, SnapshotReader};
 use crate::store::runs::Run;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{Stream, StreamExt};
 use shared::RunStatus;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -37,43 +38,34 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/runs/{id}/logs", get(text)).route("/api/v1/runs/{id}/logs/stream", get(stream))
 }
 
-async fn load(app: &AppState, raw_id: &str) -> Result<Run, ApiError> {
-    let id = extract::run_id(raw_id)?;
-    let run = app.store.get_run(id).await?.ok_or_else(|| ApiError::not_found(format!("run {id} not found")))?;
+async fn load(app: &AppState, id: uuid::Uuid) -> Result<Run, Error> {
+    let run = app.store.get_run(id).await?.ok_or_else(|| Error::not_found(format!("run {id} not found")))?;
     if let Some(at) = run.log_expired_at {
-        return Err(ApiError {
-            details: serde_json::json!({ "log_expired_at": at }),
-            ..ApiError::new(
-                axum::http::StatusCode::GONE,
-                "LogExpired",
-                format!("the log of run {id} was deleted by the retention policy"),
-            )
+        return Err(Error::LogExpired {
+            message: format!("the log of run {id} was deleted by the retention policy"),
+            expired_at: at,
         });
     }
     Ok(run)
 }
 
 /// `?attempt=N` picks an earlier attempt's log; the default is the current one.
-async fn text(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    let run = load(&app, &id).await?;
+async fn text(State(app): State<AppState>, RunId(id): RunId, QueryMap(query): QueryMap) -> Result<Response, Error> {
+    let run = load(&app, id).await?;
     let attempt = match query.get("attempt") {
         None => run.attempt,
         Some(raw) => raw
             .parse::<i32>()
             .ok()
             .filter(|a| (1..=run.attempt).contains(a))
-            .ok_or_else(|| ApiError::invalid("attempt", format!("attempt must be from 1 to {}", run.attempt)))?,
+            .ok_or_else(|| Error::invalid("attempt", format!("attempt must be from 1 to {}", run.attempt)))?,
     };
     let log_key =
         if attempt == run.attempt { run.log_key.clone() } else { earlier_log_key(&app, run.id, attempt).await? };
     let body = match (&log_key, run.status) {
         _ if attempt < run.attempt && log_key.is_none() => Body::empty(),
         (Some(key), _) => {
-            let reader = app.objects.get_stream(key, 0).await.map_err(ApiError::internal)?;
+            let reader = app.objects.get_stream(key, 0).await.map_err(Error::internal)?;
             Body::from_stream(futures::stream::try_unfold(reader, |mut r| async move {
                 Ok::<_, crate::object_store::Error>(r.next_chunk().await?.map(|chunk| (chunk, r)))
             }))
@@ -82,7 +74,7 @@ async fn text(
         (None, _) => {
             let reader = SnapshotReader::open(&app.bus, run.id, run.attempt, run.fencing_token)
                 .await
-                .map_err(ApiError::internal)?;
+                .map_err(Error::internal)?;
             Body::from_stream(futures::stream::try_unfold(reader, |mut r| async move {
                 let lines = r.next_lines().await?;
                 Ok::<_, live::Error>(lines.map(|lines| (join(&lines), r)))
@@ -111,10 +103,10 @@ fn join(lines: &[LogLine]) -> Bytes {
 
 async fn stream(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    RunId(id): RunId,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let run = load(&app, &id).await?;
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Error> {
+    let run = load(&app, id).await?;
     let (attempt, last) = extract::last_event_id(&headers)?;
     let (tx, rx) = mpsc::channel::<Event>(256);
     tokio::spawn(async move {
@@ -308,7 +300,7 @@ impl Follower {
                 }
             }
         }
-        let data = serde_json::to_string(run).unwrap_or_default();
+        let data = serde_json::to_string(&RunResponse::from(run.clone())).unwrap_or_default();
         let _ = self.tx.send(Event::default().event("end").data(data)).await;
         Ok(())
     }

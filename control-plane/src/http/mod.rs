@@ -3,6 +3,7 @@
 pub mod error;
 pub mod extract;
 mod health;
+pub mod host;
 mod logs;
 mod pipelines;
 mod runners;
@@ -25,6 +26,8 @@ pub fn router(app: App) -> Router {
         .merge(runners::router())
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)
+        .layer(axum::middleware::from_fn(extract::require_json))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), host::check_host))
         .layer(axum::middleware::from_fn(error::add_error_path))
         .layer(TraceLayer::new_for_http())
         .with_state(app)
