@@ -69,9 +69,7 @@ impl AllowedHosts {
             return true;
         }
         let Some(name) = host_name(host) else { return false };
-        name == "localhost"
-            || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-            || self.names.iter().any(|n| *n == name)
+        name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) || self.names.contains(&name)
     }
 }
 
