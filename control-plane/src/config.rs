@@ -1,6 +1,7 @@
 //! The control plane's configuration: read once from the environment at start.
 //! No other module reads environment variables.
 
+use crate::http::host::AllowedHosts;
 use crate::object_store::S3Settings;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,6 +73,8 @@ pub struct Config {
     pub no_runner_timeout: Option<Duration>,
     /// Timeout for jobs whose pipeline sets none (`CONTAINER_TIMEOUT`; none by default).
     pub default_timeout: Option<u64>,
+    /// `Host` names served besides loopback ones (`PUBLIC_URL`'s host, `ALLOWED_HOSTS`).
+    pub allowed_hosts: AllowedHosts,
 }
 
 /// Reads a variable through a lookup function (the process environment in `main`,
@@ -165,7 +168,10 @@ impl Config {
                 Some(runner_agent::config::Config::from_source(&lookup)?)
             }
         };
+        let allowed_hosts = AllowedHosts::parse(src.get("PUBLIC_URL").as_deref(), src.get("ALLOWED_HOSTS").as_deref())
+            .map_err(|e| Error::Invalid { name: e.name, value: e.value, message: e.message.into() })?;
         Ok(Config {
+            allowed_hosts,
             bind_addr: src.parsed("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8000)), "host:port")?,
             database_url,
             logs_dir: PathBuf::from(src.string("LOGS_DIR", "./logs")),
@@ -356,6 +362,17 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.starts_with("S3_BUCKET:"), "{err}");
+        let err = load(&[("PUBLIC_URL", "ff.example.com")]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("PUBLIC_URL:"), "{err}");
+        let err = load(&[("ALLOWED_HOSTS", "a.example:80")]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("ALLOWED_HOSTS:"), "{err}");
+    }
+
+    #[test]
+    fn public_url_and_allowed_hosts_name_served_hosts() {
+        let cfg = load(&[("PUBLIC_URL", "https://ff.example.com"), ("ALLOWED_HOSTS", "ci.internal")]).expect("valid");
+        assert_eq!(cfg.allowed_hosts.names, ["ff.example.com", "ci.internal"]);
+        assert!(!cfg.allowed_hosts.any && load(&[]).expect("valid").allowed_hosts.names.is_empty());
     }
 
     #[test]

@@ -18,6 +18,6 @@ pub mod store;
 pub mod sweeper;
 pub mod telemetry;
 
+pub use config::Config;
 pub use context::Context;
 pub use startup::ControlPlane;
-pub use config::Config;

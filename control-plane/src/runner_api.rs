@@ -3,15 +3,14 @@
 //! A thin adapter: decode, call `runs`, encode. Its twin for the single node's
 //! embedded runner is `embedded_runner::link::LocalLink`, which makes the same calls.
 
-use crate::context::Context;
 use crate::bus::nats::NatsBus;
+use crate::context::Context;
 use crate::runs;
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared::protocol::{
-    ClaimBatchReply, ClaimBatchRequest, ClaimReply, ClaimRequest, ExitReply, ExitReport, Heartbeat,
-    HeartbeatReply,
+    ClaimBatchReply, ClaimBatchRequest, ClaimReply, ClaimRequest, ExitReply, ExitReport, Heartbeat, HeartbeatReply,
 };
 use shared::subjects;
 use std::future::Future;

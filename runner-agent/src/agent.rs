@@ -136,7 +136,7 @@ async fn serve_until_drained(options: Options, shutdown: &Shutdown) -> anyhow::R
     );
     Claimer::new(executor.clone(), slots.clone()).run(shutdown.drain.clone()).await;
 
-    let running = attempts.len().await;
+    let running = attempts.count().await;
     tracing::info!(running, "draining: no new claims; waiting for running attempts");
     let all = config.concurrency;
     tokio::select! {

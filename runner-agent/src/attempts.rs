@@ -3,7 +3,7 @@
 //! stale notices and shutdown tell them to stop, all through [`Handle`].
 
 use shared::protocol::AttemptRef;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, hash_map};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -86,12 +86,13 @@ impl Attempts {
     fn apply(&mut self, command: Command) {
         match command {
             Command::Register { attempt, reply } => {
-                let signal = if self.held.contains_key(&attempt.run_id) {
-                    None
-                } else {
-                    let (stop, rx) = watch::channel(None);
-                    self.held.insert(attempt.run_id, Entry { attempt, stop });
-                    Some(rx)
+                let signal = match self.held.entry(attempt.run_id) {
+                    hash_map::Entry::Occupied(_) => None,
+                    hash_map::Entry::Vacant(slot) => {
+                        let (stop, rx) = watch::channel(None);
+                        slot.insert(Entry { attempt, stop });
+                        Some(rx)
+                    }
                 };
                 let _ = reply.send(signal);
             }
@@ -163,7 +164,8 @@ impl Handle {
         answer.await.unwrap_or_default()
     }
 
-    pub async fn len(&self) -> usize {
+    /// How many attempts are held now.
+    pub async fn count(&self) -> usize {
         self.snapshot().await.len()
     }
 
@@ -201,7 +203,7 @@ mod tests {
         assert_eq!(*stop.borrow(), Some(StopReason::Cancel { force: true }), "the first reason wins");
 
         attempts.deregister(run);
-        assert_eq!(attempts.len().await, 0);
+        assert_eq!(attempts.count().await, 0);
 
         let other = attempts.register(at(Uuid::new_v4(), 1)).await.expect("registered");
         cancel.cancel();

@@ -33,7 +33,7 @@ impl Heartbeats {
                 _ = tick.tick() => {
                     if self.beat(false).await {
                         last_renewal = Instant::now();
-                    } else if last_renewal.elapsed() > self.config.self_fence_after && self.attempts.len().await > 0 {
+                    } else if last_renewal.elapsed() > self.config.self_fence_after && self.attempts.count().await > 0 {
                         // Our leases are about to expire and another runner may get the
                         // attempts: stop them here so two copies never run.
                         tracing::error!(silent_for = ?last_renewal.elapsed(), "leases not renewed; stopping all running jobs");

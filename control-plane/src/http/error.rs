@@ -1,63 +1,129 @@
 //! The one HTTP error type. Every error response has the body
 //! `{"error":{"message","type","details","timestamp","path"}}`; internal
-//! failures are logged in full and answered with a generic message.
+//! failures are logged in full (by `add_error_path`, once) and answered with a
+//! generic message.
 
 use crate::{pipelines, runs, store};
+use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+use shared::RunStatus;
 
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub kind: &'static str,
-    pub message: String,
-    pub details: Value,
+/// What a 429 tells clients to wait before trying again.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+/// Every way a request can fail. Each variant has one status and one stable
+/// `type` string that clients may match on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// 400: a path, query, header or body value is wrong; `field` names it.
+    #[error("{message}")]
+    Invalid { field: String, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed here")]
+    MethodNotAllowed,
+    /// 409: the run already finished.
+    #[error("{message}")]
+    Conflict { message: String, status: RunStatus },
+    /// 410: the retention policy deleted the log.
+    #[error("{message}")]
+    LogExpired { message: String, expired_at: DateTime<Utc> },
+    /// 415: a body that is not declared `application/json`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 421: the `Host` is not one this server answers for (DNS rebinding).
+    #[error("host `{host}` is not served here; set ALLOWED_HOSTS or PUBLIC_URL to allow it")]
+    MisdirectedRequest { host: String },
+    /// 422: the pipeline folder is wrong; the message says how.
+    #[error("{0}")]
+    PipelineMisconfigured(String),
+    /// 429: a concurrency limit under `CONCURRENCY_POLICY=reject`.
+    #[error("{message}")]
+    TooManyRuns { message: String, limit: &'static str, max: i64 },
+    /// 500: `cause` is logged, never sent.
+    #[error("internal error; see the control-plane log")]
+    Internal { cause: String },
 }
 
-impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, kind, message: message.into(), details: json!({}) }
-    }
-
+impl Error {
     /// A 400 naming the offending field.
-    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        ApiError {
-            details: json!({ "field": field }),
-            ..Self::new(StatusCode::BAD_REQUEST, "ValidationError", message)
-        }
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Invalid { field: field.into(), message: message.into() }
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NotFound", message)
+        Error::NotFound(message.into())
     }
 
-    /// Logs the cause; the client learns only that something failed inside.
+    /// The client learns only that something failed inside; `add_error_path` logs the cause.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "internal error; see the control-plane log")
+        Error::Internal { cause: cause.to_string() }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::LogExpired { .. } => StatusCode::GONE,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::MisdirectedRequest { .. } => StatusCode::MISDIRECTED_REQUEST,
+            Error::PipelineMisconfigured(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::TooManyRuns { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable `type` of the body.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Invalid { .. } => "ValidationError",
+            Error::NotFound(_) => "NotFound",
+            Error::MethodNotAllowed => "MethodNotAllowed",
+            Error::Conflict { .. } => "Conflict",
+            Error::LogExpired { .. } => "LogExpired",
+            Error::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            Error::MisdirectedRequest { .. } => "MisdirectedRequest",
+            Error::PipelineMisconfigured(_) => "PipelineMisconfigured",
+            Error::TooManyRuns { .. } => "TooManyRuns",
+            Error::Internal { .. } => "InternalError",
+        }
+    }
+
+    fn details(&self) -> Value {
+        match self {
+            Error::Invalid { field, .. } => json!({ "field": field }),
+            Error::Conflict { status, .. } => json!({ "status": status }),
+            Error::LogExpired { expired_at, .. } => json!({ "log_expired_at": expired_at }),
+            Error::MisdirectedRequest { host } => json!({ "host": host }),
+            Error::TooManyRuns { limit, max, .. } => {
+                json!({ "limit": limit, "max": max, "retry_after_seconds": RETRY_AFTER_SECS })
+            }
+            _ => json!({}),
+        }
     }
 
     fn body(&self, path: Option<&str>) -> Value {
         json!({ "error": {
-            "message": self.message,
-            "type": self.kind,
-            "details": self.details,
-            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "message": self.to_string(),
+            "type": self.kind(),
+            "details": self.details(),
+            "timestamp": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "path": path,
         }})
     }
 }
 
-/// What a 429 tells clients to wait before trying again.
-const RETRY_AFTER_SECS: u64 = 5;
-
-impl IntoResponse for ApiError {
+impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(self.body(None))).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
+        let mut response = (self.status(), axum::Json(self.body(None))).into_response();
+        if matches!(self, Error::TooManyRuns { .. }) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         // The path is filled in by `add_error_path`, which sees the request.
@@ -66,65 +132,66 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Middleware: rewrites error bodies to include the request path.
+/// Middleware: rewrites error bodies to include the request path, and logs
+/// internal errors (the one place that does). Headers such as `Allow` and
+/// `Retry-After` are kept.
 pub async fn add_error_path(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
-    let mut response = next.run(request).await;
-    if let Some(error) = response.extensions_mut().remove::<ApiError>() {
-        let mut rewritten = (error.status, axum::Json(error.body(Some(&path)))).into_response();
-        if let Some(retry) = response.headers().get(header::RETRY_AFTER) {
-            rewritten.headers_mut().insert(header::RETRY_AFTER, retry.clone());
-        }
-        return rewritten;
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let (mut parts, body) = response.into_parts();
+    let Some(error) = parts.extensions.remove::<Error>() else {
+        return Response::from_parts(parts, body);
+    };
+    if let Error::Internal { cause } = &error {
+        tracing::error!(%method, %path, error = %cause, "internal error");
     }
-    response
+    let bytes = error.body(Some(&path)).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(bytes))
 }
 
-pub async fn not_found_fallback() -> ApiError {
-    ApiError::not_found("no such endpoint")
+pub async fn not_found_fallback() -> Error {
+    Error::not_found("no such endpoint")
 }
 
-pub async fn method_not_allowed_fallback() -> Response {
-    let mut response =
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "method not allowed here").into_response();
-    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
-    response
+/// axum adds the route's real `Allow` header to this answer.
+pub async fn method_not_allowed_fallback() -> Error {
+    Error::MethodNotAllowed
 }
 
-impl From<store::Error> for ApiError {
+impl From<store::Error> for Error {
     fn from(e: store::Error) -> Self {
-        ApiError::internal(e)
+        Error::internal(e)
     }
 }
 
-impl From<pipelines::Error> for ApiError {
+impl From<tokio::task::JoinError> for Error {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Error::internal(e)
+    }
+}
+
+impl From<pipelines::Error> for Error {
     fn from(e: pipelines::Error) -> Self {
         match &e {
-            pipelines::Error::NotFound(_) => ApiError::not_found(e.to_string()),
-            pipelines::Error::Invalid { .. } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "PipelineMisconfigured", e.to_string())
-            }
-            pipelines::Error::Io { .. } => ApiError::internal(e),
+            pipelines::Error::NotFound(_) => Error::NotFound(e.to_string()),
+            pipelines::Error::Invalid { .. } => Error::PipelineMisconfigured(e.to_string()),
+            pipelines::Error::Io { .. } => Error::internal(e),
         }
     }
 }
 
-impl From<runs::Error> for ApiError {
+impl From<runs::Error> for Error {
     fn from(e: runs::Error) -> Self {
         match e {
-            runs::Error::InvalidPipelineName(_) => ApiError::invalid("name", e.to_string()),
+            runs::Error::InvalidPipelineName(_) => Error::invalid("name", e.to_string()),
             runs::Error::Pipeline(p) => p.into(),
-            runs::Error::InvalidParam { ref field, .. } => ApiError::invalid(&field.clone(), e.to_string()),
-            runs::Error::RunNotFound(_) => ApiError::not_found(e.to_string()),
-            runs::Error::AlreadyFinished(ref run) => ApiError {
-                details: json!({ "status": run.status }),
-                ..ApiError::new(StatusCode::CONFLICT, "Conflict", e.to_string())
-            },
-            runs::Error::LimitReached { limit, max } => ApiError {
-                details: json!({ "limit": limit, "max": max, "retry_after_seconds": RETRY_AFTER_SECS }),
-                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRuns", e.to_string())
-            },
-            runs::Error::Store(_) | runs::Error::Task(_) => ApiError::internal(e),
+            runs::Error::InvalidParam { field, message } => Error::Invalid { field, message },
+            runs::Error::RunNotFound(_) => Error::NotFound(e.to_string()),
+            runs::Error::AlreadyFinished(ref run) => Error::Conflict { message: e.to_string(), status: run.status },
+            runs::Error::LimitReached { limit, max } => Error::TooManyRuns { message: e.to_string(), limit, max },
+            runs::Error::Store(_) | runs::Error::Task(_) => Error::internal(e),
         }
     }
 }

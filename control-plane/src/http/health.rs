@@ -1,6 +1,6 @@
 //! `GET /health`: the only endpoint meant to stay open without authentication.
 
-use super::AppState;
+use crate::context::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -10,7 +10,7 @@ use serde_json::json;
 use std::future::Future;
 use std::time::Duration;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<Context> {
     Router::new().route("/health", get(health))
 }
 
@@ -22,7 +22,7 @@ async fn check<E: std::fmt::Display>(f: impl Future<Output = Result<(), E>>) -> 
     }
 }
 
-async fn health(State(app): State<AppState>) -> impl IntoResponse {
+async fn health(State(app): State<Context>) -> impl IntoResponse {
     let (database, bus, log_store) =
         tokio::join!(check(app.store.ping()), check(app.bus.health()), check(app.objects.health()));
     let healthy = [&database, &bus, &log_store].iter().all(|c| *c == "ok");

@@ -4,23 +4,24 @@
 //! finished one is read from its archive. The SSE event id is the line number,
 //! so a client reconnecting with `Last-Event-ID` misses and repeats nothing.
 
-use super::error::ApiError;
-use super::{AppState, extract};
+use super::error::Error;
+use super::extract::{self, QueryMap, RunId};
+use super::runs::RunResponse;
 use crate::bus::FinishedEvents;
+use crate::context::Context;
 use crate::logs::LogLine;
 use crate::logs::archived::ArchiveReader;
 use crate::logs::live::{self, SnapshotReader};
 use crate::store::runs::Run;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{Stream, StreamExt};
 use shared::RunStatus;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -33,47 +34,38 @@ const STATUS_POLL: Duration = Duration::from_secs(3);
 const QUEUED_POLL_FIRST: Duration = Duration::from_millis(50);
 const QUEUED_POLL_MAX: Duration = Duration::from_millis(500);
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<Context> {
     Router::new().route("/api/v1/runs/{id}/logs", get(text)).route("/api/v1/runs/{id}/logs/stream", get(stream))
 }
 
-async fn load(app: &AppState, raw_id: &str) -> Result<Run, ApiError> {
-    let id = extract::run_id(raw_id)?;
-    let run = app.store.get_run(id).await?.ok_or_else(|| ApiError::not_found(format!("run {id} not found")))?;
+async fn load(app: &Context, id: uuid::Uuid) -> Result<Run, Error> {
+    let run = app.store.get_run(id).await?.ok_or_else(|| Error::not_found(format!("run {id} not found")))?;
     if let Some(at) = run.log_expired_at {
-        return Err(ApiError {
-            details: serde_json::json!({ "log_expired_at": at }),
-            ..ApiError::new(
-                axum::http::StatusCode::GONE,
-                "LogExpired",
-                format!("the log of run {id} was deleted by the retention policy"),
-            )
+        return Err(Error::LogExpired {
+            message: format!("the log of run {id} was deleted by the retention policy"),
+            expired_at: at,
         });
     }
     Ok(run)
 }
 
 /// `?attempt=N` picks an earlier attempt's log; the default is the current one.
-async fn text(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    let run = load(&app, &id).await?;
+async fn text(State(app): State<Context>, RunId(id): RunId, QueryMap(query): QueryMap) -> Result<Response, Error> {
+    let run = load(&app, id).await?;
     let attempt = match query.get("attempt") {
         None => run.attempt,
         Some(raw) => raw
             .parse::<i32>()
             .ok()
             .filter(|a| (1..=run.attempt).contains(a))
-            .ok_or_else(|| ApiError::invalid("attempt", format!("attempt must be from 1 to {}", run.attempt)))?,
+            .ok_or_else(|| Error::invalid("attempt", format!("attempt must be from 1 to {}", run.attempt)))?,
     };
     let log_key =
         if attempt == run.attempt { run.log_key.clone() } else { earlier_log_key(&app, run.id, attempt).await? };
     let body = match (&log_key, run.status) {
         _ if attempt < run.attempt && log_key.is_none() => Body::empty(),
         (Some(key), _) => {
-            let reader = app.objects.get_stream(key, 0).await.map_err(ApiError::internal)?;
+            let reader = app.objects.get_stream(key, 0).await.map_err(Error::internal)?;
             Body::from_stream(futures::stream::try_unfold(reader, |mut r| async move {
                 Ok::<_, crate::object_store::Error>(r.next_chunk().await?.map(|chunk| (chunk, r)))
             }))
@@ -82,7 +74,7 @@ async fn text(
         (None, _) => {
             let reader = SnapshotReader::open(&app.bus, run.id, run.attempt, run.fencing_token)
                 .await
-                .map_err(ApiError::internal)?;
+                .map_err(Error::internal)?;
             Body::from_stream(futures::stream::try_unfold(reader, |mut r| async move {
                 let lines = r.next_lines().await?;
                 Ok::<_, live::Error>(lines.map(|lines| (join(&lines), r)))
@@ -94,7 +86,7 @@ async fn text(
 
 /// Where an earlier (finished) attempt's log was archived.
 async fn earlier_log_key(
-    app: &AppState,
+    app: &Context,
     run_id: uuid::Uuid,
     attempt: i32,
 ) -> Result<Option<String>, crate::store::Error> {
@@ -110,11 +102,11 @@ fn join(lines: &[LogLine]) -> Bytes {
 }
 
 async fn stream(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
+    State(app): State<Context>,
+    RunId(id): RunId,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let run = load(&app, &id).await?;
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Error> {
+    let run = load(&app, id).await?;
     let (attempt, last) = extract::last_event_id(&headers)?;
     let (tx, rx) = mpsc::channel::<Event>(256);
     let task_app = app.clone();
@@ -159,7 +151,7 @@ struct Disconnected;
 /// the current one live. Event ids are the line number for attempt 1 and
 /// `<attempt>:<line>` after it, so `Last-Event-ID` resumes in the right attempt.
 struct Follower {
-    app: AppState,
+    app: Context,
     tx: mpsc::Sender<Event>,
     attempt: i32,
     next_line: u64,
@@ -317,7 +309,7 @@ impl Follower {
                 }
             }
         }
-        let data = serde_json::to_string(run).unwrap_or_default();
+        let data = serde_json::to_string(&RunResponse::from(run.clone())).unwrap_or_default();
         let _ = self.tx.send(Event::default().event("end").data(data)).await;
         Ok(())
     }

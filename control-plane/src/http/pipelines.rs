@@ -1,57 +1,99 @@
 //! `/api/v1/pipelines`: the catalog and starting runs.
 
-use super::AppState;
-use super::error::ApiError;
+use super::error::Error;
+use super::extract::{JsonBody, PipelineName};
+use super::runs::RunResponse;
+use crate::context::Context;
+use crate::pipelines::Pipeline;
 use crate::runs;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use shared::FailureReason;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<Context> {
     Router::new()
         .route("/api/v1/pipelines", get(list))
         .route("/api/v1/pipelines/{name}", get(show))
         .route("/api/v1/pipelines/{name}/run", post(start))
 }
 
-async fn list(State(app): State<AppState>) -> Result<Json<Vec<crate::pipelines::Pipeline>>, ApiError> {
+/// A pipeline as the API shows it; its environment and folder stay private.
+#[derive(Debug, Serialize)]
+pub struct PipelineResponse {
+    name: String,
+    description: Option<String>,
+    image: String,
+    command: Vec<String>,
+    has_requirements: bool,
+    timeout_seconds: Option<u64>,
+    max_concurrent: Option<u32>,
+    runner_pool: String,
+    retries: Option<u32>,
+    retry_on: Option<Vec<FailureReason>>,
+    resources: ResourcesResponse,
+}
+
+/// The pipeline's own `[resources]` (unset: the global default applies).
+#[derive(Debug, Serialize)]
+struct ResourcesResponse {
+    memory_mb: Option<u64>,
+    cpus: Option<f64>,
+    pids: Option<i64>,
+}
+
+impl From<Pipeline> for PipelineResponse {
+    fn from(p: Pipeline) -> Self {
+        PipelineResponse {
+            name: p.name,
+            description: p.description,
+            image: p.image,
+            command: p.command,
+            has_requirements: p.has_requirements,
+            timeout_seconds: p.timeout_seconds,
+            max_concurrent: p.max_concurrent,
+            runner_pool: p.runner_pool,
+            retries: p.retries,
+            retry_on: p.retry_on,
+            resources: ResourcesResponse {
+                memory_mb: p.resources.memory_mb,
+                cpus: p.resources.cpus,
+                pids: p.resources.pids,
+            },
+        }
+    }
+}
+
+async fn list(State(app): State<Context>) -> Result<Json<Vec<PipelineResponse>>, Error> {
     let catalog = app.catalog.clone();
-    let pipelines = tokio::task::spawn_blocking(move || catalog.list()).await.map_err(ApiError::internal)??;
-    Ok(Json(pipelines))
+    let pipelines = tokio::task::spawn_blocking(move || catalog.list()).await??;
+    Ok(Json(pipelines.into_iter().map(PipelineResponse::from).collect()))
 }
 
-async fn show(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<crate::pipelines::Pipeline>, ApiError> {
-    Ok(Json(runs::load_pipeline(&app, &name).await?))
+async fn show(State(app): State<Context>, PipelineName(name): PipelineName) -> Result<Json<PipelineResponse>, Error> {
+    Ok(Json(runs::load_pipeline(&app, &name).await?.into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct StartRequest {
     #[serde(default)]
     params: Option<serde_json::Value>,
 }
 
+/// The body is optional: `{"params": {"KEY": "value"}}`.
 async fn start(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Result<(StatusCode, Json<crate::store::runs::Run>), ApiError> {
-    let request = if body.iter().all(u8::is_ascii_whitespace) {
-        StartRequest { params: None }
-    } else {
-        serde_json::from_slice::<StartRequest>(&body)
-            .map_err(|e| ApiError::invalid("body", format!("request body must be {{\"params\": {{…}}}}: {e}")))?
-    };
+    State(app): State<Context>,
+    PipelineName(name): PipelineName,
+    body: Option<JsonBody<StartRequest>>,
+) -> Result<(StatusCode, Json<RunResponse>), Error> {
+    let request = body.map(|JsonBody(r)| r).unwrap_or_default();
     let params = match request.params {
         None | Some(serde_json::Value::Null) => Default::default(),
         Some(p) => runs::validate_params(&p)?,
     };
     let run = runs::submit(&app, &name, params).await?;
-    Ok((StatusCode::CREATED, Json(run)))
+    Ok((StatusCode::CREATED, Json(run.into())))
 }

@@ -1,41 +1,127 @@
-//! `/api/v1/runs`: listing, one run, cancelling.
+//! `/api/v1/runs`: listing, one run, cancelling; and the run's JSON shape.
 
-use super::error::ApiError;
-use super::{AppState, extract};
+use super::error::Error;
+use super::extract::{JsonBody, QueryMap, RunId};
+use crate::context::Context;
 use crate::runs;
+use crate::store::policy::{Trigger, WaitingReason};
 use crate::store::runs::{AttemptRecord, Run, RunFilter};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use shared::RunStatus;
-use std::collections::HashMap;
+use serde::{Deserialize, Serialize};
+use shared::{FailureReason, RunStatus};
 use uuid::Uuid;
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<Context> {
     Router::new()
         .route("/api/v1/runs", get(list))
         .route("/api/v1/runs/{id}", get(show))
         .route("/api/v1/runs/{id}/cancel", post(cancel))
 }
 
-#[derive(Serialize)]
-struct Page {
-    items: Vec<Run>,
+/// A run as the API shows it (README "A run"). Listed field by field so a
+/// change of the stored row cannot change the API unnoticed.
+#[derive(Debug, Serialize)]
+pub struct RunResponse {
+    id: Uuid,
+    pipeline_name: String,
+    pool: String,
+    status: RunStatus,
+    attempt: i32,
+    trigger: Trigger,
+    params: serde_json::Value,
+    runner_id: Option<String>,
+    exit_code: Option<i64>,
+    failure_reason: Option<FailureReason>,
+    error_message: Option<String>,
+    cancel_requested_at: Option<DateTime<Utc>>,
+    waiting_reason: Option<WaitingReason>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    log_size_bytes: i64,
+    log_expired_at: Option<DateTime<Utc>>,
+}
+
+impl From<Run> for RunResponse {
+    fn from(run: Run) -> Self {
+        RunResponse {
+            id: run.id,
+            pipeline_name: run.pipeline_name,
+            pool: run.pool,
+            status: run.status,
+            attempt: run.attempt,
+            trigger: run.trigger,
+            params: run.params,
+            runner_id: run.runner_id,
+            exit_code: run.exit_code,
+            failure_reason: run.failure_reason,
+            error_message: run.error_message,
+            cancel_requested_at: run.cancel_requested_at,
+            waiting_reason: run.waiting_reason,
+            created_at: run.created_at,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            log_size_bytes: run.log_size_bytes,
+            log_expired_at: run.log_expired_at,
+        }
+    }
+}
+
+/// One attempt in a run's `attempts`.
+#[derive(Debug, Serialize)]
+pub struct AttemptResponse {
+    attempt: i32,
+    status: RunStatus,
+    failure_reason: Option<FailureReason>,
+    exit_code: Option<i64>,
+    error_message: Option<String>,
+    runner_id: Option<String>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    log_size_bytes: i64,
+}
+
+impl From<AttemptRecord> for AttemptResponse {
+    fn from(a: AttemptRecord) -> Self {
+        AttemptResponse {
+            attempt: a.attempt,
+            status: a.status,
+            failure_reason: a.failure_reason,
+            exit_code: a.exit_code,
+            error_message: a.error_message,
+            runner_id: a.runner_id,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+            log_size_bytes: a.log_size_bytes,
+        }
+    }
+}
+
+/// `GET /api/v1/runs/{id}`: the run with its attempts.
+#[derive(Debug, Serialize)]
+struct RunDetail {
+    #[serde(flatten)]
+    run: RunResponse,
+    attempts: Vec<AttemptResponse>,
+}
+
+/// A page of a listing, newest first.
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    items: Vec<T>,
     next_cursor: Option<String>,
 }
 
-async fn list(
-    State(app): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Page>, ApiError> {
+async fn list(State(app): State<Context>, QueryMap(query): QueryMap) -> Result<Json<Page<RunResponse>>, Error> {
     let mut filter = RunFilter { limit: DEFAULT_LIMIT, ..Default::default() };
     for (key, value) in &query {
         match key.as_str() {
@@ -43,17 +129,18 @@ async fn list(
             "status" if !value.is_empty() => {
                 let allowed = RunStatus::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
                 filter.status = Some(value.parse().map_err(|_| {
-                    ApiError::invalid("status", format!("unknown status `{value}`; use one of {allowed}"))
+                    Error::invalid("status", format!("unknown status `{value}`; use one of {allowed}"))
                 })?);
             }
             "limit" => {
-                filter.limit = value.parse::<i64>().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| {
-                    ApiError::invalid("limit", format!("limit must be a number from 1 to {MAX_LIMIT}"))
-                })?;
+                filter.limit =
+                    value.parse::<i64>().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| {
+                        Error::invalid("limit", format!("limit must be a number from 1 to {MAX_LIMIT}"))
+                    })?;
             }
             "cursor" if !value.is_empty() => filter.before = Some(decode_cursor(value)?),
             "pipeline" | "status" | "cursor" => {}
-            other => return Err(ApiError::invalid(other, format!("unknown query parameter `{other}`"))),
+            other => return Err(Error::invalid(other, format!("unknown query parameter `{other}`"))),
         }
     }
     // One extra row tells whether another page exists.
@@ -66,15 +153,15 @@ async fn list(
     } else {
         None
     };
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(Page { items: items.into_iter().map(RunResponse::from).collect(), next_cursor }))
 }
 
 fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}:{id}", created_at.timestamp_micros()))
 }
 
-fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
-    let bad = || ApiError::invalid("cursor", "cursor is not one this API returned");
+fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), Error> {
+    let bad = || Error::invalid("cursor", "cursor is not one this API returned");
     let text = URL_SAFE_NO_PAD.decode(raw).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad)?;
     let (micros, id) = text.split_once(':').ok_or_else(bad)?;
     let at = micros.parse::<i64>().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(bad)?;
@@ -82,12 +169,12 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
 }
 
 /// One run with its `attempts`: every finished one, then the current one.
-async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    let id = extract::run_id(&id)?;
-    let run = app.store.get_run(id).await?.ok_or_else(|| ApiError::not_found(format!("run {id} not found")))?;
-    let mut attempts = app.store.attempts(id).await?;
+async fn show(State(app): State<Context>, RunId(id): RunId) -> Result<Json<RunDetail>, Error> {
+    let run = app.store.get_run(id).await?.ok_or_else(|| Error::not_found(format!("run {id} not found")))?;
+    let mut attempts: Vec<AttemptResponse> =
+        app.store.attempts(id).await?.into_iter().map(AttemptResponse::from).collect();
     if !run.status.is_final() {
-        attempts.push(AttemptRecord {
+        attempts.push(AttemptResponse {
             attempt: run.attempt,
             status: run.status,
             failure_reason: None,
@@ -96,36 +183,28 @@ async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result<Jso
             runner_id: run.runner_id.clone(),
             started_at: run.started_at,
             finished_at: None,
-            log_key: None,
             log_size_bytes: 0,
         });
     }
-    let mut body = serde_json::to_value(&run).map_err(ApiError::internal)?;
-    body["attempts"] = serde_json::to_value(&attempts).map_err(ApiError::internal)?;
-    Ok(Json(body))
+    Ok(Json(RunDetail { run: run.into(), attempts }))
 }
 
-#[derive(serde::Deserialize, Default)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct CancelRequest {
     #[serde(default)]
     force: bool,
 }
 
+/// The body is optional: `{"force": true}` skips the stop grace.
 async fn cancel(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<Run>), ApiError> {
-    let id = extract::run_id(&id)?;
-    let request = if body.iter().all(u8::is_ascii_whitespace) {
-        CancelRequest::default()
-    } else {
-        serde_json::from_slice::<CancelRequest>(&body)
-            .map_err(|e| ApiError::invalid("body", format!("request body must be {{\"force\": true|false}}: {e}")))?
-    };
+    State(app): State<Context>,
+    RunId(id): RunId,
+    body: Option<JsonBody<CancelRequest>>,
+) -> Result<(StatusCode, Json<RunResponse>), Error> {
+    let request = body.map(|JsonBody(r)| r).unwrap_or_default();
     let run = runs::cancel(&app, id, request.force).await?;
-    Ok((StatusCode::ACCEPTED, Json(run)))
+    Ok((StatusCode::ACCEPTED, Json(run.into())))
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 //! Architecture invariant: `runs` imports only the context and the seams below it
 //! (store, bus, object store, logs), never an adapter or start-up.
 
-use crate::context::Context;
 use crate::config::ConcurrencyPolicy;
+use crate::context::Context;
 use crate::pipelines::{self, Pipeline};
 use crate::store;
 use crate::store::runs::{Claim, ClaimResult};
