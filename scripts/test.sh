@@ -36,7 +36,7 @@ if [ "$#" -gt 0 ]; then
   cargo test --locked "$@" 2>&1 | tee "$out" || status=$?
 else
   # No doctests: the crates have none, and empty doctest runs would end the output.
-  cargo test --locked --workspace --lib --bins --tests 2>&1 | tee "$out" || status=$?
+  cargo test --locked --no-fail-fast --workspace --lib --bins --tests 2>&1 | tee "$out" || status=$?
 fi
 # The README's first command, as a new user runs it (counted as one more test).
 quickstart=""

@@ -82,8 +82,15 @@ in_both_modes! {
         assert_eq!(gone.status, StatusCode::GONE, "{}", String::from_utf8_lossy(&gone.body));
         let error: serde_json::Value = serde_json::from_slice(&gone.body).unwrap_or_default();
         assert_eq!(error["error"]["type"], "LogExpired", "{error}");
-        assert!(env.s3_get(&format!("runs/{}/1.log", old.id)).await.is_none(), "archived log deleted");
-        assert!(env.s3_get(&format!("runs/{}/1.idx", old.id)).await.is_none(), "log index deleted");
+        // The sweeper marks the run before it deletes the objects, so the deletes may still be
+        // in flight when the mark is seen.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for key in [format!("runs/{}/1.log", old.id), format!("runs/{}/1.idx", old.id)] {
+            while env.s3_get(&key).await.is_some() {
+                assert!(Instant::now() < deadline, "{key} was never deleted");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         assert_eq!(&env.logs(&new.id).await[..], b"ran new\n", "the newest run keeps its log");
     }
 }
