@@ -37,6 +37,8 @@ pub struct RunResponse {
     status: RunStatus,
     attempt: i32,
     trigger: Trigger,
+    /// Who triggered the run; null when unknown (runs from before authentication).
+    triggered_by: Option<String>,
     params: serde_json::Value,
     runner_id: Option<String>,
     exit_code: Option<i64>,
@@ -60,6 +62,7 @@ impl From<Run> for RunResponse {
             status: run.status,
             attempt: run.attempt,
             trigger: run.trigger,
+            triggered_by: run.triggered_by,
             params: run.params,
             runner_id: run.runner_id,
             exit_code: run.exit_code,

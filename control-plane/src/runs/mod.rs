@@ -177,6 +177,7 @@ pub async fn submit(ctx: &Context, pipeline_name: &str, params: BTreeMap<String,
             params: serde_json::to_value(&params).unwrap_or_default(),
             spec: serde_json::to_value(&template).unwrap_or_default(),
             timeout_seconds: template.timeout_seconds.map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+            triggered_by: None,
         })
         .await?;
     // A failed publish is not fatal: the run is stored, the sweeper re-offers it.
