@@ -1,8 +1,10 @@
 //! The control plane's configuration: read once from the environment at start.
 //! No other module reads environment variables.
 
-use crate::http::host::AllowedHosts;
+mod allowed_hosts;
+
 use crate::object_store::S3Settings;
+pub use allowed_hosts::{AllowedHosts, SettingError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
