@@ -107,6 +107,7 @@ async fn a_run_has_the_documented_fields() {
         "status",
         "attempt",
         "trigger",
+        "triggered_by",
         "params",
         "runner_id",
         "exit_code",
@@ -123,6 +124,7 @@ async fn a_run_has_the_documented_fields() {
     .into();
     assert_eq!(keys, expected);
     assert_eq!(created.json["status"], "queued");
+    assert_eq!(created.json["triggered_by"], json!(null), "unknown until authentication sets it");
     assert_eq!(created.json["params"], json!({ "NAME": "x" }));
     let id = created.json["id"].as_str().expect("id");
     let shown = t.get(&format!("/api/v1/runs/{id}")).await;
