@@ -24,6 +24,9 @@ pub mod throttle;
 pub mod tokens;
 pub mod users;
 
+#[cfg(test)]
+mod tests;
+
 pub use authenticator::Authenticator;
 pub use roles::Role;
 

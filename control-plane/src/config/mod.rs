@@ -57,7 +57,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         _ => return None,
     };
     let secs = number * unit_secs;
-    (secs.is_finite() && secs >= 0.001 && secs <= 100.0 * 365.0 * 86_400.0).then(|| Duration::from_secs_f64(secs))
+    (secs.is_finite() && (0.001..=100.0 * 365.0 * 86_400.0).contains(&secs)).then(|| Duration::from_secs_f64(secs))
 }
 
 #[derive(Debug, Clone)]
