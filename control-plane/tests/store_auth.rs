@@ -334,3 +334,52 @@ async fn runs_record_who_triggered_them(store: Store) {
     let exported = store.export_runs(None, 10).await.expect("export");
     assert_eq!(exported[0].run.triggered_by.as_deref(), Some("user:alice"));
 }
+
+/// `migrate-store` moves users and tokens: SQLite → Postgres, every column kept,
+/// and a second pass copies nothing.
+#[tokio::test]
+async fn users_and_tokens_move_between_backends() {
+    let (source_db, source) = TestDb::sqlite().await;
+    let (target_db, target) = TestDb::postgres().await;
+    let outcome = tokio::spawn(async move {
+        let alice = user(&source, "alice", Role::Admin).await;
+        let bob = user(&source, "bob", Role::Viewer).await;
+        source.update_user(bob.id, &update(None, Some(true))).await.expect("disable");
+        for (name, hash, owner) in [("ci", "h1", &alice), ("old", "h2", &alice), ("ci", "h3", &bob)] {
+            let expires_at = Some(Utc::now() + Span::days(1));
+            let new = NewToken {
+                id: Uuid::now_v7(),
+                name,
+                token_hash: hash,
+                user_id: owner.id,
+                role: Role::Viewer,
+                expires_at,
+            };
+            source.create_token(&new).await.expect("token");
+        }
+        let old = source.list_tokens(Some(alice.id)).await.expect("list").into_iter().find(|t| t.name == "old");
+        source.revoke_token(old.expect("old").id).await.expect("revoke");
+        source.touch_token_last_used(source.list_tokens(None).await.expect("list")[0].id).await.expect("touch");
+
+        for pass in 0..2 {
+            let mut copied = 0;
+            for u in source.export_users().await.expect("export users") {
+                copied += usize::from(target.import_user(&u).await.expect("import user"));
+            }
+            for t in source.export_tokens().await.expect("export tokens") {
+                copied += usize::from(target.import_token(&t).await.expect("import token"));
+            }
+            assert_eq!(copied, if pass == 0 { 5 } else { 0 }, "pass {pass}");
+        }
+        assert_eq!(target.export_users().await.expect("users"), source.export_users().await.expect("users"));
+        assert_eq!(target.export_tokens().await.expect("tokens"), source.export_tokens().await.expect("tokens"));
+        let (_, owner) = target.find_token_by_hash("h1").await.expect("find").expect("active on the target");
+        assert_eq!(owner.username, "alice");
+    })
+    .await;
+    source_db.remove().await;
+    target_db.remove().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}

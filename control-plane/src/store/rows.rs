@@ -8,7 +8,7 @@ use super::auth::{ApiToken, LoginFailure, Session, User};
 use super::policy;
 use super::runners::RunnerInfo;
 use super::runs::{AttemptRecord, Run};
-use super::transfer::RunRecord;
+use super::transfer::{RunRecord, TokenRecord};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
@@ -247,6 +247,12 @@ impl<'r, R: Row + Columns> FromRow<'r, R> for ApiToken {
             expires_at: row.opt_time("expires_at")?,
             revoked_at: row.opt_time("revoked_at")?,
         })
+    }
+}
+
+impl<'r, R: Row + Columns> FromRow<'r, R> for TokenRecord {
+    fn from_row(row: &'r R) -> Result<Self> {
+        Ok(TokenRecord { token: ApiToken::from_row(row)?, token_hash: row.text("token_hash")? })
     }
 }
 
