@@ -74,6 +74,17 @@ pub enum Error {
     Store(store::Error),
 }
 
+/// Deletes ended sessions (past their end or idle) and login failure counters no longer
+/// counted (the sweeper calls it now and then). Lookups never depend on it.
+pub async fn housekeeping(store: &store::Store, sessions: &crate::config::SessionSettings) -> Result<(), Error> {
+    let ended = store.purge_expired_sessions(sessions.idle_timeout).await?;
+    let forgotten = store.purge_login_failures(throttle::FORGET_AFTER).await?;
+    if ended + forgotten > 0 {
+        tracing::debug!(sessions = ended, login_failures = forgotten, "auth housekeeping");
+    }
+    Ok(())
+}
+
 impl From<store::Error> for Error {
     /// The store's typed refusals become the domain's.
     fn from(e: store::Error) -> Self {
