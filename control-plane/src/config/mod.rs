@@ -2,9 +2,11 @@
 //! No other module reads environment variables.
 
 mod allowed_hosts;
+mod public_url;
 
 use crate::object_store::S3Settings;
 pub use allowed_hosts::{AllowedHosts, SettingError};
+pub use public_url::PublicUrl;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -110,6 +112,8 @@ pub struct Config {
     pub default_timeout: Option<u64>,
     /// `Host` names served besides loopback ones (`PUBLIC_URL`'s host, `ALLOWED_HOSTS`).
     pub allowed_hosts: AllowedHosts,
+    /// `PUBLIC_URL`: the origin browsers use (CSRF check) and whether cookies are `Secure`.
+    pub public_url: Option<PublicUrl>,
     /// `SESSION_IDLE_TIMEOUT`, `SESSION_MAX_AGE`.
     pub sessions: SessionSettings,
 }
@@ -219,6 +223,8 @@ impl Config {
         };
         let allowed_hosts = AllowedHosts::parse(src.get("PUBLIC_URL").as_deref(), src.get("ALLOWED_HOSTS").as_deref())
             .map_err(|e| Error::Invalid { name: e.name, value: e.value, message: e.message.into() })?;
+        // Valid once `AllowedHosts::parse` accepted it.
+        let public_url = src.get("PUBLIC_URL").as_deref().and_then(PublicUrl::parse);
         let sessions = {
             let default = SessionSettings::default();
             SessionSettings {
@@ -229,6 +235,7 @@ impl Config {
         Ok(Config {
             sessions,
             allowed_hosts,
+            public_url,
             bind_addr: src.parsed("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8000)), "host:port")?,
             database_url,
             logs_dir: PathBuf::from(src.string("LOGS_DIR", "./logs")),

@@ -1,15 +1,18 @@
 //! `/api/v1/runs`: listing, one run, cancelling; and the run's JSON shape.
 
+use super::audit::record;
+use super::authn::{Caller, ClientAddr};
 use super::error::Error;
 use super::extract::{JsonBody, QueryMap, RunId};
+use super::routing::ApiRouter;
+use crate::auth::audit::{Action, Outcome};
 use crate::context::Context;
 use crate::runs;
 use crate::store::policy::{Trigger, WaitingReason};
 use crate::store::runs::{AttemptRecord, Run, RunFilter};
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -20,11 +23,8 @@ use uuid::Uuid;
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
-pub fn router() -> Router<Context> {
-    Router::new()
-        .route("/api/v1/runs", get(list))
-        .route("/api/v1/runs/{id}", get(show))
-        .route("/api/v1/runs/{id}/cancel", post(cancel))
+pub fn router() -> ApiRouter {
+    ApiRouter::new().get("/api/v1/runs", list).get("/api/v1/runs/{id}", show).post("/api/v1/runs/{id}/cancel", cancel)
 }
 
 /// A run as the API shows it (README "A run"). Listed field by field so a
@@ -202,11 +202,16 @@ struct CancelRequest {
 /// The body is optional: `{"force": true}` skips the stop grace.
 async fn cancel(
     State(app): State<Context>,
+    ClientAddr(client): ClientAddr,
+    Caller(caller): Caller,
     RunId(id): RunId,
     body: Option<JsonBody<CancelRequest>>,
 ) -> Result<(StatusCode, Json<RunResponse>), Error> {
     let request = body.map(|JsonBody(r)| r).unwrap_or_default();
     let run = runs::cancel(&app, id, request.force).await?;
+    let target = format!("run:{id}");
+    let details = Some(serde_json::json!({ "force": request.force }));
+    record(&app, caller.actor(), client.as_deref(), Action::RunCancel, Some(&target), Outcome::Ok, details).await;
     Ok((StatusCode::ACCEPTED, Json(run.into())))
 }
 
