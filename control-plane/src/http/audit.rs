@@ -3,14 +3,13 @@
 
 use super::error::Error;
 use super::extract::QueryMap;
+use super::pagination::{Page, decode_cursor};
 use super::routing::ApiRouter;
 use crate::auth::audit::{self, Action, Actor, Outcome};
 use crate::context::Context;
 use crate::store::audit::{ActorKind, AuditEvent, AuditFilter};
 use axum::Json;
 use axum::extract::State;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -20,12 +19,6 @@ pub fn router() -> ApiRouter {
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 500;
-
-#[derive(Serialize)]
-struct AuditPage {
-    items: Vec<AuditEventResponse>,
-    next_cursor: Option<String>,
-}
 
 /// An audit entry as the API shows it (its own type: a store change cannot change the API).
 #[derive(Serialize)]
@@ -59,7 +52,7 @@ impl From<AuditEvent> for AuditEventResponse {
     }
 }
 
-async fn list(State(ctx): State<Context>, QueryMap(query): QueryMap) -> Result<Json<AuditPage>, Error> {
+async fn list(State(ctx): State<Context>, QueryMap(query): QueryMap) -> Result<Json<Page<AuditEventResponse>>, Error> {
     let text = |key: &str| query.get(key).map(|v| v.trim()).filter(|v| !v.is_empty()).map(str::to_owned);
     let limit = match text("limit") {
         None => DEFAULT_LIMIT,
@@ -85,26 +78,8 @@ async fn list(State(ctx): State<Context>, QueryMap(query): QueryMap) -> Result<J
     }
     let before = text("cursor").map(|raw| decode_cursor(&raw)).transpose()?;
     let filter = AuditFilter { actor: text("actor"), action, since, before, limit: limit + 1 };
-    let mut items = audit::list(&ctx.store, &filter).await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|e| encode_cursor(e.at, e.id))
-    } else {
-        None
-    };
-    Ok(Json(AuditPage { items: items.into_iter().map(AuditEventResponse::from).collect(), next_cursor }))
-}
-
-fn encode_cursor(at: DateTime<Utc>, id: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}|{id}", at.timestamp_micros()))
-}
-
-fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, i64), Error> {
-    let bad = || Error::invalid("cursor", "cursor is not one this API returned");
-    let text = URL_SAFE_NO_PAD.decode(raw).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad)?;
-    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
-    let at = micros.parse::<i64>().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(bad)?;
-    Ok((at, id.parse().map_err(|_| bad())?))
+    let rows = audit::list(&ctx.store, &filter).await?;
+    Ok(Json(Page::from_rows(rows, limit, |e| (e.at, e.id), AuditEventResponse::from)))
 }
 
 /// One audit entry from a handler. A failure to write it is logged, not returned:
@@ -121,17 +96,5 @@ pub async fn record(
     let entry = audit::Entry { actor, client_addr, action, target, outcome, details };
     if let Err(e) = audit::record(&ctx.store, entry).await {
         tracing::error!(%action, error = %e, "could not write an audit entry");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_garbage_is_refused() {
-        let at = DateTime::from_timestamp_micros(1_760_000_000_123_456).expect("time");
-        assert_eq!(decode_cursor(&encode_cursor(at, 42)).ok(), Some((at, 42)));
-        assert!(decode_cursor("garbage").is_err() && decode_cursor(&URL_SAFE_NO_PAD.encode("1|x")).is_err());
     }
 }

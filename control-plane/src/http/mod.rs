@@ -10,6 +10,7 @@ pub mod extract;
 mod health;
 pub mod host;
 mod logs;
+pub mod pagination;
 mod pipelines;
 pub mod policy;
 pub mod routing;

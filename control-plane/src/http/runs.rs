@@ -4,6 +4,7 @@ use super::audit::record;
 use super::authn::{Caller, ClientAddr};
 use super::error::Error;
 use super::extract::{JsonBody, QueryMap, RunId};
+use super::pagination::{Page, decode_cursor};
 use super::routing::ApiRouter;
 use crate::auth::audit::{Action, Outcome};
 use crate::context::Context;
@@ -13,8 +14,6 @@ use crate::store::runs::{AttemptRecord, Run, RunFilter};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::{FailureReason, RunStatus};
@@ -117,13 +116,6 @@ struct RunDetail {
     attempts: Vec<AttemptResponse>,
 }
 
-/// A page of a listing, newest first.
-#[derive(Debug, Serialize)]
-pub struct Page<T> {
-    items: Vec<T>,
-    next_cursor: Option<String>,
-}
-
 async fn list(State(app): State<Context>, QueryMap(query): QueryMap) -> Result<Json<Page<RunResponse>>, Error> {
     let mut filter = RunFilter { limit: DEFAULT_LIMIT, ..Default::default() };
     for (key, value) in &query {
@@ -149,26 +141,8 @@ async fn list(State(app): State<Context>, QueryMap(query): QueryMap) -> Result<J
     // One extra row tells whether another page exists.
     let wanted = filter.limit;
     filter.limit += 1;
-    let mut items = app.store.list_runs(&filter).await?;
-    let next_cursor = if items.len() as i64 > wanted {
-        items.truncate(wanted as usize);
-        items.last().map(|r| encode_cursor(r.created_at, r.id))
-    } else {
-        None
-    };
-    Ok(Json(Page { items: items.into_iter().map(RunResponse::from).collect(), next_cursor }))
-}
-
-fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{id}", created_at.timestamp_micros()))
-}
-
-fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), Error> {
-    let bad = || Error::invalid("cursor", "cursor is not one this API returned");
-    let text = URL_SAFE_NO_PAD.decode(raw).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad)?;
-    let (micros, id) = text.split_once(':').ok_or_else(bad)?;
-    let at = micros.parse::<i64>().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(bad)?;
-    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
+    let rows = app.store.list_runs(&filter).await?;
+    Ok(Json(Page::from_rows(rows, wanted, |r| (r.created_at, r.id), RunResponse::from)))
 }
 
 /// One run with its `attempts`: every finished one, then the current one.
@@ -213,19 +187,4 @@ async fn cancel(
     let details = Some(serde_json::json!({ "force": request.force }));
     record(&app, caller.actor(), client.as_deref(), Action::RunCancel, Some(&target), Outcome::Ok, details).await;
     Ok((StatusCode::ACCEPTED, Json(run.into())))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_reject_garbage() {
-        let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).expect("time");
-        let id = Uuid::new_v4();
-        let decoded = decode_cursor(&encode_cursor(at, id)).ok();
-        assert_eq!(decoded, Some((at, id)));
-        assert!(decode_cursor("not-a-cursor").is_err());
-        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("12:nope")).is_err());
-    }
 }
