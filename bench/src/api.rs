@@ -1,4 +1,5 @@
-//! The control plane's HTTP API, as the benchmark uses it.
+//! The control plane's HTTP API, as the benchmark uses it: like any script, with an API
+//! token (`Authorization: Bearer`, on every request, log streams included).
 
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Api {
     pub base_url: String,
     http: reqwest::Client,
+    /// Sent with every request; `None` only for checks that credentials are required.
+    token: Option<String>,
 }
 
 /// The fields of a run the benchmark reads.
@@ -51,14 +54,33 @@ struct Page {
 }
 
 impl Api {
-    pub fn new(base_url: String) -> anyhow::Result<Self> {
+    /// A client of `base_url` sending `token` (an `ff_…` API token) with every request.
+    pub fn new(base_url: String, token: Option<&str>) -> anyhow::Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the API token is not a valid header value")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         // Loopback only: never route through a proxy from the environment.
         let http = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(256)
+            .default_headers(headers)
             .build()
             .context("cannot build the HTTP client")?;
-        Ok(Self { base_url, http })
+        Ok(Self { base_url, http, token: token.map(str::to_string) })
+    }
+
+    /// The same control plane without credentials.
+    pub fn without_token(&self) -> anyhow::Result<Self> {
+        Self::new(self.base_url.clone(), None)
+    }
+
+    /// Whether this client sends an API token.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
     }
 
     pub async fn health_ok(&self) -> bool {

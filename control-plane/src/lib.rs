@@ -2,7 +2,9 @@
 //! NATS API (or the embedded runner of the single node), log archiving and the
 //! sweeper. See ARCHITECTURE.md.
 
+pub mod auth;
 pub mod bus;
+pub mod cli;
 pub mod config;
 pub mod context;
 pub mod embedded_runner;

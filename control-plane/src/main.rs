@@ -9,7 +9,12 @@ const USAGE: &str = "usage:
   control-plane migrate-store --from URL --to URL      copy all runs, code bundles and archived logs
       --from sqlite://./data/fastflow.db --to postgres://user:pw@host/db
       Logs are read from LOGS_DIR (default ./logs) and written to the S3 store named by
-      S3_ENDPOINT/S3_BUCKET/AWS_* (without those, logs stay in LOGS_DIR). Safe to run again.";
+      S3_ENDPOINT/S3_BUCKET/AWS_* (without those, logs stay in LOGS_DIR). Safe to run again.
+  control-plane user create NAME --role admin|operator|viewer [--password-file PATH]
+      add a user to the store of DATABASE_URL (default: SQLite in DATA_DIR); the password
+      (at least 12 characters) comes from the file, or else from stdin (one trailing newline dropped)
+  control-plane token create --user NAME --name TOKEN_NAME [--role R] [--expires-in 30d]
+      create an API token for NAME (role at most NAME's; default: NAME's) and print it, once, on stdout";
 
 #[tokio::main]
 async fn main() {
@@ -33,6 +38,8 @@ async fn run() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         None => serve(config).await,
         Some("migrate-store") => migrate_store(config, &args[1..]).await,
+        Some("user") => usage_errors(control_plane::cli::user(&config, &args[1..]).await),
+        Some("token") => usage_errors(control_plane::cli::token(&config, &args[1..]).await),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -42,6 +49,17 @@ async fn run() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     }
+}
+
+/// A command line the `user`/`token` commands cannot use: the message and the usage, exit 2.
+fn usage_errors(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Err(e) = &result
+        && let Some(usage) = e.downcast_ref::<control_plane::cli::UsageError>()
+    {
+        eprintln!("control-plane: {usage}\n{USAGE}");
+        std::process::exit(2);
+    }
+    result
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -2,7 +2,8 @@
 //! another (the single node's SQLite to Postgres) and its archived logs from one
 //! log store to another (files to S3). Idempotent: rows and logs already at the
 //! destination are left alone, so an interrupted move is finished by running it
-//! again, and a second run copies nothing.
+//! again, and a second run copies nothing. Users and API tokens move with the runs;
+//! sessions and the audit log do not.
 
 use crate::logs::index_key;
 use crate::object_store::{self, CopyOutcome, ObjectStore};
@@ -31,6 +32,8 @@ pub struct Totals {
     pub runs_copied: i64,
     pub attempts_copied: i64,
     pub bundles_copied: i64,
+    pub users_copied: i64,
+    pub tokens_copied: i64,
     pub logs_copied: i64,
     pub log_bytes_copied: u64,
     pub logs_already_there: i64,
@@ -42,12 +45,15 @@ impl std::fmt::Display for Totals {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "runs {}/{} ({} copied), attempts {} copied, code bundles {} copied, logs {} copied ({:.1} MiB), {} already there",
+            "runs {}/{} ({} copied), attempts {} copied, code bundles {} copied, users {} copied, API tokens {} copied, \
+             logs {} copied ({:.1} MiB), {} already there",
             self.runs_seen,
             self.runs,
             self.runs_copied,
             self.attempts_copied,
             self.bundles_copied,
+            self.users_copied,
+            self.tokens_copied,
             self.logs_copied,
             self.log_bytes_copied as f64 / (1024.0 * 1024.0),
             self.logs_already_there,
@@ -70,6 +76,7 @@ pub async fn migrate(
 ) -> Result<Totals, Error> {
     let mut totals = Totals { runs: from.count_runs().await?, ..Totals::default() };
     refuse_running_runs(from).await?;
+    copy_users_and_tokens(from, to, &mut totals).await?;
 
     let mut after: Option<String> = None;
     loop {
@@ -118,6 +125,18 @@ pub async fn migrate(
     }
     progress(&totals);
     Ok(totals)
+}
+
+/// Users, then their API tokens (few rows: one page each). Sessions are not moved: users
+/// log in again on the target.
+async fn copy_users_and_tokens(from: &Store, to: &Store, totals: &mut Totals) -> Result<(), Error> {
+    for user in from.export_users().await? {
+        totals.users_copied += i64::from(to.import_user(&user).await?);
+    }
+    for token in from.export_tokens().await? {
+        totals.tokens_copied += i64::from(to.import_token(&token).await?);
+    }
+    Ok(())
 }
 
 async fn refuse_running_runs(from: &Store) -> Result<(), Error> {

@@ -5,6 +5,7 @@
 //! Architecture invariant: nothing imports this module but `main.rs` (and tests);
 //! it is the only place that knows every layer.
 
+use crate::auth::{Authenticator, bootstrap};
 use crate::bus::Bus;
 use crate::bus::local::LocalBus;
 use crate::bus::nats::NatsBus;
@@ -25,6 +26,8 @@ const ADOPT_PATIENCE: Duration = Duration::from_secs(60);
 /// A connected control plane, not yet serving.
 pub struct ControlPlane {
     ctx: Context,
+    /// One per process: its credential cache serves every request.
+    auth: Authenticator,
     /// Held while the process runs when it uses `DATA_DIR` (SQLite, live-log spool,
     /// embedded runner): those belong to one process.
     _data_dir_lock: Option<std::fs::File>,
@@ -52,7 +55,8 @@ impl ControlPlane {
             None => ObjectStore::local(config.logs_dir.clone()).context("LOGS_DIR: cannot store logs there")?,
         };
         tracing::info!("log store: {}", objects.describe());
-        Ok(ControlPlane { ctx: Context::new(config, store, bus, objects), _data_dir_lock: data_dir_lock })
+        let auth = Authenticator::new(store.clone(), config.sessions);
+        Ok(ControlPlane { ctx: Context::new(config, store, bus, objects), auth, _data_dir_lock: data_dir_lock })
     }
 
     /// The shared state, e.g. for router tests that serve no socket.
@@ -60,11 +64,35 @@ impl ControlPlane {
         &self.ctx
     }
 
+    /// What the HTTP router serves from (router tests send requests to it directly).
+    pub fn api_state(&self) -> http::ApiState {
+        http::ApiState { ctx: self.ctx.clone(), auth: self.auth.clone() }
+    }
+
+    /// The single node's zero-config start: with no user at all, create `admin` with
+    /// a random password in `DATA_DIR` (the log names the file, never the password).
+    /// A distributed deployment creates its first admin with `control-plane user create`.
+    async fn ensure_a_user(&self) -> anyhow::Result<()> {
+        if matches!(self.ctx.bus, Bus::Local(_)) {
+            bootstrap::ensure_initial_admin(&self.ctx.store, &self.ctx.config.data_dir)
+                .await
+                .context("cannot create the first admin")?;
+        } else if self.ctx.store.count_users().await.context("cannot count users")? == 0 {
+            tracing::warn!(
+                "no user exists yet: create the first admin with \
+                 `control-plane user create NAME --role admin` (same DATABASE_URL)"
+            );
+        }
+        Ok(())
+    }
+
     /// Serves HTTP and the runner API (or runs the embedded runner) and sweeps
     /// until `shutdown` fires; then stops taking work, ends log streams and waits
     /// for exit reports in flight.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.ensure_a_user().await?;
         let ctx = self.ctx.clone();
+        let api = self.api_state();
         let addr = ctx.config.bind_addr;
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("BIND_ADDR: cannot listen on {addr}"))?;
@@ -87,7 +115,7 @@ impl ControlPlane {
             }
         };
         let sweeper = tokio::spawn(sweeper::run(ctx.clone()));
-        let served = http::serve(ctx.clone(), listener, ctx.shutdown.clone()).await;
+        let served = http::serve(api, listener, ctx.shutdown.clone()).await;
         ctx.shutdown.cancel();
         runners.await.context("runner task")?.context("runners")?;
         sweeper.await.context("sweeper task")?;

@@ -1,19 +1,33 @@
 //! Periodic repair work every replica does (no leader): re-offer queued runs
 //! whose NATS offer is gone, finalise runs whose runner stopped heartbeating,
-//! and recreate streams a restarted NATS server lost.
+//! and recreate streams a restarted NATS server lost; now and then, delete ended
+//! login sessions and forgotten login failure counters.
 
 use crate::context::Context;
-use crate::runs;
+use crate::{auth, runs};
+
+/// Authentication housekeeping runs every this many sweeps (about once a minute by default):
+/// nothing depends on it being prompt, since lookups ignore ended sessions anyway.
+const AUTH_HOUSEKEEPING_EVERY: u64 = 12;
 
 /// Sweeps every `SWEEP_INTERVAL` until the context shuts down.
 pub async fn run(ctx: Context) {
     let shutdown = ctx.shutdown.clone();
     let mut tick = tokio::time::interval(ctx.config.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweeps: u64 = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => sweep(&ctx).await,
+            _ = tick.tick() => {
+                sweep(&ctx).await;
+                if sweeps.is_multiple_of(AUTH_HOUSEKEEPING_EVERY)
+                    && let Err(e) = auth::housekeeping(&ctx.store, &ctx.config.sessions).await
+                {
+                    tracing::warn!(error = %e, "sweeper: session purge failed");
+                }
+                sweeps = sweeps.wrapping_add(1);
+            }
         }
     }
 }

@@ -19,14 +19,16 @@ const LAYERS: &[(&str, u8)] = &[
     ("logs", 1),
     // The shared state: seams + settings, nothing that runs.
     ("context", 2),
-    // The run lifecycle: the domain.
+    // The domain: the run lifecycle, and authentication (users, sessions, tokens, audit).
     ("runs", 3),
+    ("auth", 3),
     // Adapters, side by side.
     ("http", 4),
     ("runner_api", 4),
     ("embedded_runner", 4),
     ("sweeper", 4),
     ("migrate", 4),
+    ("cli", 4),
     // The composition root.
     ("startup", 5),
 ];

@@ -21,6 +21,13 @@
 //! The product binaries are taken from `$FASTFLOW_BIN_DIR`, else from the profile
 //! dir of the test executable (`<target>/debug`).
 //!
+//! Every deployment has an admin and an API token, made with `control-plane user create`
+//! and `control-plane token create` before the first control plane starts (as an
+//! operator would): every client of [`TestEnv::cp`] sends that token, so the tests talk
+//! to the API as a real user does. [`TestEnv::create_user`], [`TestEnv::create_token`],
+//! [`ControlPlaneClient::with_token`] / [`ControlPlaneClient::anonymous`] and
+//! [`Session`] (a browser's login) give other credentials.
+//!
 //! Process logs are written to files in the test's temp dir and printed (last
 //! lines of each) only when the test fails, or always when `TEST_LOG` is set.
 
@@ -35,17 +42,19 @@ mod postgres;
 mod private_postgres;
 mod process;
 mod s3;
+pub mod session;
 pub mod sse;
 mod test_env;
 mod wait;
 
-pub use api::{ApiResponse, ControlPlaneClient, Run, TextResponse, assert_error_shape};
+pub use api::{ApiResponse, ControlPlaneClient, Run, TextResponse, assert_error, assert_error_shape};
 pub use config::DevEnv;
 pub use docker::{docker_containers_with_label, docker_inspect, docker_now};
 pub use docker_events::ContainerCreations;
 pub use s3::Digest;
+pub use session::Session;
 pub use sse::{LogLine, SseEvent, SseStream, SseTranscript};
-pub use test_env::{Mode, TestEnv, TestEnvOptions};
+pub use test_env::{ADMIN_TOKEN_NAME, ADMIN_USER, Mode, TestEnv, TestEnvOptions, TestUser};
 pub use wait::poll_until;
 
 /// Defines tests that run in both modes with the same body.

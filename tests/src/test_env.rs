@@ -16,6 +16,7 @@ use crate::postgres::TestDatabase;
 use crate::private_postgres::PrivatePostgres;
 use crate::process::{ChildProcess, free_port, log_tail};
 use crate::s3::{self, Digest};
+use crate::session::Session;
 use crate::sse::SseStream;
 use crate::wait::poll_until;
 
@@ -51,6 +52,27 @@ const SINGLE_NODE_MUST_NOT_SEE: &[&str] = &[
 ];
 /// Lines of each process log printed when a test fails.
 const LOG_TAIL_LINES: usize = 80;
+/// The harness's admin, created with `control-plane user create` before the first
+/// control plane starts (or, with [`TestEnvOptions::bootstrap_admin`], the single
+/// node's own first admin).
+pub const ADMIN_USER: &str = "admin";
+/// The name of the admin's API token, which every client of [`TestEnv::cp`] sends.
+pub const ADMIN_TOKEN_NAME: &str = "harness";
+/// The single node's first-admin password file in DATA_DIR.
+const INITIAL_ADMIN_PASSWORD_FILE: &str = "initial-admin-password";
+
+/// A user made by [`TestEnv::create_user`].
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: String,
+    pub username: String,
+    pub password: String,
+}
+
+/// A fresh random password (35 characters).
+pub fn random_password() -> String {
+    format!("pw-{}", uuid::Uuid::new_v4().simple())
+}
 
 /// Which deployment a [`TestEnv`] builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +108,10 @@ pub struct TestEnvOptions {
     /// nats-server's `max_payload` (e.g. `"1MB"`, the server's own default); the
     /// tests' default is 8 MB.
     pub nats_max_payload: Option<String>,
+    /// Single node only: create no user before the start, so the node creates its
+    /// first admin (`admin`, password in `DATA_DIR/initial-admin-password`); the
+    /// harness then makes its token for that user with the CLI.
+    pub bootstrap_admin: bool,
 }
 
 impl Default for TestEnvOptions {
@@ -100,6 +126,7 @@ impl Default for TestEnvOptions {
             runner_env: Vec::new(),
             private_postgres: false,
             nats_max_payload: None,
+            bootstrap_admin: false,
         }
     }
 }
@@ -142,6 +169,12 @@ impl TestEnvOptions {
     /// so it can be restarted with [`TestEnv::restart_postgres`].
     pub fn private_postgres(mut self) -> Self {
         self.private_postgres = true;
+        self
+    }
+
+    /// Let the single node create its first admin itself (see the field).
+    pub fn bootstrap_admin(mut self) -> Self {
+        self.bootstrap_admin = true;
         self
     }
 
@@ -220,6 +253,10 @@ pub struct TestEnv {
     creations: crate::ContainerCreations,
     /// Environment variables of one runner only (by index), on top of the options'.
     runner_extra_env: std::collections::HashMap<usize, Vec<(String, String)>>,
+    /// The password of [`ADMIN_USER`].
+    admin_password: String,
+    /// The API token [`ADMIN_TOKEN_NAME`] of [`ADMIN_USER`].
+    admin_token: String,
 }
 
 impl TestEnv {
@@ -229,6 +266,10 @@ impl TestEnv {
         if single_node {
             options.check_single_node();
         }
+        assert!(
+            single_node || !options.bootstrap_admin,
+            "TestEnvOptions::bootstrap_admin() is for the single node: only it creates its first admin"
+        );
         // Fail before starting anything when the product was not built.
         dev.binary("control-plane");
         if !single_node {
@@ -259,19 +300,29 @@ impl TestEnv {
             control_planes: Vec::new(),
             runners: Vec::new(),
             runner_extra_env: std::collections::HashMap::new(),
+            admin_password: String::new(),
+            admin_token: String::new(),
         };
-        // Start all replicas at once: concurrent migrations are part of the contract.
+        // The first admin and its token, as an operator makes them: with the CLI, on the
+        // store the control planes will use, before any of them starts (the CLI migrates).
+        if !options.bootstrap_admin {
+            env.create_admin_with_cli().await;
+        }
+        // Start all replicas at once.
         for i in 0..options.control_planes {
             let port = free_port();
             let process = env.spawn_control_plane(i, port);
-            env.control_planes.push(ControlPlane {
-                client: ControlPlaneClient::new(format!("http://127.0.0.1:{port}")),
-                port,
-                process,
-            });
+            let client = ControlPlaneClient::new(format!("http://127.0.0.1:{port}"));
+            env.control_planes.push(ControlPlane { client, port, process });
         }
         for i in 0..options.control_planes {
             env.wait_control_plane_ready(i).await;
+        }
+        if options.bootstrap_admin {
+            env.take_over_initial_admin().await;
+        }
+        for cp in &mut env.control_planes {
+            cp.client = cp.client.with_token(&env.admin_token);
         }
         if single_node {
             env.wait_embedded_runner_listed().await;
@@ -281,6 +332,125 @@ impl TestEnv {
             }
         }
         env
+    }
+
+    /// Creates [`ADMIN_USER`] (a random password, from a mode-0600 file) and its token
+    /// [`ADMIN_TOKEN_NAME`] with the CLI.
+    async fn create_admin_with_cli(&mut self) {
+        let password = random_password();
+        let file = self.dir.join("admin-password");
+        write_private(&file, &password);
+        let file = file.display().to_string();
+        self.cli(&["user", "create", ADMIN_USER, "--role", "admin", "--password-file", &file]).await;
+        self.admin_password = password;
+        self.admin_token = self.create_token(ADMIN_USER, ADMIN_TOKEN_NAME, None).await;
+    }
+
+    /// After the single node created its first admin: reads the password from its file
+    /// and makes the harness's token for that user with the CLI.
+    async fn take_over_initial_admin(&mut self) {
+        let path = self.initial_admin_password_path();
+        let password = poll_until(
+            &format!("the single node to write {}", path.display()),
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                let path = path.clone();
+                async move {
+                    match std::fs::read_to_string(&path) {
+                        Ok(text) if !text.trim().is_empty() => Ok(text.trim_end_matches(['\n', '\r']).to_string()),
+                        Ok(_) => Err("empty".to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            },
+        )
+        .await;
+        self.admin_password = password;
+        self.admin_token = self.create_token(ADMIN_USER, ADMIN_TOKEN_NAME, None).await;
+    }
+
+    /// Where the single node writes its first admin's password.
+    pub fn initial_admin_password_path(&self) -> PathBuf {
+        self.data_dir().join(INITIAL_ADMIN_PASSWORD_FILE)
+    }
+
+    /// The password of [`ADMIN_USER`].
+    pub fn admin_password(&self) -> &str {
+        &self.admin_password
+    }
+
+    /// The API token every client of [`Self::cp`] sends (admin's [`ADMIN_TOKEN_NAME`]).
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// Runs `control-plane <args>` (e.g. `user create …`, `token create …`) with the
+    /// environment control plane 0 gets (the same store), to completion.
+    pub async fn cli_output(&self, args: &[&str]) -> std::process::Output {
+        let mut command = self.control_plane_command(0);
+        command.args(args).stdin(std::process::Stdio::null());
+        tokio::process::Command::from(command)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run control-plane {}: {e}", args.join(" ")))
+    }
+
+    /// [`Self::cli_output`], asserting success; returns stdout.
+    pub async fn cli(&self, args: &[&str]) -> String {
+        let output = self.cli_output(args).await;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "control-plane {} failed ({}):\n{stdout}\n{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
+    /// A user with a random password, made by the admin through `POST /api/v1/users`.
+    pub async fn create_user(&self, username: &str, role: &str) -> TestUser {
+        let password = random_password();
+        let body = json!({ "username": username, "password": password, "role": role });
+        let response = self.cp(0).create_user(&body).await;
+        let user = response.expect(StatusCode::CREATED);
+        assert_eq!(user["username"], username, "{}", response.text);
+        assert_eq!(user["role"], role, "{}", response.text);
+        let id = user["id"].as_str().unwrap_or_else(|| panic!("the new user has no id: {}", response.text));
+        TestUser { id: id.to_string(), username: username.to_string(), password }
+    }
+
+    /// An API token of `user` named `name` (role: `role`, else the user's), made with
+    /// `control-plane token create`; returns the token (`ff_…`).
+    pub async fn create_token(&self, user: &str, name: &str, role: Option<&str>) -> String {
+        let mut args = vec!["token", "create", "--user", user, "--name", name];
+        if let Some(role) = role {
+            args.extend(["--role", role]);
+        }
+        let stdout = self.cli(&args).await;
+        let token = stdout.trim().to_string();
+        assert!(
+            token.starts_with("ff_") && !token.contains(char::is_whitespace),
+            "`token create` must print the token alone on stdout, got {} bytes",
+            stdout.len()
+        );
+        token
+    }
+
+    /// A browser with no cookie yet, at control plane `i`.
+    pub fn session(&self, i: usize) -> Session {
+        Session::new(self.cp(i).base_url.clone())
+    }
+
+    /// A browser signed in as `username` at control plane `i` (asserts 200).
+    pub async fn login(&self, i: usize, username: &str, password: &str) -> Session {
+        let session = self.session(i);
+        let response = session.login(username, password).await;
+        response.expect(StatusCode::OK);
+        assert!(session.session_cookie().is_some(), "the login set no session cookie: {:?}", response.headers);
+        session
     }
 
     /// Whether this is the single node ([`TestEnvOptions::single_node`]).
@@ -649,8 +819,20 @@ impl TestEnv {
 
     /// Spawns control-plane replica `i` listening on `port`.
     fn spawn_control_plane(&self, i: usize, port: u16) -> ChildProcess {
-        let mut command = Command::new(self.dev.binary("control-plane"));
+        let mut command = self.control_plane_command(i);
         command.env("BIND_ADDR", format!("127.0.0.1:{port}"));
+        let name = if self.is_single_node() {
+            format!("control-plane #{i} (single node)")
+        } else {
+            format!("control-plane #{i}")
+        };
+        ChildProcess::spawn(&name, command, &self.control_plane_log_path(i))
+    }
+
+    /// The `control-plane` binary with the environment of replica `i` (all but
+    /// `BIND_ADDR`): the serving process, and the CLI on the same store.
+    fn control_plane_command(&self, i: usize) -> Command {
+        let mut command = Command::new(self.dev.binary("control-plane"));
         match &self.services {
             Some(services) => {
                 command
@@ -691,12 +873,7 @@ impl TestEnv {
             command.envs(self.options.runner_env.iter().map(|(k, v)| (k, v)));
         }
         command.envs(self.options.control_plane_env.iter().map(|(k, v)| (k, v)));
-        let name = if self.is_single_node() {
-            format!("control-plane #{i} (single node)")
-        } else {
-            format!("control-plane #{i}")
-        };
-        ChildProcess::spawn(&name, command, &self.control_plane_log_path(i))
+        command
     }
 
     async fn wait_control_plane_ready(&mut self, i: usize) {
@@ -922,6 +1099,19 @@ fn dir_name_of(thread_name: &str) -> String {
         [test, variant] => format!("{}-{}", sanitize(test, 60), sanitize(variant, 20)),
         _ => sanitize(thread_name, 60),
     }
+}
+
+/// Writes `content` to a new file only its owner can read.
+fn write_private(path: &Path, content: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    file.write_all(content.as_bytes()).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -119,7 +119,9 @@ impl Node {
             .stderr(log)
             .spawn()
             .expect("cannot start control-plane");
-        let client = ControlPlaneClient::new(format!("http://127.0.0.1:{port}"));
+        // The harness's API token: migrate-store moved the users and their tokens, so the
+        // token made on the single node is valid here.
+        let client = ControlPlaneClient::new(format!("http://127.0.0.1:{port}")).with_token(env.admin_token());
         let url = format!("http://127.0.0.1:{port}/health");
         let http = reqwest::Client::new();
         poll_until("the Postgres + S3 node to be healthy", Duration::from_secs(60), Duration::from_millis(100), || {
@@ -206,6 +208,8 @@ async fn a_populated_single_node_moves_to_postgres_and_s3_and_a_second_run_chang
     assert_eq!(before.runs.len(), ids.len());
     assert_eq!(before.logs.len(), ids.len() + 2, "flaky has three attempt logs");
     assert_eq!(before.runs[&ids[3]]["attempts"].as_array().map(Vec::len), Some(3));
+    let by_token = format!("token:{}", tests::ADMIN_TOKEN_NAME);
+    assert!(before.runs.values().all(|run| run["triggered_by"] == by_token.as_str()), "{:#?}", before.runs);
     // The node is stopped before moving it.
     env.kill_control_plane(0);
 
@@ -217,6 +221,8 @@ async fn a_populated_single_node_moves_to_postgres_and_s3_and_a_second_run_chang
     assert!(first.contains("migrate-store: runs"), "a progress line: {first}");
 
     let (node, cp) = Node::start(&dev, &env, &database_url, &bucket, &env.dir.join("logs/target-node.log")).await;
+    // The admin moved too: the same password signs in, and the runs still say who started them.
+    cp.login(tests::ADMIN_USER, env.admin_password()).await.expect(StatusCode::OK);
     let after = snapshot(&cp).await;
     assert_eq!(after.runs, before.runs, "every run, as the API shows it, is the same after the move");
     assert_eq!(after.logs, before.logs, "every byte of every attempt's log is in S3");

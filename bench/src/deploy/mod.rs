@@ -8,6 +8,11 @@
 //!
 //! Everything is on 127.0.0.1 and under `/tmp/fastflow-bench/<id>`, so it never disturbs
 //! tests running on the same machine.
+//!
+//! Before its first control plane starts, a deployment creates an admin (`bench`) and an
+//! API token for it with the product's CLI (`control-plane user create` / `token create`,
+//! with the environment the control plane gets, so on the same store): every request of
+//! the harness carries that token, as a script's would.
 
 mod dev_env;
 mod postgres;
@@ -41,6 +46,9 @@ const SINGLE_NODE_MUST_NOT_SEE: &[&str] = &["DATABASE_URL", "NATS_URL", "FASTFLO
 /// Settings of the runner (or the single node's embedded runner) that only the harness sets.
 const RUNNER_SETTINGS: &[&str] = &["RUNNER_ID", "RUNNER_CONCURRENCY", "RUNNER_DATA_DIR", "RUNNER_BENCH_NOOP_EXECUTOR"];
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// The harness's user and the name of its API token.
+const BENCH_USER: &str = "bench";
+const BENCH_TOKEN_NAME: &str = "bench";
 /// SIGTERM → SIGKILL grace when the harness stops the single node.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
@@ -100,6 +108,8 @@ pub struct Deployment {
     runner_count: usize,
     /// RUNNER_ID of the current runner (the embedded one in single-node mode).
     pub runner_id: String,
+    /// The API token every request sends (made with the CLI before the first start).
+    token: String,
 }
 
 impl Deployment {
@@ -108,7 +118,7 @@ impl Deployment {
         let dir = std::env::temp_dir().join("fastflow-bench").join(&id);
         std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("cannot create {}", dir.display()))?;
         copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines"), &dir.join("pipelines"))?;
-        let api = Api::new("http://127.0.0.1:0".into())?;
+        let api = Api::new("http://127.0.0.1:0".into(), None)?;
         let mut deployment = Self {
             mode,
             dev,
@@ -120,6 +130,7 @@ impl Deployment {
             runner: None,
             runner_count: 0,
             runner_id: String::new(),
+            token: String::new(),
         };
         let settings = RunnerSettings { concurrency: runner_concurrency, noop: false };
         match mode {
@@ -130,13 +141,47 @@ impl Deployment {
                         .await?;
                 let bucket = format!("bench-{}", deployment.id);
                 deployment.services = Some(Services { bucket, db, nats_url, nats });
+                deployment.create_credentials().await?;
                 deployment.start_control_plane(None)?;
                 deployment.wait_control_plane().await?;
                 deployment.restart_runner_with(settings).await?;
             }
-            Mode::SingleNode => deployment.restart_runner_with(settings).await?,
+            Mode::SingleNode => {
+                deployment.create_credentials().await?;
+                deployment.restart_runner_with(settings).await?;
+            }
         }
         Ok(deployment)
+    }
+
+    /// Creates the harness's admin (a random password, from a file only its owner can
+    /// read) and its API token with the CLI, on the store the control plane will use.
+    async fn create_credentials(&mut self) -> anyhow::Result<()> {
+        let password_file = self.dir.join("admin-password");
+        write_private(&password_file, &format!("pw-{}", uuid::Uuid::new_v4().simple()))?;
+        let password_file = password_file.display().to_string();
+        self.cli(&["user", "create", BENCH_USER, "--role", "admin", "--password-file", &password_file]).await?;
+        let stdout = self.cli(&["token", "create", "--user", BENCH_USER, "--name", BENCH_TOKEN_NAME]).await?;
+        let token = stdout.trim();
+        if !token.starts_with("ff_") || token.contains(char::is_whitespace) {
+            bail!("`control-plane token create` printed no token ({} bytes on stdout)", stdout.len());
+        }
+        self.token = token.to_string();
+        Ok(())
+    }
+
+    /// `control-plane <args>` with the control plane's store settings; its stdout.
+    async fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut command = Command::new(self.dev.binary("control-plane")?);
+        self.store_env(&mut command)?;
+        command.args(args).env("NO_COLOR", "1").stdin(std::process::Stdio::null());
+        let what = format!("control-plane {}", args.join(" "));
+        let output =
+            tokio::process::Command::from(command).output().await.with_context(|| format!("cannot run {what}"))?;
+        if !output.status.success() {
+            bail!("{what} failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
+        }
+        String::from_utf8(output.stdout).with_context(|| format!("{what}: stdout is not UTF-8"))
     }
 
     pub fn control_plane_pid(&self) -> Option<u32> {
@@ -268,8 +313,30 @@ impl Deployment {
             .env("LOG_MAX_SIZE_MB", "0")
             .env("RUST_LOG", rust_log())
             .env("NO_COLOR", "1");
+        self.store_env(&mut command)?;
         let name = match (&self.services, runner) {
-            (Some(services), _) => {
+            (Some(_), _) => "control-plane".to_string(),
+            (None, Some((runner_id, settings))) => {
+                command.env("RUNNER_ID", runner_id).env("RUNNER_CONCURRENCY", settings.concurrency.to_string());
+                if settings.noop {
+                    command.env("RUNNER_BENCH_NOOP_EXECUTOR", "1");
+                }
+                format!("single node ({runner_id})")
+            }
+            (None, None) => bail!("a single node needs its runner settings"),
+        };
+        let log = self.dir.join(format!("logs/control-plane-{}.log", self.runner_count));
+        self.control_plane = Some(ChildProcess::spawn(&name, command, &log)?);
+        self.api = Api::new(format!("http://127.0.0.1:{port}"), Some(&self.token))?;
+        Ok(())
+    }
+
+    /// Where the control plane (and the CLI) keeps its state: the bench services
+    /// (distributed), or `DATA_DIR`/`LOGS_DIR` in the bench dir with every service
+    /// variable removed (single node).
+    fn store_env(&self, command: &mut Command) -> anyhow::Result<()> {
+        match &self.services {
+            Some(services) => {
                 command
                     .env("DATABASE_URL", &services.db.url)
                     .env("NATS_URL", &services.nats_url)
@@ -278,9 +345,8 @@ impl Deployment {
                     .env("S3_REGION", &self.dev.s3_region)
                     .env("AWS_ACCESS_KEY_ID", &self.dev.aws_access_key_id)
                     .env("AWS_SECRET_ACCESS_KEY", &self.dev.aws_secret_access_key);
-                "control-plane".to_string()
             }
-            (None, Some((runner_id, settings))) => {
+            None => {
                 for name in SINGLE_NODE_MUST_NOT_SEE {
                     command.env_remove(name);
                 }
@@ -295,21 +361,9 @@ impl Deployment {
                 for dir in [&data_dir, &logs_dir] {
                     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
                 }
-                command
-                    .env("DATA_DIR", &data_dir)
-                    .env("LOGS_DIR", &logs_dir)
-                    .env("RUNNER_ID", runner_id)
-                    .env("RUNNER_CONCURRENCY", settings.concurrency.to_string());
-                if settings.noop {
-                    command.env("RUNNER_BENCH_NOOP_EXECUTOR", "1");
-                }
-                format!("single node ({runner_id})")
+                command.env("DATA_DIR", &data_dir).env("LOGS_DIR", &logs_dir);
             }
-            (None, None) => bail!("a single node needs its runner settings"),
-        };
-        let log = self.dir.join(format!("logs/control-plane-{}.log", self.runner_count));
-        self.control_plane = Some(ChildProcess::spawn(&name, command, &log)?);
-        self.api = Api::new(format!("http://127.0.0.1:{port}"))?;
+        }
         Ok(())
     }
 
@@ -424,6 +478,19 @@ async fn start_nats(dev: &DevEnv, dir: &Path) -> anyhow::Result<(ChildProcess, S
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Writes `content` to a new file only its owner can read.
+fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(content.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {

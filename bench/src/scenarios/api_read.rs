@@ -1,4 +1,5 @@
-//! API read latency: `GET /api/v1/runs?limit=50` with `api_seed_runs` runs stored, at a
+//! API read latency: `GET /api/v1/runs?limit=50` with `api_seed_runs` runs stored, each
+//! request authenticated with the harness's API token (`Authorization: Bearer`), at a
 //! fixed arrival rate (open loop: each request's latency counts from the moment it was
 //! due, so a slow server cannot hide its queueing by slowing the client down).
 //!
@@ -13,7 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use sqlx::Connection;
 use tokio::sync::Semaphore;
 
@@ -25,6 +26,7 @@ use crate::deploy::Mode;
 
 const SCENARIO: &str = "API read latency";
 const MAX_IN_FLIGHT: usize = 512;
+const PATH: &str = "/api/v1/runs?limit=50";
 const SEED_SQL: &str = "insert into runs (id, pipeline_name, status, attempt, trigger, params, spec, runner_id, \
      exit_code, log_size_bytes, created_at, started_at, finished_at) \
      select gen_random_uuid(), 'trivial', 'success', 1, 'api', '{}'::jsonb, \
@@ -69,6 +71,7 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         }
     }
     let seed_seconds = seeding.elapsed().as_secs_f64();
+    check_authenticated(ctx).await?;
 
     let rate = ctx.profile.api_rate;
     let total = (rate * ctx.profile.api_seconds) as usize;
@@ -83,8 +86,8 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         ctx.deployment.check_alive()?;
     }
     let load = format!(
-        "{total} requests at {rate}/s per repetition, {seed} runs stored (seeded in {seed_seconds:.1} s), \
-         {errors} errors in all"
+        "{total} requests at {rate}/s per repetition, with a bearer token, {seed} runs stored \
+         (seeded in {seed_seconds:.1} s), {errors} errors in all"
     );
     Ok(vec![
         Row::new(SCENARIO, "p50", "ms").value(Summary::of(&p50)).note(load.clone()),
@@ -94,6 +97,21 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
             .note(load),
         Row::new(SCENARIO, "achieved rate", "req/s").value(Summary::of(&achieved)),
     ])
+}
+
+/// The measured path is the authenticated one: the same request without the token is
+/// refused (401), with it answered (200).
+async fn check_authenticated(ctx: &Ctx) -> anyhow::Result<()> {
+    let api = ctx.api();
+    if !api.has_token() {
+        bail!("the harness's client has no API token");
+    }
+    let anonymous = api.without_token()?.get_status(PATH).await.context("GET without a token")?;
+    let with_token = api.get_status(PATH).await.context("GET with the token")?;
+    if (anonymous, with_token) != (401, 200) {
+        bail!("GET {PATH}: HTTP {anonymous} without a token and {with_token} with it; expected 401 and 200");
+    }
+    Ok(())
 }
 
 /// One repetition of the load.
@@ -116,7 +134,7 @@ async fn open_loop(ctx: &Ctx, rate: u32, total: usize) -> anyhow::Result<Load> {
         let slots = slots.clone();
         tasks.push(tokio::spawn(async move {
             let _slot = slots.acquire_owned().await;
-            let result = api.get_status("/api/v1/runs?limit=50").await;
+            let result = api.get_status(PATH).await;
             (due.elapsed().as_secs_f64() * 1000.0, matches!(result, Ok(200)))
         }));
     }

@@ -2,9 +2,11 @@
 //! No other module reads environment variables.
 
 mod allowed_hosts;
+mod public_url;
 
 use crate::object_store::S3Settings;
 pub use allowed_hosts::{AllowedHosts, SettingError};
+pub use public_url::PublicUrl;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -25,6 +27,39 @@ pub enum ConcurrencyPolicy {
     Queue,
     /// The start is refused with 429.
     Reject,
+}
+
+/// How long a login session lasts (`crate::auth::sessions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// `SESSION_IDLE_TIMEOUT`: a session unused this long ends (default 12 h).
+    pub idle_timeout: Duration,
+    /// `SESSION_MAX_AGE`: a session ends this long after its login, used or not (default 7 days).
+    pub max_age: Duration,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings { idle_timeout: Duration::from_secs(12 * 3600), max_age: Duration::from_secs(7 * 86_400) }
+    }
+}
+
+/// A duration such as `90`, `90s`, `30m`, `12h`, `7d` or `1.5h` (a bare number is seconds,
+/// as in the `*_SECONDS` settings). `None` for anything else, zero, or over 100 years.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let unit_secs = match unit.trim() {
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => return None,
+    };
+    let secs = number * unit_secs;
+    (secs.is_finite() && (0.001..=100.0 * 365.0 * 86_400.0).contains(&secs)).then(|| Duration::from_secs_f64(secs))
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +112,10 @@ pub struct Config {
     pub default_timeout: Option<u64>,
     /// `Host` names served besides loopback ones (`PUBLIC_URL`'s host, `ALLOWED_HOSTS`).
     pub allowed_hosts: AllowedHosts,
+    /// `PUBLIC_URL`: the origin browsers use (CSRF check) and whether cookies are `Secure`.
+    pub public_url: Option<PublicUrl>,
+    /// `SESSION_IDLE_TIMEOUT`, `SESSION_MAX_AGE`.
+    pub sessions: SessionSettings,
 }
 
 /// Reads a variable through a lookup function (the process environment in `main`,
@@ -108,6 +147,18 @@ impl Source<'_> {
                 let secs: u64 = self.parsed(name, 0, "a whole number of seconds")?;
                 Ok((secs > 0).then_some(secs))
             }
+        }
+    }
+
+    /// A [`parse_duration`] value.
+    fn duration(&self, name: &'static str, default: Duration) -> Result<Duration, Error> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(value) => parse_duration(&value).ok_or_else(|| Error::Invalid {
+                name,
+                value,
+                message: "expected a duration such as 3600, 30m, 12h or 7d".into(),
+            }),
         }
     }
 
@@ -172,8 +223,19 @@ impl Config {
         };
         let allowed_hosts = AllowedHosts::parse(src.get("PUBLIC_URL").as_deref(), src.get("ALLOWED_HOSTS").as_deref())
             .map_err(|e| Error::Invalid { name: e.name, value: e.value, message: e.message.into() })?;
+        // Valid once `AllowedHosts::parse` accepted it.
+        let public_url = src.get("PUBLIC_URL").as_deref().and_then(PublicUrl::parse);
+        let sessions = {
+            let default = SessionSettings::default();
+            SessionSettings {
+                idle_timeout: src.duration("SESSION_IDLE_TIMEOUT", default.idle_timeout)?,
+                max_age: src.duration("SESSION_MAX_AGE", default.max_age)?,
+            }
+        };
         Ok(Config {
+            sessions,
             allowed_hosts,
+            public_url,
             bind_addr: src.parsed("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8000)), "host:port")?,
             database_url,
             logs_dir: PathBuf::from(src.string("LOGS_DIR", "./logs")),
@@ -375,6 +437,24 @@ mod tests {
         let cfg = load(&[("PUBLIC_URL", "https://ff.example.com"), ("ALLOWED_HOSTS", "ci.internal")]).expect("valid");
         assert_eq!(cfg.allowed_hosts.names, ["ff.example.com", "ci.internal"]);
         assert!(!cfg.allowed_hosts.any && load(&[]).expect("valid").allowed_hosts.names.is_empty());
+    }
+
+    #[test]
+    fn session_durations_read_units_and_bare_seconds() {
+        let cfg = load(&[]).expect("valid");
+        assert_eq!(cfg.sessions, SessionSettings::default());
+        assert_eq!(cfg.sessions.idle_timeout, Duration::from_secs(12 * 3600));
+        let cfg = load(&[("SESSION_IDLE_TIMEOUT", "30m"), ("SESSION_MAX_AGE", "86400")]).expect("valid");
+        assert_eq!(cfg.sessions.idle_timeout, Duration::from_secs(1800));
+        assert_eq!(cfg.sessions.max_age, Duration::from_secs(86_400));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration(" 90s "), Some(Duration::from_secs(90)));
+        for bad in ["", "0", "h", "12x", "-1h", "1e9d"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        let err = load(&[("SESSION_MAX_AGE", "soon")]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("SESSION_MAX_AGE:"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! failures are logged in full (by `add_error_path`, once) and answered with a
 //! generic message.
 
+use crate::auth::{self, Role};
 use crate::{pipelines, runs, store};
 use axum::body::Body;
 use axum::extract::Request;
@@ -23,6 +24,20 @@ pub enum Error {
     /// 400: a path, query, header or body value is wrong; `field` names it.
     #[error("{message}")]
     Invalid { field: String, message: String },
+    /// 401: no credentials, or ones that are not valid (unknown, expired, revoked,
+    /// ended session, disabled user): the same answer for all of them.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 401 from the login route: unknown user, wrong password or disabled user alike.
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    /// 403: authenticated, but the route needs a higher role.
+    #[error("this needs the {required} role (yours: {role})")]
+    Forbidden { required: Role, role: Role },
+    /// 403: a state change authenticated by cookie without a valid CSRF token or
+    /// from another origin.
+    #[error("{0}")]
+    CsrfRejected(String),
     #[error("{0}")]
     NotFound(String),
     #[error("method not allowed here")]
@@ -30,6 +45,12 @@ pub enum Error {
     /// 409: the run already finished.
     #[error("{message}")]
     Conflict { message: String, status: RunStatus },
+    /// 409: the name is taken (username, token name).
+    #[error("{0}")]
+    Taken(String),
+    /// 409: the change would leave no enabled admin.
+    #[error("the last enabled admin cannot be demoted, disabled or deleted")]
+    LastAdmin,
     /// 410: the retention policy deleted the log.
     #[error("{message}")]
     LogExpired { message: String, expired_at: DateTime<Utc> },
@@ -45,6 +66,9 @@ pub enum Error {
     /// 429: a concurrency limit under `CONCURRENCY_POLICY=reject`.
     #[error("{message}")]
     TooManyRuns { message: String, limit: &'static str, max: i64 },
+    /// 429: too many failed logins for this username or client address.
+    #[error("too many failed logins; retry in {retry_after_seconds} s")]
+    TooManyLoginAttempts { retry_after_seconds: u64 },
     /// 500: `cause` is logged, never sent.
     #[error("internal error; see the control-plane log")]
     Internal { cause: String },
@@ -68,14 +92,16 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Error::Unauthorized(_) | Error::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            Error::Forbidden { .. } | Error::CsrfRejected(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::Conflict { .. } | Error::Taken(_) | Error::LastAdmin => StatusCode::CONFLICT,
             Error::LogExpired { .. } => StatusCode::GONE,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::MisdirectedRequest { .. } => StatusCode::MISDIRECTED_REQUEST,
             Error::PipelineMisconfigured(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::TooManyRuns { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::TooManyRuns { .. } | Error::TooManyLoginAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -84,6 +110,13 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Invalid { .. } => "ValidationError",
+            Error::Unauthorized(_) => "Unauthorized",
+            Error::InvalidCredentials => "InvalidCredentials",
+            Error::Forbidden { .. } => "Forbidden",
+            Error::CsrfRejected(_) => "CsrfRejected",
+            Error::Taken(_) => "Conflict",
+            Error::LastAdmin => "LastAdmin",
+            Error::TooManyLoginAttempts { .. } => "TooManyLoginAttempts",
             Error::NotFound(_) => "NotFound",
             Error::MethodNotAllowed => "MethodNotAllowed",
             Error::Conflict { .. } => "Conflict",
@@ -102,6 +135,10 @@ impl Error {
             Error::Conflict { status, .. } => json!({ "status": status }),
             Error::LogExpired { expired_at, .. } => json!({ "log_expired_at": expired_at }),
             Error::MisdirectedRequest { host } => json!({ "host": host }),
+            Error::Forbidden { required, role } => json!({ "required_role": required, "role": role }),
+            Error::TooManyLoginAttempts { retry_after_seconds } => {
+                json!({ "retry_after_seconds": retry_after_seconds })
+            }
             Error::TooManyRuns { limit, max, .. } => {
                 json!({ "limit": limit, "max": max, "retry_after_seconds": RETRY_AFTER_SECS })
             }
@@ -123,8 +160,18 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let mut response = (self.status(), axum::Json(self.body(None))).into_response();
-        if matches!(self, Error::TooManyRuns { .. }) {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        match &self {
+            Error::TooManyRuns { .. } => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            Error::TooManyLoginAttempts { retry_after_seconds } => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
+            }
+            // RFC 9110: a 401 names the scheme that would work.
+            Error::Unauthorized(_) | Error::InvalidCredentials => {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         // The path is filled in by `add_error_path`, which sees the request.
         response.extensions_mut().insert(self);
@@ -192,6 +239,31 @@ impl From<runs::Error> for Error {
             runs::Error::AlreadyFinished(ref run) => Error::Conflict { message: e.to_string(), status: run.status },
             runs::Error::LimitReached { limit, max } => Error::TooManyRuns { message: e.to_string(), limit, max },
             runs::Error::Store(_) | runs::Error::Task(_) => Error::internal(e),
+        }
+    }
+}
+
+impl From<auth::Error> for Error {
+    fn from(e: auth::Error) -> Self {
+        match e {
+            auth::Error::InvalidCredentials => Error::InvalidCredentials,
+            auth::Error::InvalidUsername => Error::invalid("username", e.to_string()),
+            auth::Error::WeakPassword { .. } | auth::Error::PasswordTooLong { .. } => {
+                Error::invalid("password", e.to_string())
+            }
+            auth::Error::WrongPassword => Error::invalid("current_password", e.to_string()),
+            auth::Error::UsernameTaken | auth::Error::TokenNameTaken => Error::Taken(e.to_string()),
+            auth::Error::LastAdmin => Error::LastAdmin,
+            auth::Error::NotFound(_) => Error::NotFound(e.to_string()),
+            auth::Error::InvalidTokenName => Error::invalid("name", e.to_string()),
+            auth::Error::RoleTooHigh { .. } => Error::invalid("role", e.to_string()),
+            auth::Error::ExpiryInPast => Error::invalid("expires_at", e.to_string()),
+            // Rounded up: retrying at the advertised second must not be refused again.
+            auth::Error::RetryAfter(wait) => {
+                let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                Error::TooManyLoginAttempts { retry_after_seconds: millis.div_ceil(1000).max(1) }
+            }
+            auth::Error::Hashing(_) | auth::Error::Io { .. } | auth::Error::Store(_) => Error::internal(e),
         }
     }
 }

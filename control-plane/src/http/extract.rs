@@ -101,6 +101,18 @@ impl<S: Send + Sync> FromRequestParts<S> for RunId {
     }
 }
 
+/// The `{id}` path segment of a user or token: a UUID.
+pub struct UuidPath(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for UuidPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state).await.map_err(|e| path_error("id", e))?;
+        Uuid::parse_str(&raw).map(UuidPath).map_err(|_| Error::invalid("id", format!("`{raw}` is not an id (a UUID)")))
+    }
+}
+
 /// The `{name}` of a pipeline route (checked by `runs::load_pipeline`).
 pub struct PipelineName(pub String);
 

@@ -6,6 +6,7 @@
 
 use super::error::Error;
 use super::extract::{self, QueryMap, RunId};
+use super::routing::ApiRouter;
 use super::runs::RunResponse;
 use crate::bus::FinishedEvents;
 use crate::context::Context;
@@ -13,13 +14,11 @@ use crate::logs::LogLine;
 use crate::logs::archived::ArchiveReader;
 use crate::logs::live::{self, SnapshotReader};
 use crate::store::runs::Run;
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use futures::{Stream, StreamExt};
 use shared::RunStatus;
 use std::convert::Infallible;
@@ -34,8 +33,8 @@ const STATUS_POLL: Duration = Duration::from_secs(3);
 const QUEUED_POLL_FIRST: Duration = Duration::from_millis(50);
 const QUEUED_POLL_MAX: Duration = Duration::from_millis(500);
 
-pub fn router() -> Router<Context> {
-    Router::new().route("/api/v1/runs/{id}/logs", get(text)).route("/api/v1/runs/{id}/logs/stream", get(stream))
+pub fn router() -> ApiRouter {
+    ApiRouter::new().get("/api/v1/runs/{id}/logs", text).get("/api/v1/runs/{id}/logs/stream", stream)
 }
 
 async fn load(app: &Context, id: uuid::Uuid) -> Result<Run, Error> {

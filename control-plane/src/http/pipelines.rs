@@ -1,23 +1,27 @@
 //! `/api/v1/pipelines`: the catalog and starting runs.
 
+use super::audit::record;
+use super::authn::{Caller, ClientAddr};
 use super::error::Error;
 use super::extract::{JsonBody, PipelineName};
+use super::routing::ApiRouter;
 use super::runs::RunResponse;
+use crate::auth::audit::{Action, Outcome};
 use crate::context::Context;
 use crate::pipelines::Pipeline;
 use crate::runs;
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use shared::FailureReason;
 
-pub fn router() -> Router<Context> {
-    Router::new()
-        .route("/api/v1/pipelines", get(list))
-        .route("/api/v1/pipelines/{name}", get(show))
-        .route("/api/v1/pipelines/{name}/run", post(start))
+pub fn router() -> ApiRouter {
+    ApiRouter::new()
+        .get("/api/v1/pipelines", list)
+        .get("/api/v1/pipelines/{name}", show)
+        .post("/api/v1/pipelines/{name}/run", start)
 }
 
 /// A pipeline as the API shows it; its environment and folder stay private.
@@ -86,6 +90,8 @@ struct StartRequest {
 /// The body is optional: `{"params": {"KEY": "value"}}`.
 async fn start(
     State(app): State<Context>,
+    ClientAddr(client): ClientAddr,
+    Caller(caller): Caller,
     PipelineName(name): PipelineName,
     body: Option<JsonBody<StartRequest>>,
 ) -> Result<(StatusCode, Json<RunResponse>), Error> {
@@ -94,6 +100,11 @@ async fn start(
         None | Some(serde_json::Value::Null) => Default::default(),
         Some(p) => runs::validate_params(&p)?,
     };
-    let run = runs::submit(&app, &name, params).await?;
+    let run = runs::submit(&app, &name, params, &caller.triggered_by()).await?;
+    let target = format!("run:{}", run.id);
+    // Parameter names only: their values may be sensitive.
+    let details =
+        Some(json!({ "pipeline": name, "params": run.params.as_object().map(|p| p.keys().collect::<Vec<_>>()) }));
+    record(&app, caller.actor(), client.as_deref(), Action::RunTrigger, Some(&target), Outcome::Ok, details).await;
     Ok((StatusCode::CREATED, Json(run.into())))
 }

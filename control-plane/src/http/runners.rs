@@ -1,19 +1,19 @@
 //! `/api/v1/runners`: runners heard from recently.
 
 use super::error::Error;
+use super::routing::ApiRouter;
 use crate::context::Context;
 use crate::store::runners::RunnerInfo;
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 /// Runners silent for longer than this are not listed.
 const RECENT_SECS: i64 = 60;
 
-pub fn router() -> Router<Context> {
-    Router::new().route("/api/v1/runners", get(list))
+pub fn router() -> ApiRouter {
+    ApiRouter::new().get("/api/v1/runners", list)
 }
 
 /// A runner as the API shows it.

@@ -1,17 +1,19 @@
 //! `/api/v1/runs`: listing, one run, cancelling; and the run's JSON shape.
 
+use super::audit::record;
+use super::authn::{Caller, ClientAddr};
 use super::error::Error;
 use super::extract::{JsonBody, QueryMap, RunId};
+use super::pagination::{Page, decode_cursor};
+use super::routing::ApiRouter;
+use crate::auth::audit::{Action, Outcome};
 use crate::context::Context;
 use crate::runs;
 use crate::store::policy::{Trigger, WaitingReason};
 use crate::store::runs::{AttemptRecord, Run, RunFilter};
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::{FailureReason, RunStatus};
@@ -20,11 +22,8 @@ use uuid::Uuid;
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
-pub fn router() -> Router<Context> {
-    Router::new()
-        .route("/api/v1/runs", get(list))
-        .route("/api/v1/runs/{id}", get(show))
-        .route("/api/v1/runs/{id}/cancel", post(cancel))
+pub fn router() -> ApiRouter {
+    ApiRouter::new().get("/api/v1/runs", list).get("/api/v1/runs/{id}", show).post("/api/v1/runs/{id}/cancel", cancel)
 }
 
 /// A run as the API shows it (README "A run"). Listed field by field so a
@@ -37,6 +36,8 @@ pub struct RunResponse {
     status: RunStatus,
     attempt: i32,
     trigger: Trigger,
+    /// Who triggered the run; null when unknown (runs from before authentication).
+    triggered_by: Option<String>,
     params: serde_json::Value,
     runner_id: Option<String>,
     exit_code: Option<i64>,
@@ -60,6 +61,7 @@ impl From<Run> for RunResponse {
             status: run.status,
             attempt: run.attempt,
             trigger: run.trigger,
+            triggered_by: run.triggered_by,
             params: run.params,
             runner_id: run.runner_id,
             exit_code: run.exit_code,
@@ -114,13 +116,6 @@ struct RunDetail {
     attempts: Vec<AttemptResponse>,
 }
 
-/// A page of a listing, newest first.
-#[derive(Debug, Serialize)]
-pub struct Page<T> {
-    items: Vec<T>,
-    next_cursor: Option<String>,
-}
-
 async fn list(State(app): State<Context>, QueryMap(query): QueryMap) -> Result<Json<Page<RunResponse>>, Error> {
     let mut filter = RunFilter { limit: DEFAULT_LIMIT, ..Default::default() };
     for (key, value) in &query {
@@ -146,26 +141,8 @@ async fn list(State(app): State<Context>, QueryMap(query): QueryMap) -> Result<J
     // One extra row tells whether another page exists.
     let wanted = filter.limit;
     filter.limit += 1;
-    let mut items = app.store.list_runs(&filter).await?;
-    let next_cursor = if items.len() as i64 > wanted {
-        items.truncate(wanted as usize);
-        items.last().map(|r| encode_cursor(r.created_at, r.id))
-    } else {
-        None
-    };
-    Ok(Json(Page { items: items.into_iter().map(RunResponse::from).collect(), next_cursor }))
-}
-
-fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{id}", created_at.timestamp_micros()))
-}
-
-fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), Error> {
-    let bad = || Error::invalid("cursor", "cursor is not one this API returned");
-    let text = URL_SAFE_NO_PAD.decode(raw).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad)?;
-    let (micros, id) = text.split_once(':').ok_or_else(bad)?;
-    let at = micros.parse::<i64>().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(bad)?;
-    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
+    let rows = app.store.list_runs(&filter).await?;
+    Ok(Json(Page::from_rows(rows, wanted, |r| (r.created_at, r.id), RunResponse::from)))
 }
 
 /// One run with its `attempts`: every finished one, then the current one.
@@ -199,25 +176,15 @@ struct CancelRequest {
 /// The body is optional: `{"force": true}` skips the stop grace.
 async fn cancel(
     State(app): State<Context>,
+    ClientAddr(client): ClientAddr,
+    Caller(caller): Caller,
     RunId(id): RunId,
     body: Option<JsonBody<CancelRequest>>,
 ) -> Result<(StatusCode, Json<RunResponse>), Error> {
     let request = body.map(|JsonBody(r)| r).unwrap_or_default();
     let run = runs::cancel(&app, id, request.force).await?;
+    let target = format!("run:{id}");
+    let details = Some(serde_json::json!({ "force": request.force }));
+    record(&app, caller.actor(), client.as_deref(), Action::RunCancel, Some(&target), Outcome::Ok, details).await;
     Ok((StatusCode::ACCEPTED, Json(run.into())))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_reject_garbage() {
-        let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).expect("time");
-        let id = Uuid::new_v4();
-        let decoded = decode_cursor(&encode_cursor(at, id)).ok();
-        assert_eq!(decoded, Some((at, id)));
-        assert!(decode_cursor("not-a-cursor").is_err());
-        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("12:nope")).is_err());
-    }
 }

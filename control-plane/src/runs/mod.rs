@@ -133,7 +133,13 @@ pub async fn load_pipeline(ctx: &Context, name: &str) -> Result<Pipeline, Error>
 }
 
 /// Creates a queued run and offers it to the runners.
-pub async fn submit(ctx: &Context, pipeline_name: &str, params: BTreeMap<String, String>) -> Result<Run, Error> {
+/// `triggered_by` says who asked: `user:<name>`, `token:<name>` (see `auth::Principal`).
+pub async fn submit(
+    ctx: &Context,
+    pipeline_name: &str,
+    params: BTreeMap<String, String>,
+    triggered_by: &str,
+) -> Result<Run, Error> {
     let pipeline = load_pipeline(ctx, pipeline_name).await?;
     let for_bundle = pipeline.clone();
     let bundle = tokio::task::spawn_blocking(move || pipelines::bundle(&for_bundle)).await??;
@@ -177,6 +183,7 @@ pub async fn submit(ctx: &Context, pipeline_name: &str, params: BTreeMap<String,
             params: serde_json::to_value(&params).unwrap_or_default(),
             spec: serde_json::to_value(&template).unwrap_or_default(),
             timeout_seconds: template.timeout_seconds.map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+            triggered_by: Some(triggered_by),
         })
         .await?;
     // A failed publish is not fatal: the run is stored, the sweeper re-offers it.

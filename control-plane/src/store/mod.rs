@@ -3,7 +3,8 @@
 //! itself. Two backends, chosen at start from the URL: Postgres (`postgres/`,
 //! many replicas) and SQLite (`sqlite/`, the single-node default). The public
 //! types and the `Store` methods (in `runs.rs`, `runners.rs`, `bundles.rs`,
-//! `transfer.rs`) are the same for both; each method only dispatches. What both
+//! `transfer.rs`, `auth.rs` (users, sessions, tokens, login failures) and
+//! `audit.rs`) are the same for both; each method only dispatches. What both
 //! backends decide alike (the policy, the stored strings) is in `policy.rs`, how
 //! they decode rows in `rows.rs`.
 
@@ -16,7 +17,7 @@ macro_rules! run_columns {
     // never shown by the API) and select a JSON null in its place.
     ($spec:literal) => {
         concat!(
-            "id, pipeline_name, pool, status, attempt, trigger, params, ",
+            "id, pipeline_name, pool, status, attempt, trigger, triggered_by, params, ",
             $spec,
             " as spec, runner_id, fencing_token,
          cancel_requested_at, cancel_force, waiting_reason, log_expired_at, exit_code, failure_reason, error_message, log_key, log_size_bytes,
@@ -33,6 +34,89 @@ macro_rules! attempt_columns {
     };
 }
 
+/// The columns of `users` a `User` reads: plain, or (`joined`) from `users u` in a join,
+/// read back as `u_<column>` (see `rows::user_at`).
+macro_rules! user_columns {
+    () => {
+        "id, username, password_hash, role, disabled, created_at, updated_at, credentials_changed_at"
+    };
+    (joined) => {
+        "u.id as u_id, u.username as u_username, u.password_hash as u_password_hash, u.role as u_role,
+         u.disabled as u_disabled, u.created_at as u_created_at, u.updated_at as u_updated_at,
+         u.credentials_changed_at as u_credentials_changed_at"
+    };
+}
+
+/// The columns of `sessions` a `Session` reads; `$p` qualifies them in a join.
+macro_rules! session_columns {
+    () => {
+        session_columns!("")
+    };
+    ($p:literal) => {
+        concat!(
+            $p,
+            "id_hash, ",
+            $p,
+            "user_id, ",
+            $p,
+            "csrf_token, ",
+            $p,
+            "created_at, ",
+            $p,
+            "last_seen_at, ",
+            $p,
+            "expires_at, ",
+            $p,
+            "client_addr, ",
+            $p,
+            "user_agent"
+        )
+    };
+}
+
+/// The columns of `api_tokens` an `ApiToken` reads; `$p` qualifies them in a join.
+macro_rules! token_columns {
+    () => {
+        token_columns!("")
+    };
+    ($p:literal) => {
+        concat!(
+            $p,
+            "id, ",
+            $p,
+            "name, ",
+            $p,
+            "user_id, ",
+            $p,
+            "role, ",
+            $p,
+            "created_at, ",
+            $p,
+            "last_used_at, ",
+            $p,
+            "expires_at, ",
+            $p,
+            "revoked_at"
+        )
+    };
+}
+
+/// The columns of `audit_events` an `AuditEvent` reads.
+macro_rules! audit_columns {
+    () => {
+        "id, at, actor_kind, actor, actor_id, client_addr, action, target, outcome, details"
+    };
+}
+
+/// The columns of `login_failures` a `LoginFailure` reads.
+macro_rules! login_failure_columns {
+    () => {
+        "key, failures, last_failure_at, locked_until"
+    };
+}
+
+pub mod audit;
+pub mod auth;
 pub mod bundles;
 pub mod policy;
 mod postgres;
@@ -64,6 +148,20 @@ pub enum Error {
     UnsupportedUrl(String),
     #[error("cannot create the directory of the SQLite database {path}: {source}")]
     CreateDir { path: String, source: std::io::Error },
+    /// A unique value is taken (`what`: "username", "token name", …).
+    #[error("{what} already exists")]
+    Conflict { what: &'static str },
+    /// The change would leave no enabled admin.
+    #[error("the last enabled admin cannot be demoted, disabled or deleted")]
+    LastAdmin,
+}
+
+/// A unique violation (either dialect) as `Conflict { what }`; any other error as it is.
+pub(crate) fn conflict(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |e| match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => Error::Conflict { what },
+        _ => Error::from(e),
+    }
 }
 
 impl From<sqlx::Error> for Error {

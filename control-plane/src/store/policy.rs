@@ -14,7 +14,8 @@ use std::str::FromStr;
 macro_rules! stored_enum {
     ($(#[$meta:meta])* $name:ident, $kind:literal { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        // Ordered as declared (roles rank by it).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($(#[$vmeta])* $variant),+ }
 
@@ -62,6 +63,61 @@ stored_enum!(
         RetryBackoff => "retry_backoff",
     }
 );
+
+stored_enum!(
+    /// What a user (or a token) may do; ordered, each role includes the ones before it.
+    Role, "role" {
+        /// Reads pipelines, runs, logs, runners, schedules.
+        Viewer => "viewer",
+        /// A viewer who also triggers, cancels and reruns runs and manages schedules.
+        Operator => "operator",
+        /// Everything, including users, other users' tokens and the audit log.
+        Admin => "admin",
+    }
+);
+
+stored_enum!(
+    /// Who did what an audit event records.
+    ActorKind, "actor kind" {
+        User => "user",
+        Token => "token",
+        System => "system",
+        Anonymous => "anonymous",
+    }
+);
+
+stored_enum!(
+    /// How an audited action ended.
+    AuditOutcome, "audit outcome" {
+        Ok => "ok",
+        /// Refused: bad credentials, too few rights, throttled.
+        Denied => "denied",
+        /// Attempted but failed (an invalid request, an internal error).
+        Failed => "failed",
+    }
+);
+
+/// SQL, true for a `users` row that is not the last enabled admin: it is no enabled
+/// admin, or another enabled admin exists. Guards deletes and, with [`stays_admin!`],
+/// updates. Evaluated inside the statement (and, on Postgres, under the users lock), so
+/// two concurrent demotions cannot both pass. A macro, so it can sit in `sql!`'s `concat!`.
+macro_rules! not_the_last_admin {
+    () => {
+        "(not (role = {role.admin} and not disabled)
+          or exists (select 1 from users other
+                     where other.role = {role.admin} and not other.disabled and other.id <> users.id))"
+    };
+}
+pub(crate) use not_the_last_admin;
+
+/// SQL, true when an update (`$2` role, `$3` disabled; null: unchanged) leaves the user
+/// an enabled admin.
+macro_rules! stays_admin {
+    () => {
+        "(coalesce($2, role) = {role.admin} and not coalesce($3, disabled))"
+    };
+}
+pub(crate) use stays_admin;
 
 /// The concurrency limit a claim would exceed, given the runs running now
 /// (overall, and of the claim's pipeline); `None` if there is room.
@@ -122,6 +178,7 @@ fn placeholders() -> Vec<(String, String)> {
     all.extend(FailureReason::ALL.iter().map(|r| (format!("{{reason.{r}}}"), quoted(r.as_str()))));
     all.extend(WaitingReason::ALL.iter().map(|w| (format!("{{waiting.{w}}}"), quoted(w.as_str()))));
     all.extend(Trigger::ALL.iter().map(|t| (format!("{{trigger.{t}}}"), quoted(t.as_str()))));
+    all.extend(Role::ALL.iter().map(|r| (format!("{{role.{r}}}"), quoted(r.as_str()))));
     all.push(("{finals}".into(), list(RunStatus::ALL.iter().copied().filter(|s| s.is_final()))));
     all.push(("{active}".into(), list([RunStatus::Queued, RunStatus::Running].into_iter())));
     all
@@ -129,7 +186,7 @@ fn placeholders() -> Vec<(String, String)> {
 
 /// An SQL statement with its policy placeholders filled in: `{retry_resets}`, `{grant}`,
 /// `{finals}` and `{active}` (status lists), `{status.<s>}`, `{reason.<r>}`,
-/// `{waiting.<w>}` and `{trigger.<t>}` (quoted literals). Literals, not binds, so the
+/// `{waiting.<w>}`, `{trigger.<t>}` and `{role.<r>}` (quoted literals). Literals, not binds, so the
 /// planners can match the partial indexes on status. Used through `sql!`, once per statement.
 pub(crate) fn fill(template: &str) -> String {
     let mut out = template.replace("{retry_resets}", RETRY_RESETS).replace("{grant}", GRANT);
@@ -190,6 +247,11 @@ mod tests {
             assert_eq!(serde_json::to_string(t).ok(), Some(format!("\"{t}\"")));
             assert_eq!(serde_json::from_str::<Trigger>(&format!("\"{t}\"")).ok(), Some(*t));
         }
+        for r in Role::ALL {
+            assert_eq!(r.as_str().parse::<Role>().ok(), Some(*r));
+            assert_eq!(serde_json::from_str::<Role>(&format!("\"{r}\"")).ok(), Some(*r));
+        }
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
         for w in WaitingReason::ALL {
             assert_eq!(w.as_str().parse::<WaitingReason>().ok(), Some(*w));
             assert_eq!(serde_json::to_string(w).ok(), Some(format!("\"{w}\"")));

@@ -3,10 +3,12 @@
 //! SQLite stores them as TEXT, INTEGER microseconds and TEXT. The `FromRow` impls
 //! below are generic over that, so the columns of a run are listed once.
 
+use super::audit::AuditEvent;
+use super::auth::{ApiToken, LoginFailure, Session, User};
 use super::policy;
 use super::runners::RunnerInfo;
 use super::runs::{AttemptRecord, Run};
-use super::transfer::RunRecord;
+use super::transfer::{RunRecord, TokenRecord};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
@@ -29,7 +31,9 @@ pub(super) trait Columns {
     fn opt_bigint(&self, column: &str) -> Result<Option<i64>>;
     fn boolean(&self, column: &str) -> Result<bool>;
     fn uuid(&self, column: &str) -> Result<Uuid>;
+    fn opt_uuid(&self, column: &str) -> Result<Option<Uuid>>;
     fn json(&self, column: &str) -> Result<serde_json::Value>;
+    fn opt_json(&self, column: &str) -> Result<Option<serde_json::Value>>;
     fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>>;
 
     fn time(&self, column: &str) -> Result<DateTime<Utc>> {
@@ -82,7 +86,13 @@ impl Columns for PgRow {
     fn uuid(&self, column: &str) -> Result<Uuid> {
         self.try_get(column)
     }
+    fn opt_uuid(&self, column: &str) -> Result<Option<Uuid>> {
+        self.try_get(column)
+    }
     fn json(&self, column: &str) -> Result<serde_json::Value> {
+        self.try_get(column)
+    }
+    fn opt_json(&self, column: &str) -> Result<Option<serde_json::Value>> {
         self.try_get(column)
     }
     fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>> {
@@ -97,8 +107,14 @@ impl Columns for SqliteRow {
     fn uuid(&self, column: &str) -> Result<Uuid> {
         self.text(column)?.parse().map_err(|e| bad_column(column, e))
     }
+    fn opt_uuid(&self, column: &str) -> Result<Option<Uuid>> {
+        self.opt_text(column)?.map(|s| s.parse()).transpose().map_err(|e| bad_column(column, e))
+    }
     fn json(&self, column: &str) -> Result<serde_json::Value> {
         serde_json::from_str(&self.text(column)?).map_err(|e| bad_column(column, e))
+    }
+    fn opt_json(&self, column: &str) -> Result<Option<serde_json::Value>> {
+        self.opt_text(column)?.map(|s| serde_json::from_str(&s)).transpose().map_err(|e| bad_column(column, e))
     }
     fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>> {
         let micros: Option<i64> = self.try_get(column)?;
@@ -119,6 +135,7 @@ impl<'r, R: Row + Columns> FromRow<'r, R> for Run {
             status: row.parsed("status")?,
             attempt: row.int("attempt")?,
             trigger: row.parsed("trigger")?,
+            triggered_by: row.opt_text("triggered_by")?,
             params: row.json("params")?,
             spec: row.json("spec")?,
             runner_id: row.opt_text("runner_id")?,
@@ -181,6 +198,102 @@ impl<'r, R: Row + Columns> FromRow<'r, R> for RunnerInfo {
     }
 }
 
+/// A user from columns named `<prefix><column>` (`user_columns!()`: no prefix;
+/// `user_columns!(joined)`: `u_`).
+pub(super) fn user_at<R: Columns>(row: &R, prefix: &str) -> Result<User> {
+    let c = |name: &str| format!("{prefix}{name}");
+    Ok(User {
+        id: row.uuid(&c("id"))?,
+        username: row.text(&c("username"))?,
+        password_hash: row.text(&c("password_hash"))?,
+        role: row.parsed(&c("role"))?,
+        disabled: row.boolean(&c("disabled"))?,
+        created_at: row.time(&c("created_at"))?,
+        updated_at: row.time(&c("updated_at"))?,
+        credentials_changed_at: row.time(&c("credentials_changed_at"))?,
+    })
+}
+
+impl<'r, R: Row + Columns> FromRow<'r, R> for User {
+    fn from_row(row: &'r R) -> Result<Self> {
+        user_at(row, "")
+    }
+}
+
+impl<'r, R: Row + Columns> FromRow<'r, R> for Session {
+    fn from_row(row: &'r R) -> Result<Self> {
+        Ok(Session {
+            id_hash: row.text("id_hash")?,
+            user_id: row.uuid("user_id")?,
+            csrf_token: row.text("csrf_token")?,
+            created_at: row.time("created_at")?,
+            last_seen_at: row.time("last_seen_at")?,
+            expires_at: row.time("expires_at")?,
+            client_addr: row.opt_text("client_addr")?,
+            user_agent: row.opt_text("user_agent")?,
+        })
+    }
+}
+
+impl<'r, R: Row + Columns> FromRow<'r, R> for ApiToken {
+    fn from_row(row: &'r R) -> Result<Self> {
+        Ok(ApiToken {
+            id: row.uuid("id")?,
+            name: row.text("name")?,
+            user_id: row.uuid("user_id")?,
+            role: row.parsed("role")?,
+            created_at: row.time("created_at")?,
+            last_used_at: row.opt_time("last_used_at")?,
+            expires_at: row.opt_time("expires_at")?,
+            revoked_at: row.opt_time("revoked_at")?,
+        })
+    }
+}
+
+impl<'r, R: Row + Columns> FromRow<'r, R> for TokenRecord {
+    fn from_row(row: &'r R) -> Result<Self> {
+        Ok(TokenRecord { token: ApiToken::from_row(row)?, token_hash: row.text("token_hash")? })
+    }
+}
+
+/// A session and its user (`session_columns!("s.")`, `user_columns!(joined)`).
+pub(super) fn session_with_user<R: Row + Columns>(row: &R) -> std::result::Result<(Session, User), super::Error> {
+    Ok((Session::from_row(row)?, user_at(row, "u_")?))
+}
+
+/// A token and its owner (`token_columns!("t.")`, `user_columns!(joined)`).
+pub(super) fn token_with_user<R: Row + Columns>(row: &R) -> std::result::Result<(ApiToken, User), super::Error> {
+    Ok((ApiToken::from_row(row)?, user_at(row, "u_")?))
+}
+
+impl<'r, R: Row + Columns> FromRow<'r, R> for AuditEvent {
+    fn from_row(row: &'r R) -> Result<Self> {
+        Ok(AuditEvent {
+            id: row.bigint("id")?,
+            at: row.time("at")?,
+            actor_kind: row.parsed("actor_kind")?,
+            actor: row.text("actor")?,
+            actor_id: row.opt_uuid("actor_id")?,
+            client_addr: row.opt_text("client_addr")?,
+            action: row.text("action")?,
+            target: row.opt_text("target")?,
+            outcome: row.parsed("outcome")?,
+            details: row.opt_json("details")?,
+        })
+    }
+}
+
+impl<'r, R: Row + Columns> FromRow<'r, R> for LoginFailure {
+    fn from_row(row: &'r R) -> Result<Self> {
+        Ok(LoginFailure {
+            key: row.text("key")?,
+            failures: row.int("failures")?,
+            last_failure_at: row.time("last_failure_at")?,
+            locked_until: row.opt_time("locked_until")?,
+        })
+    }
+}
+
 /// Rows of `(id, attempt, <text column>)`.
 pub(super) fn id_attempt_text<R: Columns>(
     rows: &[R],
@@ -191,13 +304,13 @@ pub(super) fn id_attempt_text<R: Columns>(
     Ok(decoded?)
 }
 
-/// Every column of `runs` an import writes, in the order of its binds (`$1`…`$25`).
+/// Every column of `runs` an import writes, in the order of its binds (`$1`…`$26`).
 pub(super) const IMPORT_RUN: &str = "insert into runs (id, pipeline_name, pool, status, attempt, trigger, params, spec,
          runner_id, fencing_token, lease_expires_at, cancel_requested_at, cancel_force, waiting_reason, exit_code,
          failure_reason, error_message, log_key, log_size_bytes, log_expired_at, not_before, created_at,
-         started_at, finished_at, timeout_seconds)
+         started_at, finished_at, timeout_seconds, triggered_by)
      values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-         $21, $22, $23, $24, $25)
+         $21, $22, $23, $24, $25, $26)
      on conflict (id) do nothing";
 
 /// Binds a [`RunRecord`] to [`IMPORT_RUN`]; `$uuid`, `$time` and `$json` encode those
@@ -232,6 +345,7 @@ macro_rules! bind_run_record {
             .bind(run.started_at.map($time))
             .bind(run.finished_at.map($time))
             .bind(r.timeout_seconds)
+            .bind(&run.triggered_by)
     }};
 }
 pub(super) use bind_run_record;

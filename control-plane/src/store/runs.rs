@@ -23,6 +23,9 @@ pub struct Run {
     pub status: RunStatus,
     pub attempt: i32,
     pub trigger: Trigger,
+    /// Who triggered the run (`user:<name>`, `token:<name>`, later `schedule:…`,
+    /// `webhook:…`); `None` for runs from before authentication.
+    pub triggered_by: Option<String>,
     pub params: serde_json::Value,
     pub runner_id: Option<String>,
     pub exit_code: Option<i64>,
@@ -62,6 +65,8 @@ pub struct NewRun<'a> {
     /// The job template's timeout, in its own column so that SQL never reads the
     /// template's JSON (overdue runs).
     pub timeout_seconds: Option<i64>,
+    /// Who triggered it (see [`Run::triggered_by`]).
+    pub triggered_by: Option<&'a str>,
 }
 
 #[derive(Debug, Default)]

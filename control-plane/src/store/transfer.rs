@@ -2,8 +2,11 @@
 //! from one backend to the other (e.g. SQLite to Postgres). Every import is an
 //! insert that does nothing on conflict, so a second pass changes nothing and
 //! an interrupted copy can simply be run again. Import runs before their
-//! attempts (attempts reference their run).
+//! attempts (attempts reference their run), users before their tokens. Sessions
+//! and login failure counters are not moved (users log in again), nor is the
+//! audit log (its ids are the target's own).
 
+use super::auth::{ApiToken, User};
 use super::runs::{AttemptRecord, Run};
 use super::{Error, Store, dispatch};
 use chrono::{DateTime, Utc};
@@ -27,7 +30,35 @@ pub struct BundleRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// Every column of `api_tokens`: the listed [`ApiToken`] plus its hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRecord {
+    pub token: ApiToken,
+    pub token_hash: String,
+}
+
 impl Store {
+    /// Every user, password hash included.
+    pub async fn export_users(&self) -> Result<Vec<User>, Error> {
+        dispatch!(self.list_users())
+    }
+
+    /// Inserts the user exactly as recorded; `false` if its id or username exists.
+    pub async fn import_user(&self, user: &User) -> Result<bool, Error> {
+        dispatch!(self.import_user(user))
+    }
+
+    /// Every API token (revoked ones too), hash included.
+    pub async fn export_tokens(&self) -> Result<Vec<TokenRecord>, Error> {
+        dispatch!(self.export_tokens())
+    }
+
+    /// Inserts the token exactly as recorded; `false` if it exists (id, hash, or an
+    /// unrevoked token of that name for the user).
+    pub async fn import_token(&self, record: &TokenRecord) -> Result<bool, Error> {
+        dispatch!(self.import_token(record))
+    }
+
     /// Up to `limit` runs with an id greater than `after`, ordered by id (keyset
     /// pagination: pass the last id of one page to get the next).
     pub async fn export_runs(&self, after: Option<Uuid>, limit: i64) -> Result<Vec<RunRecord>, Error> {

@@ -1,6 +1,7 @@
 //! Router tests: every route's validation and error answers, without Postgres,
 //! NATS or Docker (see `harness.rs`). Run with `cargo test -p control-plane --test router`.
 
+mod auth;
 mod harness;
 
 use axum::body::Body;
@@ -107,6 +108,7 @@ async fn a_run_has_the_documented_fields() {
         "status",
         "attempt",
         "trigger",
+        "triggered_by",
         "params",
         "runner_id",
         "exit_code",
@@ -123,6 +125,7 @@ async fn a_run_has_the_documented_fields() {
     .into();
     assert_eq!(keys, expected);
     assert_eq!(created.json["status"], "queued");
+    assert_eq!(created.json["triggered_by"], "token:router-tests", "who asked: the harness's admin token");
     assert_eq!(created.json["params"], json!({ "NAME": "x" }));
     let id = created.json["id"].as_str().expect("id");
     let shown = t.get(&format!("/api/v1/runs/{id}")).await;

@@ -5,8 +5,11 @@
 //! `policy.rs`'s; row decoding is `rows.rs`'s. One file per resource:
 //! `runs.rs` (submissions, reads, cancels), `claims.rs` (claims, leases, ends of
 //! attempts), `sweeps.rs` (the sweepers' queries), `runners.rs`, `bundles.rs`
-//! and `transfer.rs` (export and import).
+//! and `transfer.rs` (export and import), `auth.rs` (users, sessions, tokens, login
+//! failures; user changes serialised by an advisory lock) and `audit.rs`.
 
+mod audit;
+mod auth;
 mod bundles;
 mod claims;
 mod runners;

@@ -9,8 +9,8 @@ use uuid::Uuid;
 impl PgStore {
     pub(in crate::store) async fn insert_run(&self, new: NewRun<'_>) -> Result<Run, Error> {
         let run = sqlx::query_as::<_, Run>(sql!(
-            "insert into runs (id, pipeline_name, pool, status, params, spec, timeout_seconds)
-             values ($1, $2, $5, {status.queued}, $3, $4, $6)
+            "insert into runs (id, pipeline_name, pool, status, params, spec, timeout_seconds, triggered_by)
+             values ($1, $2, $5, {status.queued}, $3, $4, $6, $7)
              returning ",
             run_columns!()
         ))
@@ -20,6 +20,7 @@ impl PgStore {
         .bind(new.spec)
         .bind(new.pool)
         .bind(new.timeout_seconds)
+        .bind(new.triggered_by)
         .fetch_one(&self.pool)
         .await?;
         Ok(run)

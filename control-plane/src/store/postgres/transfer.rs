@@ -2,9 +2,10 @@
 
 use super::PgStore;
 use crate::store::Error;
+use crate::store::auth::User;
 use crate::store::rows::{self, bind_attempt_record, bind_run_record};
 use crate::store::runs::AttemptRecord;
-use crate::store::transfer::{BundleRecord, RunRecord};
+use crate::store::transfer::{BundleRecord, RunRecord, TokenRecord};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -67,5 +68,56 @@ impl PgStore {
     pub(in crate::store) async fn count_runs(&self) -> Result<i64, Error> {
         let (n,): (i64,) = sqlx::query_as("select count(*) from runs").fetch_one(&self.pool).await?;
         Ok(n)
+    }
+
+    pub(in crate::store) async fn import_user(&self, u: &User) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "insert into users (id, username, password_hash, role, disabled, created_at, updated_at,
+                 credentials_changed_at)
+             values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict do nothing",
+        )
+        .bind(u.id)
+        .bind(&u.username)
+        .bind(&u.password_hash)
+        .bind(u.role.as_str())
+        .bind(u.disabled)
+        .bind(u.created_at)
+        .bind(u.updated_at)
+        .bind(u.credentials_changed_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(in crate::store) async fn export_tokens(&self) -> Result<Vec<TokenRecord>, Error> {
+        let rows = sqlx::query_as::<_, TokenRecord>(concat!(
+            "select ",
+            token_columns!(),
+            ", token_hash from api_tokens order by id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    pub(in crate::store) async fn import_token(&self, r: &TokenRecord) -> Result<bool, Error> {
+        let t = &r.token;
+        let done = sqlx::query(
+            "insert into api_tokens (id, name, token_hash, user_id, role, created_at, last_used_at, expires_at,
+                 revoked_at)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict do nothing",
+        )
+        .bind(t.id)
+        .bind(&t.name)
+        .bind(&r.token_hash)
+        .bind(t.user_id)
+        .bind(t.role.as_str())
+        .bind(t.created_at)
+        .bind(t.last_used_at)
+        .bind(t.expires_at)
+        .bind(t.revoked_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 }

@@ -37,6 +37,7 @@ struct Pending {
     params: String,
     spec: String,
     timeout_seconds: Option<i64>,
+    triggered_by: Option<String>,
     reply: oneshot::Sender<Result<Run, Error>>,
 }
 
@@ -65,6 +66,7 @@ impl RunInserter {
             params: new.params.to_string(),
             spec: new.spec.to_string(),
             timeout_seconds: new.timeout_seconds,
+            triggered_by: new.triggered_by.map(str::to_owned),
             reply,
         };
         self.queue.send(pending).await.map_err(|_| Error::WriterStopped)?;
@@ -150,8 +152,9 @@ fn fails_alone(e: &sqlx::Error) -> bool {
 
 async fn insert(conn: &mut SqliteConnection, p: &Pending) -> Result<Run, sqlx::Error> {
     sqlx::query_as::<_, Run>(sql!(
-        "insert into runs (id, pipeline_name, pool, status, params, spec, created_at, timeout_seconds)
-         values ($1, $2, $3, {status.queued}, $4, $5, $6, $7)
+        "insert into runs (id, pipeline_name, pool, status, params, spec, created_at, timeout_seconds,
+             triggered_by)
+         values ($1, $2, $3, {status.queued}, $4, $5, $6, $7, $8)
          returning ",
         run_columns!()
     ))
@@ -162,6 +165,7 @@ async fn insert(conn: &mut SqliteConnection, p: &Pending) -> Result<Run, sqlx::E
     .bind(&p.spec)
     .bind(now())
     .bind(p.timeout_seconds)
+    .bind(&p.triggered_by)
     .fetch_one(&mut *conn)
     .await
 }
@@ -196,6 +200,7 @@ mod tests {
             params: "{}".into(),
             spec: "{}".into(),
             timeout_seconds: None,
+            triggered_by: None,
             reply,
         };
         (p, answer)
@@ -240,6 +245,7 @@ mod tests {
             params: serde_json::json!({}),
             spec: serde_json::json!({}),
             timeout_seconds: None,
+            triggered_by: None,
         };
         let result = second.block_on(store.inserts.insert(new));
         drop(store);

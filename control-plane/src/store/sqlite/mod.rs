@@ -20,8 +20,11 @@
 //! `policy.rs`'s; row decoding is `rows.rs`'s. One file per resource: `runs.rs`
 //! (submissions, reads, cancels), `claims.rs` (claims, leases, ends of attempts),
 //! `sweeps.rs` (the sweepers' queries), `runners.rs`, `bundles.rs` and
-//! `transfer.rs` (export and import); `batch.rs` is the group commit.
+//! `transfer.rs` (export and import), `auth.rs` (users, sessions, tokens, login
+//! failures) and `audit.rs`; `batch.rs` is the group commit.
 
+mod audit;
+mod auth;
 mod batch;
 mod bundles;
 mod claims;

@@ -82,6 +82,7 @@ fn new_run(pipeline_name: &str) -> NewRun<'_> {
         params: serde_json::json!({}),
         spec: serde_json::json!({}),
         timeout_seconds: None,
+        triggered_by: None,
     }
 }
 

@@ -2,9 +2,10 @@
 
 use super::{SqliteStore, text};
 use crate::store::Error;
+use crate::store::auth::User;
 use crate::store::rows::{self, Columns, bind_attempt_record, bind_run_record};
 use crate::store::runs::AttemptRecord;
-use crate::store::transfer::{BundleRecord, RunRecord};
+use crate::store::transfer::{BundleRecord, RunRecord, TokenRecord};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
@@ -83,5 +84,56 @@ impl SqliteStore {
     pub(in crate::store) async fn count_runs(&self) -> Result<i64, Error> {
         let (n,): (i64,) = sqlx::query_as("select count(*) from runs").fetch_one(&self.reader).await?;
         Ok(n)
+    }
+
+    pub(in crate::store) async fn import_user(&self, u: &User) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "insert into users (id, username, password_hash, role, disabled, created_at, updated_at,
+                 credentials_changed_at)
+             values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict do nothing",
+        )
+        .bind(text(u.id))
+        .bind(&u.username)
+        .bind(&u.password_hash)
+        .bind(u.role.as_str())
+        .bind(u.disabled)
+        .bind(micros(u.created_at))
+        .bind(micros(u.updated_at))
+        .bind(micros(u.credentials_changed_at))
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(in crate::store) async fn export_tokens(&self) -> Result<Vec<TokenRecord>, Error> {
+        let rows = sqlx::query_as::<_, TokenRecord>(concat!(
+            "select ",
+            token_columns!(),
+            ", token_hash from api_tokens order by id"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows)
+    }
+
+    pub(in crate::store) async fn import_token(&self, r: &TokenRecord) -> Result<bool, Error> {
+        let t = &r.token;
+        let done = sqlx::query(
+            "insert into api_tokens (id, name, token_hash, user_id, role, created_at, last_used_at, expires_at,
+                 revoked_at)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict do nothing",
+        )
+        .bind(text(t.id))
+        .bind(&t.name)
+        .bind(&r.token_hash)
+        .bind(text(t.user_id))
+        .bind(t.role.as_str())
+        .bind(micros(t.created_at))
+        .bind(t.last_used_at.map(micros))
+        .bind(t.expires_at.map(micros))
+        .bind(t.revoked_at.map(micros))
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 }
