@@ -148,7 +148,11 @@ async fn change_password(
         users::change_password(&ctx.store, principal.user_id, &body.current_password, &body.new_password, keep).await;
     let outcome = if changed.is_ok() { Outcome::Ok } else { Outcome::Failed };
     record(ctx, principal.actor(), client.as_deref(), Action::PasswordChange, Some(&target), outcome, None).await;
-    changed?;
+    changed.map_err(|e| match Error::from(e) {
+        // The policy speaks of "password"; this body calls it `new_password`.
+        Error::Invalid { field, message } if field == "password" => Error::invalid("new_password", message),
+        other => other,
+    })?;
     api.auth.invalidate_user(principal.user_id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -328,7 +328,7 @@ async fn a_password_change_ends_the_other_sessions() {
         )
     };
     t.send(change("wrong current password", "a brand new password")).await.invalid("current_password");
-    t.send(change(ADMIN_PASSWORD, "short")).await.invalid("password");
+    t.send(change(ADMIN_PASSWORD, "short")).await.invalid("new_password");
     assert_eq!(t.send(change(ADMIN_PASSWORD, "a brand new password")).await.status, StatusCode::NO_CONTENT);
     assert_eq!(t.send(with_cookie(empty(Method::GET, "/api/v1/runs"), &here, None)).await.status, StatusCode::OK);
     t.send(with_cookie(empty(Method::GET, "/api/v1/runs"), &elsewhere, None))
