@@ -39,6 +39,36 @@ pub struct Context {
     /// Work spawned on behalf of a request or a runner message; shutdown waits for
     /// it, so an exit report being archived is finished, not cut off.
     tasks: TaskTracker,
+    /// When this replica last could not reach the store (see [`StoreOutages`]).
+    pub outages: StoreOutages,
+}
+
+/// When this replica last found the store unreachable: a failed sweep, or a
+/// heartbeat it could only answer provisionally (runners keep their jobs then).
+/// Lease expiry waits until the store has been reachable for one whole lease
+/// since, so runners can renew what they kept first. Starts as if an outage had
+/// just ended: a new replica cannot know whether one did.
+#[derive(Clone)]
+pub struct StoreOutages {
+    last: Arc<std::sync::Mutex<std::time::Instant>>,
+}
+
+impl Default for StoreOutages {
+    fn default() -> Self {
+        StoreOutages { last: Arc::new(std::sync::Mutex::new(std::time::Instant::now())) }
+    }
+}
+
+impl StoreOutages {
+    /// The store could not be reached just now.
+    pub fn seen(&self) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+    }
+
+    /// Whether the store has been reachable for at least `span`.
+    pub fn quiet_for(&self, span: std::time::Duration) -> bool {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).elapsed() >= span
+    }
 }
 
 impl Context {
@@ -53,6 +83,7 @@ impl Context {
             finishing: Arc::new(Semaphore::new(FINISH_CONCURRENCY)),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            outages: StoreOutages::default(),
         }
     }
 

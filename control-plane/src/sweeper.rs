@@ -2,6 +2,14 @@
 //! whose NATS offer is gone, finalise runs whose runner stopped heartbeating,
 //! and recreate streams a restarted NATS server lost; now and then, delete ended
 //! login sessions and forgotten login failure counters.
+//!
+//! Lease expiry waits until this replica has reached the store for one whole
+//! lease (`Context::outages`): during a store outage no heartbeat can renew a
+//! lease (runners are answered provisionally and keep their jobs, see
+//! `runs::leases`), so right after it every lease looks expired. Waiting one
+//! lease lets the runners renew first (they heartbeat every few seconds); a
+//! replica that just started waits the same way, since it cannot know whether
+//! an outage just ended.
 
 use crate::context::Context;
 use crate::{auth, runs};
@@ -20,7 +28,11 @@ pub async fn run(ctx: Context) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {
-                sweep(&ctx).await;
+                if let Err(e) = ctx.store.ping().await {
+                    tracing::warn!(error = %e, "sweeper: store unreachable; lease expiry paused");
+                    ctx.outages.seen();
+                }
+                sweep(&ctx, ctx.outages.quiet_for(ctx.config.lease)).await;
                 if sweeps.is_multiple_of(AUTH_HOUSEKEEPING_EVERY)
                     && let Err(e) = auth::housekeeping(&ctx.store, &ctx.config.sessions).await
                 {
@@ -32,7 +44,8 @@ pub async fn run(ctx: Context) {
     }
 }
 
-async fn sweep(ctx: &Context) {
+/// `expire_leases`: the store has been reachable for a whole lease (see the module docs).
+async fn sweep(ctx: &Context, expire_leases: bool) {
     if let Err(e) = ctx.bus.ensure_streams().await {
         tracing::warn!(error = %e, "sweeper: NATS streams unavailable");
         return;
@@ -40,7 +53,7 @@ async fn sweep(ctx: &Context) {
     if let Err(e) = runs::reoffer_stale(ctx).await {
         tracing::warn!(error = %e, "sweeper: re-offering failed");
     }
-    if let Err(e) = runs::expire_leases(ctx).await {
+    if expire_leases && let Err(e) = runs::expire_leases(ctx).await {
         tracing::warn!(error = %e, "sweeper: lease expiry failed");
     }
     if let Err(e) = runs::fail_unrunnable(ctx).await {

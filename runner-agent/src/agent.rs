@@ -14,10 +14,12 @@ use crate::claimer::Claimer;
 use crate::config::Config;
 use crate::docker::Docker;
 use crate::execution::Executor;
+use crate::fence::Fence;
 use crate::heartbeat::{CancelListener, Heartbeats};
 use crate::link::ControlLink;
 use crate::link::nats::NatsLink;
 use crate::reattach;
+use crate::watchdog::{self, DeadlineFile};
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +36,9 @@ pub struct Options {
     pub link: Arc<dyn ControlLink>,
     /// Fired once the leftovers of an earlier process are adopted and claiming starts.
     pub ready: Option<oneshot::Sender<()>>,
+    /// Run the watchdog process beside the runner (see `watchdog`): a `runner-agent`
+    /// process. Not the single node: frozen, it freezes its control plane too.
+    pub watchdog: bool,
 }
 
 /// How [`serve`] ends.
@@ -74,7 +79,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let link = NatsLink::connect(&config.nats_url, &config.runner_id)
         .await
         .with_context(|| format!("NATS_URL: cannot connect to {}", config.nats_url))?;
-    serve(Options { config, docker, link: Arc::new(link), ready: None }, shutdown).await
+    serve(Options { config, docker, link: Arc::new(link), ready: None, watchdog: true }, shutdown).await
 }
 
 /// Creates the data and uv cache folders, settles the runner id (persisted in
@@ -111,21 +116,36 @@ pub async fn serve(options: Options, shutdown: Shutdown) -> anyhow::Result<()> {
 }
 
 async fn serve_until_drained(options: Options, shutdown: &Shutdown) -> anyhow::Result<()> {
-    let Options { config, docker, link, ready } = options;
+    let Options { config, docker, link, ready, watchdog } = options;
     // Cancels every service below when this function returns or is dropped.
     let services = CancellationToken::new();
     let _services = services.clone().drop_guard();
     let registry = Attempts::new();
     let attempts = registry.handle();
     let registry = tokio::spawn(registry.run(services.clone()));
-    let executor = Executor::new(config.clone(), docker, link.clone(), attempts.clone());
+    let deadline_file = watchdog.then(|| DeadlineFile::in_dir(&config.data_dir));
+    let fence = Fence::new(config.fence_settings(), deadline_file.clone());
+    if let Some(until) = deadline_file.as_ref().and_then(DeadlineFile::remaining) {
+        // An earlier process's leases may still be running: its deadline covers the
+        // attempts re-attached below until the first renewal.
+        fence.resume_from(until);
+    }
+    // Stopped (killed) last, after the services: it guards running jobs to the end.
+    let guard = CancellationToken::new();
+    let watchdog = watchdog
+        .then(|| tokio::spawn(watchdog::supervise(config.runner_id.clone(), config.data_dir.clone(), guard.clone())));
+    let executor = Executor::new(config.clone(), docker, link.clone(), attempts.clone(), fence.clone());
     tracing::info!(runner_id = %config.runner_id, pool = %config.pool, slots = config.concurrency, "runner ready");
 
     let slots = Arc::new(Semaphore::new(config.concurrency as usize));
-    let heartbeats = Heartbeats::new(config.clone(), link.clone(), attempts.clone());
+    let heartbeats = Heartbeats::new(config.clone(), link.clone(), attempts.clone(), fence.clone());
     // Before claiming anything new and before the heartbeat loop: take over the
-    // containers an earlier process of this runner left behind.
-    reattach::adopt_orphans(&executor, &heartbeats, &slots).await;
+    // containers an earlier process of this runner left behind. Its first heartbeat
+    // also checks the fence settings against the control plane's lease.
+    if let Err(e) = reattach::adopt_orphans(&executor, &heartbeats, &slots).await {
+        guard.cancel();
+        return Err(anyhow::Error::new(e).context("refusing to start"));
+    }
     if let Some(ready) = ready {
         let _ = ready.send(());
     }
@@ -154,8 +174,17 @@ async fn serve_until_drained(options: Options, shutdown: &Shutdown) -> anyhow::R
             "containers still being removed at exit; the next start removes them"
         );
     }
+    let left = attempts.count().await;
     services.cancel();
     let _ = tokio::join!(heartbeats, cancels, registry);
     link.flush().await;
+    if left == 0 {
+        // Nothing left running: the watchdog may end with this process.
+        fence.release();
+    }
+    guard.cancel();
+    if let Some(watchdog) = watchdog {
+        let _ = watchdog.await;
+    }
     Ok(())
 }

@@ -64,6 +64,14 @@ async fn claim_until_stopped(
             }
             continue;
         }
+        if !executor.fence().is_live() {
+            // Past the fence (or before the first renewal) a claimed job could not
+            // run safely: wait until a heartbeat renews the leases.
+            tokio::select! {
+                _ = stop_claiming.cancelled() => return,
+                () = executor.fence().live() => {}
+            }
+        }
         let first = tokio::select! {
             _ = stop_claiming.cancelled() => return,
             permit = slots.clone().acquire_owned() => match permit {
@@ -272,7 +280,9 @@ mod tests {
         let config = Arc::new(Config::from_source(&|_| None).expect("default config"));
         let docker = Docker::unconnected().expect("a Docker client");
         let attempts = Attempts::new();
-        let executor = Executor::new(config, docker, link, attempts.handle());
+        let fence = crate::fence::Fence::new(config.fence_settings(), None);
+        fence.renewed(tokio::time::Instant::now(), Duration::from_secs(3600)).expect("a safe lease");
+        let executor = Executor::new(config, docker, link, attempts.handle(), fence);
         let registry = CancellationToken::new();
         tokio::spawn(attempts.run(registry.clone()));
         let _registry = registry.drop_guard();

@@ -28,9 +28,14 @@ pub struct Config {
     /// SIGTERM → SIGKILL grace period when stopping a container.
     pub stop_grace: Duration,
     pub heartbeat_interval: Duration,
-    /// Without a renewed lease for this long, the runner stops its jobs (the
-    /// control plane gives them up after its lease, 25 s by default).
-    pub self_fence_after: Duration,
+    /// `RUNNER_SELF_FENCE_SECONDS`: stop the jobs this long after the last renewal
+    /// instead of at the lease minus the margin (see `fence`); `None`: derived from the lease.
+    pub self_fence_after: Option<Duration>,
+    /// `RUNNER_FENCE_MARGIN_SECONDS`: jobs are stopped this long before their lease could end.
+    pub fence_margin: Duration,
+    /// `RUNNER_UNCONFIRMED_LEASE_GRACE_SECONDS`: how long past the fence jobs are kept while
+    /// the control plane answers but cannot reach its database (provisional replies).
+    pub unconfirmed_lease_grace: Duration,
     /// Capabilities given back to job containers (all others are dropped).
     pub cap_add: Vec<String>,
     /// `RUNNER_BENCH_NOOP_EXECUTOR=1`: benchmark-only. Claimed jobs are not executed: no
@@ -104,11 +109,20 @@ impl Config {
                 10,
                 "seconds",
             )?),
-            self_fence_after: Duration::from_secs(parse(
-                get("RUNNER_SELF_FENCE_SECONDS"),
-                "RUNNER_SELF_FENCE_SECONDS",
-                20,
-                "seconds",
+            self_fence_after: match get("RUNNER_SELF_FENCE_SECONDS") {
+                None => None,
+                Some(v) => Some(Duration::from_secs(positive(Some(v), "RUNNER_SELF_FENCE_SECONDS", 1)?)),
+            },
+            fence_margin: Duration::from_secs(positive(
+                get("RUNNER_FENCE_MARGIN_SECONDS"),
+                "RUNNER_FENCE_MARGIN_SECONDS",
+                5,
+            )?),
+            unconfirmed_lease_grace: Duration::from_secs(parse(
+                get("RUNNER_UNCONFIRMED_LEASE_GRACE_SECONDS"),
+                "RUNNER_UNCONFIRMED_LEASE_GRACE_SECONDS",
+                300,
+                "seconds (0: none)",
             )?),
             heartbeat_interval: Duration::from_secs(
                 parse::<u64>(get("HEARTBEAT_INTERVAL_SECONDS"), "HEARTBEAT_INTERVAL_SECONDS", 5, "seconds")?.max(1),
@@ -118,6 +132,16 @@ impl Config {
 }
 
 impl Config {
+    /// How the fence follows the lease (see `fence`).
+    pub fn fence_settings(&self) -> crate::fence::Settings {
+        crate::fence::Settings {
+            fence_after: self.self_fence_after,
+            margin: self.fence_margin,
+            unconfirmed_grace: self.unconfirmed_lease_grace,
+            heartbeat_interval: self.heartbeat_interval,
+        }
+    }
+
     /// Without `RUNNER_ID`, the runner keeps the id it generated the first time in
     /// `RUNNER_DATA_DIR/runner-id`, so that after a restart it finds its containers (labelled
     /// with its id) and the control plane still sees it as the holder of their runs.
@@ -186,6 +210,15 @@ fn parse<T: FromStr>(value: Option<String>, name: &'static str, default: T, what
         None => Ok(default),
         Some(v) => v.trim().parse().map_err(|_| Error { name, value: v, message: format!("expected {what}") }),
     }
+}
+
+/// A whole number of seconds of at least 1.
+fn positive(value: Option<String>, name: &'static str, default: u64) -> Result<u64, Error> {
+    let v: u64 = parse(value, name, default, "a whole number of seconds")?;
+    if v == 0 {
+        return Err(Error { name, value: "0".into(), message: "must be at least 1".into() });
+    }
+    Ok(v)
 }
 
 /// An on/off setting: `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off`; unset is off.

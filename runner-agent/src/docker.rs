@@ -356,6 +356,24 @@ impl Docker {
     }
 
     /// Ids of all containers, running or not, labelled `key=value`.
+    /// Kills (SIGKILL) every running container with this label; returns their ids.
+    /// For the watchdog: nothing may outlive a lease, however it ends.
+    pub async fn kill_running_with_label(&self, key: &str, value: &str) -> Result<Vec<String>, Error> {
+        let filters =
+            HashMap::from([("label", vec![format!("{key}={value}")]), ("status", vec!["running".to_owned()])]);
+        let options = ListContainersOptionsBuilder::new().filters(&filters).build();
+        let mut killed = Vec::new();
+        for id in self.inner.list_containers(Some(options)).await?.into_iter().filter_map(|c| c.id) {
+            match self.inner.kill_container(&id, None::<bollard::query_parameters::KillContainerOptions>).await {
+                Ok(()) => killed.push(id),
+                // Gone or already stopped meanwhile.
+                Err(err) if matches!(status_of(&err), Some(404 | 409)) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(killed)
+    }
+
     pub async fn containers_with_label(&self, key: &str, value: &str) -> Result<Vec<String>, Error> {
         let filters = HashMap::from([("label", vec![format!("{key}={value}")])]);
         let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();

@@ -6,6 +6,8 @@ use crate::attempts::{self, StopReason, StopSignal};
 use crate::code_cache::CodeCache;
 use crate::config::Config;
 use crate::docker::{self, BindMount, ContainerSpec, Docker, Limits, Output};
+use crate::exit_reports::{self, ExitReports};
+use crate::fence::Fence;
 use crate::link::ControlLink;
 use crate::log_pump::{self, LogPump};
 use crate::removals::Removals;
@@ -13,6 +15,7 @@ use futures::StreamExt;
 use shared::LogStream;
 use shared::protocol::{AttemptRef, ExitOutcome, ExitReply, ExitReport, JobSpec};
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -20,7 +23,10 @@ use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 const UV_CACHE_MOUNT: &str = "/uv-cache";
-const EXIT_REPORT_PATIENCE: Duration = Duration::from_secs(3600);
+/// How often an exit report is re-sent at most while the control plane cannot take it.
+const MAX_REPORT_DELAY: Duration = Duration::from_secs(10);
+/// Tries to learn a container's exit code before the attempt is reported as lost track of.
+const WAIT_TRIES: u32 = 5;
 /// How often a job setup step that is still waiting is logged (see [`watched`]).
 const SETUP_WARN_EVERY: Duration = Duration::from_secs(20);
 /// The one log line of an attempt under the benchmark-only no-op executor.
@@ -90,15 +96,25 @@ struct Inner {
     code: CodeCache,
     attempts: attempts::Handle,
     removals: Removals,
+    fence: Fence,
+    reports: ExitReports,
 }
 
 impl Executor {
     /// Code bundles are cached under the data dir; as many container removals run in
-    /// the background as the runner has slots (see `removals`).
-    pub fn new(config: Arc<Config>, docker: Docker, link: Arc<dyn ControlLink>, attempts: attempts::Handle) -> Self {
+    /// the background as the runner has slots (see `removals`); exit reports are kept
+    /// under the data dir until accepted (see `exit_reports`).
+    pub fn new(
+        config: Arc<Config>,
+        docker: Docker,
+        link: Arc<dyn ControlLink>,
+        attempts: attempts::Handle,
+        fence: Fence,
+    ) -> Self {
         let code = CodeCache::new(config.data_dir.join("code"), link.clone());
         let removals = Removals::new(docker.clone(), config.concurrency as usize);
-        Self { inner: Arc::new(Inner { config, docker, link, code, attempts, removals }) }
+        let reports = ExitReports::in_dir(&config.data_dir);
+        Self { inner: Arc::new(Inner { config, docker, link, code, attempts, removals, fence, reports }) }
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -120,6 +136,14 @@ impl Executor {
     pub fn removals(&self) -> &Removals {
         &self.inner.removals
     }
+
+    pub fn fence(&self) -> &Fence {
+        &self.inner.fence
+    }
+
+    pub fn reports(&self) -> &ExitReports {
+        &self.inner.reports
+    }
 }
 
 /// How the container part of an attempt ended.
@@ -130,29 +154,30 @@ enum Ended {
         timed_out: bool,
         cancelled: bool,
     },
+    /// Nothing ran (no container): code, image or container creation failed.
     SetupFailed(String),
+    /// The engine lost track of a container it had (its exit code cannot be read): the
+    /// attempt is reported as a setup error and the container removed by id.
+    Lost {
+        container_id: String,
+        message: String,
+    },
     /// Cancelled before its container started.
     CancelledEarly,
     /// Benchmark-only no-op executor (`RUNNER_BENCH_NOOP_EXECUTOR`): nothing ran.
     #[cfg(feature = "bench-noop")]
     Noop,
-    /// Told the attempt is no longer ours: nothing to report.
+    /// Told the attempt is no longer ours (or fenced): nothing to report.
     Abandoned {
         container_id: Option<String>,
     },
 }
 
-#[derive(Debug, thiserror::Error)]
-enum Error {
-    #[error(transparent)]
-    Docker(#[from] docker::Error),
-    #[error(transparent)]
-    Log(#[from] log_pump::Error),
-}
+type ExitWait = Pin<Box<dyn Future<Output = Result<i64, String>> + Send>>;
 
 impl Executor {
     /// Executes an attempt to the end; never panics, always deregisters it.
-    pub async fn execute(self, job: JobSpec, stop: StopSignal) {
+    pub async fn execute(self, job: JobSpec, mut stop: StopSignal) {
         let at = AttemptRef { run_id: job.run_id, attempt: job.attempt, fencing_token: job.fencing_token };
         let mut pump = LogPump::new(self.inner.link.clone(), &at, job.log_max_bytes);
         #[cfg(feature = "bench-noop")]
@@ -160,28 +185,24 @@ impl Executor {
             // Benchmark mode: no code, image or container; the log and the exit report take
             // the normal path (pump, then report), so dispatch is measured end to end.
             pump.system_line(NOOP_LINE);
-            self.conclude(at, pump, Ended::Noop).await;
+            self.conclude(at, pump, Ended::Noop, stop).await;
             return;
         }
-        let ended = match self.run_container(&job, &mut pump, stop).await {
-            Ok(ended) => ended,
-            Err(e) => Ended::SetupFailed(e.to_string()),
-        };
-        self.conclude(at, pump, ended).await;
+        let ended = self.run_container(&job, &mut pump, &mut stop).await;
+        self.conclude(at, pump, ended, stop).await;
     }
 
     /// Takes over a container an earlier process of this runner started (found by its
     /// labels after a restart): resumes its log after the lines already published, waits
     /// for its exit (or reads the exit code it already has) and reports it as usual.
-    pub async fn reattach(self, orphan: Orphan, stop: StopSignal) {
+    pub async fn reattach(self, orphan: Orphan, mut stop: StopSignal) {
         let at = orphan.attempt.clone();
         let container_id = orphan.container_id.clone();
         let stopped = *stop.borrow();
         if let Some(StopReason::Stale | StopReason::Shutdown) = stopped {
             // The control plane gave the attempt up (lease expired) while we were down.
             tracing::warn!(container = %container_id, "re-attached attempt is no longer ours; removing its container");
-            self.cleanup(Some(&container_id)).await;
-            self.inner.attempts.deregister(at.run_id);
+            self.abandon(&at, Some(&container_id)).await;
             return;
         }
         let point = match self.published_so_far(&at).await {
@@ -190,8 +211,7 @@ impl Executor {
                 // Resuming blind would duplicate or lose lines: leave the attempt to lease
                 // expiry rather than run it unsupervised.
                 tracing::error!(error = %e, "cannot read the published log; giving up the re-attached attempt");
-                self.cleanup(Some(&container_id)).await;
-                self.inner.attempts.deregister(at.run_id);
+                self.abandon(&at, Some(&container_id)).await;
                 return;
             }
         };
@@ -202,10 +222,7 @@ impl Executor {
             "re-attached to a container left by an earlier runner process"
         );
         let mut pump = LogPump::resume(self.inner.link.clone(), &at, orphan.log_max_bytes, point);
-        let ended = match self.follow_orphan(&orphan, &mut pump, stop).await {
-            Ok(ended) => ended,
-            Err(e) => Ended::SetupFailed(e.to_string()),
-        };
+        let ended = self.follow_orphan(&orphan, &mut pump, &mut stop).await;
         let unmatched = pump.unmatched_skip();
         if unmatched > 0 {
             // The engine's log no longer holds the start of the output (rotated?).
@@ -215,17 +232,24 @@ impl Executor {
                  already published; output printed while the runner was down may be missing"
             ));
         }
-        self.conclude(at, pump, ended).await;
+        self.conclude(at, pump, ended, stop).await;
     }
 
-    async fn follow_orphan(&self, orphan: &Orphan, pump: &mut LogPump, stop: StopSignal) -> Result<Ended, Error> {
+    /// Delivers an exit report an earlier process of this runner saved but could not
+    /// deliver (see `exit_reports`), then removes its container.
+    pub async fn resend(self, pending: exit_reports::Pending, stop: StopSignal) {
+        tracing::info!(container = ?pending.container_id, "re-sending the exit report an earlier runner process saved");
+        self.deliver(pending, stop).await;
+    }
+
+    async fn follow_orphan(&self, orphan: &Orphan, pump: &mut LogPump, stop: &mut StopSignal) -> Ended {
         let id = &orphan.container_id;
         let mut state = orphan.state;
         if state == docker::State::Created {
             // Created, then the runner died before starting it: start it now. Its
             // output goes to the engine's log, which `logs` reads from the start.
             if let Err(e) = self.inner.docker.start_existing(id).await {
-                return Ok(Ended::SetupFailed(format!("container did not start: {e}")));
+                return Ended::Lost { container_id: id.clone(), message: format!("container did not start: {e}") };
             }
             state = docker::State::Running;
         }
@@ -256,9 +280,9 @@ impl Executor {
         }
     }
 
-    /// Reports how the attempt ended (after publishing the rest of its log) and removes
-    /// its container once the control plane has the log; always deregisters the attempt.
-    async fn conclude(&self, at: AttemptRef, mut pump: LogPump, ended: Ended) {
+    /// Publishes the rest of the log, then reports how the attempt ended (see
+    /// [`Self::deliver`]); always deregisters the attempt.
+    async fn conclude(&self, at: AttemptRef, mut pump: LogPump, ended: Ended, mut stop: StopSignal) {
         let (outcome, container_id, timed_out, cancelled) = match ended {
             Ended::Exited { container_id, exit_code, timed_out, cancelled } => {
                 (ExitOutcome::Exited { exit_code }, Some(container_id), timed_out, cancelled)
@@ -270,6 +294,11 @@ impl Executor {
                 pump.system_line(&format!("fastflow: {message}"));
                 (ExitOutcome::SetupError { message }, None, false, false)
             }
+            Ended::Lost { container_id, message } => {
+                tracing::error!(run_id = %at.run_id, container = %container_id, %message, "lost track of the container");
+                pump.system_line(&format!("fastflow: {message}"));
+                (ExitOutcome::SetupError { message }, Some(container_id), false, false)
+            }
             Ended::CancelledEarly => {
                 let message = "cancelled before the container started".to_owned();
                 pump.system_line(&format!("fastflow: {message}"));
@@ -277,58 +306,85 @@ impl Executor {
             }
             Ended::Abandoned { container_id } => {
                 tracing::warn!(run_id = %at.run_id, "attempt no longer held by this runner; dropping it");
-                self.cleanup(container_id.as_deref()).await;
-                self.inner.attempts.deregister(at.run_id);
+                self.abandon(&at, container_id.as_deref()).await;
                 return;
             }
         };
-        let log = match pump.finish().await {
-            Ok(totals) => totals,
-            Err(e) => {
-                // Without a complete live log the report would archive a partial one:
-                // leave the attempt to lease expiry instead.
-                tracing::error!(run_id = %at.run_id, error = %e, "could not publish the log; abandoning the attempt");
-                self.cleanup(container_id.as_deref()).await;
-                self.inner.attempts.deregister(at.run_id);
+        // The whole log before the report, or the report would archive a partial one.
+        // Publishing is retried for as long as it takes, unless the attempt stops being
+        // ours meanwhile (the fence passed, or the control plane gave it up).
+        let log = tokio::select! {
+            log = pump.finish() => log,
+            () = no_longer_ours(&mut stop) => {
+                tracing::warn!(run_id = %at.run_id, "attempt given up while its log was still being published; dropping it");
+                self.abandon(&at, container_id.as_deref()).await;
                 return;
             }
         };
         let report = ExitReport {
-            attempt: at.clone(),
+            attempt: at,
             runner_id: self.inner.config.runner_id.clone(),
             outcome,
             log,
             timed_out,
             cancelled,
         };
-        if self.report_exit(&report).await
-            && let Some(id) = container_id
-        {
-            // The control plane has the log: the container may go, and the slot with
-            // it, before the engine has finished removing it.
+        self.deliver(exit_reports::Pending { report, container_id }, stop).await;
+    }
+
+    /// Saves the report on disk, sends it until the control plane answers for good,
+    /// then forgets it and removes the container (the control plane has the log).
+    /// Until then the container, and the engine's copy of its output, stay.
+    async fn deliver(&self, pending: exit_reports::Pending, mut stop: StopSignal) {
+        let at = pending.report.attempt.clone();
+        if let Err(e) = self.inner.reports.save(&pending) {
+            tracing::error!(run_id = %at.run_id, error = %e, "cannot save the exit report; a restart before it is delivered loses it");
+        }
+        tokio::select! {
+            () = self.report_exit(&pending.report) => {}
+            () = no_longer_ours(&mut stop) => {
+                tracing::warn!(run_id = %at.run_id, "attempt given up before its exit report was accepted");
+            }
+        }
+        self.inner.reports.remove(&at);
+        if let Some(id) = pending.container_id {
+            // The container may go, and the slot with it, before the engine has removed it.
             self.inner.removals.remove(id).await;
         }
         self.inner.attempts.deregister(at.run_id);
     }
 
-    async fn run_container(&self, job: &JobSpec, pump: &mut LogPump, mut stop: StopSignal) -> Result<Ended, Error> {
+    /// Drops an attempt that is not ours any more: its container goes at once.
+    async fn abandon(&self, at: &AttemptRef, container_id: Option<&str>) {
+        if let Some(id) = container_id {
+            self.inner.removals.remove_now(id).await;
+        }
+        self.inner.reports.remove(at);
+        self.inner.attempts.deregister(at.run_id);
+    }
+
+    async fn run_container(&self, job: &JobSpec, pump: &mut LogPump, stop: &mut StopSignal) -> Ended {
         // A stop (cancel, lease lost, shutdown) ends the setup wherever it is: a fetch
         // or a pull must not hold the slot after the control plane gave up the attempt.
         let prepared = tokio::select! {
-            prepared = self.prepare(job, pump) => prepared?,
-            reason = stop_requested(&mut stop) => return Ok(ended_before_start(reason)),
+            prepared = self.prepare(job, pump) => prepared,
+            reason = stop_requested(stop) => return ended_before_start(reason),
         };
         let code_dir = match prepared {
             Ok(code_dir) => code_dir,
-            Err(message) => return Ok(Ended::SetupFailed(message)),
+            Err(message) => return Ended::SetupFailed(message),
         };
         if let Some(reason) = *stop.borrow() {
-            return Ok(ended_before_start(reason));
+            return ended_before_start(reason);
+        }
+        if !self.inner.fence.is_live() {
+            // No container is created past the fence: the lease may be gone already.
+            return Ended::Abandoned { container_id: None };
         }
         let spec = self.container_spec(job, code_dir);
         let started = match watched("starting the container", self.inner.docker.start(&spec)).await {
             Ok(s) => s,
-            Err(e) => return Ok(Ended::SetupFailed(format!("container did not start: {e}"))),
+            Err(e) => return Ended::SetupFailed(format!("container did not start: {e}")),
         };
         let container_id = started.container_id;
         tracing::info!(run_id = %job.run_id, container = %container_id, "container started");
@@ -336,35 +392,56 @@ impl Executor {
         self.follow(&container_id, started.output, pump, stop, timeout_at).await
     }
 
-    /// Pumps the container's output into the log until it ends, enforcing the timeout and
-    /// stop requests, then waits for the exit code.
+    /// Supervises the container until it has exited and its output is read: pumps the
+    /// output into the log and, at any moment (the log publisher behind, the output
+    /// stream broken or closed early), acts on the timeout and on stop requests.
     async fn follow(
         &self,
         container_id: &str,
         mut output: docker::OutputStream,
         pump: &mut LogPump,
-        mut stop: StopSignal,
+        stop: &mut StopSignal,
         timeout_at: Option<Instant>,
-    ) -> Result<Ended, Error> {
-        let container_id = container_id.to_owned();
-        let mut timed_out = false;
-        let mut cancelled = false;
-        let mut abandoned = false;
+    ) -> Ended {
+        let id = container_id.to_owned();
+        let (mut timed_out, mut cancelled, mut abandoned) = (false, false, false);
+        let mut output_open = true;
         let mut stop_open = true;
+        let mut exit: Option<ExitWait> = None;
+        let mut exit_code: Option<i64> = None;
         loop {
+            if let Some(code) = exit_code
+                && (!output_open || abandoned)
+            {
+                if abandoned {
+                    return Ended::Abandoned { container_id: Some(id) };
+                }
+                return Ended::Exited { container_id: id, exit_code: code, timed_out, cancelled };
+            }
+            // The exit code is awaited once the output ended (normally at the exit) or the
+            // container was told to stop (its output may be unread while the log is behind).
+            if exit.is_none() && exit_code.is_none() && (!output_open || timed_out || cancelled || abandoned) {
+                exit = Some(Box::pin(wait_for_exit(self.inner.docker.clone(), id.clone())));
+            }
             let flush_at = pump.deadline();
+            let room = pump.is_behind().then(|| pump.room());
             tokio::select! {
-                chunk = output.next() => match chunk {
-                    Some(Ok(Output::Stdout(b))) => { pump.feed(LogStream::Stdout, &b); pump.publish().await?; }
-                    Some(Ok(Output::Stderr(b))) => { pump.feed(LogStream::Stderr, &b); pump.publish().await?; }
-                    Some(Err(e)) => { tracing::warn!(error = %e, "output stream broke"); break; }
-                    None => break,
+                chunk = output.next(), if output_open && !pump.is_behind() => match chunk {
+                    Some(Ok(Output::Stdout(b))) => { pump.feed(LogStream::Stdout, &b); pump.hand_over(); }
+                    Some(Ok(Output::Stderr(b))) => { pump.feed(LogStream::Stderr, &b); pump.hand_over(); }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "output stream broke; still supervising the container");
+                        pump.system_line("fastflow: the container's output stream broke; later output is missing from this log");
+                        output_open = false;
+                    }
+                    None => output_open = false,
                 },
-                _ = sleep_until_opt(flush_at) => pump.publish().await?,
+                permit = optional(room) => pump.take_room(permit),
+                _ = sleep_until_opt(flush_at) => pump.hand_over(),
                 _ = sleep_until_opt(timeout_at), if !timed_out => {
                     timed_out = true;
                     pump.system_line("fastflow: timeout reached; stopping the container");
-                    self.stop_in_background(&container_id, self.inner.config.stop_grace);
+                    self.stop_in_background(&id, self.inner.config.stop_grace);
                 }
                 changed = stop.changed(), if stop_open => {
                     // Closed: the registry is gone (the runner returned), no stop can come.
@@ -375,44 +452,44 @@ impl Executor {
                             cancelled = true;
                             pump.system_line("fastflow: cancelled; stopping the container");
                             let grace = if force { Duration::ZERO } else { self.inner.config.stop_grace };
-                            self.stop_in_background(&container_id, grace);
+                            self.stop_in_background(&id, grace);
                         }
                         Some(StopReason::Stale | StopReason::Shutdown) => {
                             abandoned = true;
-                            self.stop_in_background(&container_id, Duration::ZERO);
+                            self.stop_in_background(&id, Duration::ZERO);
                         }
                         None => {}
                     }
                 }
+                code = optional(exit.as_mut()) => {
+                    exit = None;
+                    match code {
+                        Ok(code) => exit_code = Some(code),
+                        Err(message) if abandoned => {
+                            tracing::warn!(container = %id, %message, "cannot confirm the abandoned container exited");
+                            return Ended::Abandoned { container_id: Some(id) };
+                        }
+                        Err(message) => return Ended::Lost { container_id: id, message },
+                    }
+                }
             }
         }
-        let exit_code = self.inner.docker.wait(&container_id).await?;
-        if abandoned {
-            return Ok(Ended::Abandoned { container_id: Some(container_id) });
-        }
-        Ok(Ended::Exited { container_id, exit_code, timed_out, cancelled })
     }
 
-    /// Fetches the code and makes the image available. The inner `Err` is a setup
-    /// failure to report; the outer one a log failure.
-    async fn prepare(
-        &self,
-        job: &JobSpec,
-        pump: &mut LogPump,
-    ) -> Result<Result<Option<std::path::PathBuf>, String>, Error> {
+    /// Fetches the code and makes the image available; `Err` is a setup failure to report.
+    async fn prepare(&self, job: &JobSpec, pump: &mut LogPump) -> Result<Option<std::path::PathBuf>, String> {
         let code_dir = match &job.code {
-            Some(code) => match watched("fetching the code bundle", self.inner.code.ensure(code)).await {
-                Ok(dir) => Some(dir),
-                Err(e) => return Ok(Err(e.to_string())),
-            },
+            Some(code) => Some(
+                watched("fetching the code bundle", self.inner.code.ensure(code)).await.map_err(|e| e.to_string())?,
+            ),
             None => None,
         };
-        Ok(watched("making the image available", self.pull_image(&job.image, pump)).await?.map(|()| code_dir))
+        watched("making the image available", self.pull_image(&job.image, pump)).await?;
+        Ok(code_dir)
     }
 
     /// Makes the image available, streaming pull progress into the log.
-    /// The inner `Err` is a setup failure to report; the outer one a log failure.
-    async fn pull_image(&self, image: &str, pump: &mut LogPump) -> Result<Result<(), String>, Error> {
+    async fn pull_image(&self, image: &str, pump: &mut LogPump) -> Result<(), String> {
         let (tx, mut rx) = mpsc::channel::<String>(64);
         let docker = self.inner.docker.clone();
         let image_owned = image.to_owned();
@@ -420,13 +497,13 @@ impl Executor {
         let pull = AbortOnDropHandle::new(tokio::spawn(async move { docker.ensure_image(&image_owned, &tx).await }));
         while let Some(line) = rx.recv().await {
             pump.system_line(&line);
-            pump.publish().await?;
+            pump.catch_up().await;
         }
-        Ok(match pull.await {
+        match pull.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(format!("image pull task failed: {e}")),
-        })
+        }
     }
 
     fn container_spec(&self, job: &JobSpec, code_dir: Option<std::path::PathBuf>) -> ContainerSpec {
@@ -485,38 +562,67 @@ impl Executor {
         });
     }
 
-    async fn cleanup(&self, container_id: Option<&str>) {
-        if let Some(id) = container_id {
-            self.inner.removals.remove_now(id).await;
-        }
-    }
-
-    /// Reports until the control plane answers for good. `true`: the
-    /// container may go (accepted, or the attempt is not ours any more).
-    async fn report_exit(&self, report: &ExitReport) -> bool {
-        let started = Instant::now();
+    /// Reports until the control plane answers for good (accepted, or rejected: the
+    /// attempt is not ours any more). Re-sent with growing pauses, for as long as it
+    /// takes: the report is on disk and the attempt keeps its lease meanwhile.
+    async fn report_exit(&self, report: &ExitReport) {
         let mut delay = Duration::from_millis(500);
         loop {
             let reason = match self.inner.link.report_exit(report).await {
                 Ok(ExitReply::Accepted) => {
                     tracing::info!(run_id = %report.attempt.run_id, "exit accepted");
-                    return true;
+                    return;
                 }
                 Ok(ExitReply::Rejected { reason }) => {
                     tracing::warn!(run_id = %report.attempt.run_id, %reason, "exit report rejected");
-                    return true;
+                    return;
                 }
                 Ok(ExitReply::RetryLater { reason }) => reason,
                 Err(e) => e.to_string(),
             };
-            if started.elapsed() > EXIT_REPORT_PATIENCE {
-                tracing::error!(run_id = %report.attempt.run_id, %reason, "giving up reporting the exit");
-                return false;
-            }
             tracing::warn!(run_id = %report.attempt.run_id, %reason, "exit report not accepted yet; retrying");
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(10));
+            delay = (delay * 2).min(MAX_REPORT_DELAY);
         }
+    }
+}
+
+/// The container's exit code, once it has exited; `Err` when the engine cannot tell
+/// (the container is gone, or the engine keeps failing).
+async fn wait_for_exit(docker: Docker, id: String) -> Result<i64, String> {
+    let mut delay = Duration::from_millis(500);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match docker.wait(&id).await {
+            Ok(code) => return Ok(code),
+            Err(docker::Error::NotFound(_)) => return Err("the container disappeared from the engine".into()),
+            Err(e) if tries >= WAIT_TRIES => return Err(format!("lost track of the container: {e}")),
+            Err(e) => tracing::warn!(container = %id, error = %e, "waiting for the container failed; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+}
+
+/// Resolves when the attempt stops being this runner's (the control plane gave it up,
+/// or the fence passed); a cancel does not count: the container has exited already.
+async fn no_longer_ours(stop: &mut StopSignal) {
+    loop {
+        if let Some(StopReason::Stale | StopReason::Shutdown) = *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Awaits the future if there is one; never resolves otherwise.
+async fn optional<F: Future>(future: Option<F>) -> F::Output {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -560,5 +666,157 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Supervision against the real Docker engine (`scripts/dev-deps.sh up`): whatever
+/// the output stream or the log publisher do, a stop request still stops the container.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attempts::Attempts;
+    use crate::link::{LinkError, LogAck, Offer};
+    use bytes::Bytes;
+    use futures::stream::BoxStream;
+    use shared::protocol::{CancelNotice, ClaimReply, CodeBundleRef, Heartbeat, HeartbeatReply, JobOffer};
+    use tokio_util::sync::CancellationToken;
+
+    /// A link whose log batches are sent but, with `acks: false`, never acknowledged
+    /// (a broker that hangs); nothing else is used.
+    struct Link {
+        acks: bool,
+    }
+
+    fn unused<T>(what: &'static str) -> Result<T, LinkError> {
+        Err(LinkError::new(what, "not used by this test"))
+    }
+
+    #[async_trait::async_trait]
+    impl ControlLink for Link {
+        async fn next_offers(&self, _pool: &str, _max: usize) -> Result<Vec<Offer>, LinkError> {
+            unused("offers")
+        }
+        async fn claim_batch(&self, _runner_id: &str, _offers: &[JobOffer]) -> Result<Vec<ClaimReply>, LinkError> {
+            unused("claim")
+        }
+        async fn heartbeat(&self, _beat: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
+            unused("heartbeat")
+        }
+        async fn report_exit(&self, _report: &ExitReport) -> Result<ExitReply, LinkError> {
+            Ok(ExitReply::Accepted)
+        }
+        async fn cancel_notices(&self, _runner_id: &str) -> Result<BoxStream<'static, CancelNotice>, LinkError> {
+            unused("cancel notices")
+        }
+        async fn fetch_bundle(&self, _code: &CodeBundleRef, _max_bytes: u64) -> Result<Vec<u8>, LinkError> {
+            unused("code bundle")
+        }
+        fn max_log_payload(&self) -> usize {
+            64 * 1024
+        }
+        async fn publish_log(&self, _at: &AttemptRef, _first_line: u64, _payload: Bytes) -> Result<LogAck, LinkError> {
+            if self.acks { Ok(Box::pin(async { Ok(()) })) } else { Ok(Box::pin(std::future::pending())) }
+        }
+        async fn published_log(
+            &self,
+            _at: &AttemptRef,
+        ) -> Result<BoxStream<'static, Result<(u64, Bytes), LinkError>>, LinkError> {
+            unused("published log")
+        }
+    }
+
+    struct Fixture {
+        executor: Executor,
+        attempts: attempts::Handle,
+        _registry: tokio_util::sync::DropGuard,
+        data_dir: std::path::PathBuf,
+    }
+
+    async fn fixture(acks: bool) -> Fixture {
+        let data_dir = std::env::temp_dir().join(format!("ff-exec-{}", uuid::Uuid::new_v4()));
+        let dir = data_dir.display().to_string();
+        let config = Config::from_source(&|name| (name == "RUNNER_DATA_DIR").then(|| dir.clone())).expect("config");
+        let docker = Docker::connect().await.expect("the Docker engine (scripts/dev-deps.sh up)");
+        let registry = Attempts::new();
+        let attempts = registry.handle();
+        let cancel = CancellationToken::new();
+        tokio::spawn(registry.run(cancel.clone()));
+        let fence = Fence::new(config.fence_settings(), None);
+        fence.renewed(Instant::now(), Duration::from_secs(3600)).expect("a safe lease");
+        let link: Arc<dyn ControlLink> = Arc::new(Link { acks });
+        let executor = Executor::new(Arc::new(config), docker, link, attempts.clone(), fence);
+        Fixture { executor, attempts, _registry: cancel.drop_guard(), data_dir }
+    }
+
+    fn spec(command: &str) -> ContainerSpec {
+        ContainerSpec {
+            name: format!("fastflow-exec-test-{}", uuid::Uuid::new_v4()),
+            image: std::env::var("FASTFLOW_BUSYBOX_IMAGE").unwrap_or_else(|_| "fastflow-busybox:latest".into()),
+            command: vec!["sh".into(), "-c".into(), command.into()],
+            ..Default::default()
+        }
+    }
+
+    fn attempt() -> AttemptRef {
+        AttemptRef { run_id: uuid::Uuid::new_v4(), attempt: 1, fencing_token: 1 }
+    }
+
+    /// Runs `follow` on a started container, asks it to stop with `reason` after a
+    /// moment, and returns how it ended (or panics if it did not end in time).
+    async fn follow_then_stop(
+        f: &Fixture,
+        container_id: &str,
+        output: docker::OutputStream,
+        reason: StopReason,
+    ) -> Ended {
+        let at = attempt();
+        let mut stop = f.attempts.register(at.clone()).await.expect("registered");
+        let mut pump = LogPump::new(f.executor.link().clone(), &at, None);
+        let stopper = async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            f.attempts.stop(&at, reason);
+        };
+        let following = f.executor.follow(container_id, output, &mut pump, &mut stop, None);
+        let (ended, ()) = tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(following, stopper) })
+            .await
+            .expect("supervision ended the attempt in time");
+        f.executor.docker().remove(container_id).await.expect("removed");
+        let _ = std::fs::remove_dir_all(&f.data_dir);
+        ended
+    }
+
+    #[tokio::test]
+    async fn after_the_output_stream_breaks_a_cancel_still_stops_the_container() {
+        let f = fixture(true).await;
+        let started = f.executor.docker().start(&spec("echo hi; sleep 300")).await.expect("started");
+        // The engine's stream, broken after its first chunk.
+        let broken: docker::OutputStream = Box::pin(
+            futures::stream::iter(vec![
+                Ok(Output::Stdout(Bytes::from_static(b"hi\n"))),
+                Err(docker::Error::WaitInterrupted("simulated broken stream".into())),
+            ])
+            .chain(futures::stream::pending()),
+        );
+        let id = started.container_id.clone();
+        match follow_then_stop(&f, &id, broken, StopReason::Cancel { force: true }).await {
+            Ended::Exited { container_id, cancelled: true, exit_code, .. } => {
+                assert_eq!(container_id, id);
+                assert_ne!(exit_code, 0, "killed");
+            }
+            _ => panic!("expected a cancelled exit"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_log_publisher_that_never_gets_an_ack_does_not_delay_the_fence() {
+        // Every batch is sent and never acknowledged: the publisher falls behind at once
+        // and the execution stops reading the (endless) output; the stop still acts.
+        let f = fixture(false).await;
+        let started = f.executor.docker().start(&spec("while true; do seq 1 1000; done")).await.expect("started");
+        let docker::Started { container_id: id, output } = started;
+        match follow_then_stop(&f, &id, output, StopReason::Stale).await {
+            Ended::Abandoned { container_id } => assert_eq!(container_id.as_deref(), Some(id.as_str())),
+            _ => panic!("expected the attempt to be abandoned"),
+        }
     }
 }

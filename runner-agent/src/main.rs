@@ -14,6 +14,9 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
+    if std::env::args().nth(1).as_deref() == Some("watchdog") {
+        return watchdog().await;
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -46,4 +49,17 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// `runner-agent watchdog`: started by the runner itself (see `runner_agent::watchdog`).
+/// It outlives signals meant for the runner (a terminal's Ctrl-C reaches the whole
+/// process group): the runner ends it when it stops cleanly.
+async fn watchdog() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installing handlers replaces the default action (exit) for good.
+    let _interrupt = signal(SignalKind::interrupt())?;
+    let _terminate = signal(SignalKind::terminate())?;
+    let config = Config::from_env().map_err(|e| anyhow::anyhow!("configuration error: {e}"))?;
+    let code = runner_agent::watchdog::watch(&config.runner_id, &config.data_dir).await?;
+    std::process::exit(code);
 }

@@ -161,6 +161,17 @@ pub struct HeartbeatReply {
     pub cancel: Vec<CancelNotice>,
     /// Attempts this runner no longer holds (token stale or run final): stop and forget them.
     pub stale: Vec<AttemptRef>,
+    /// The lease length the control plane grants, in milliseconds: the runner stops its
+    /// jobs before a lease renewed by this heartbeat can run out (self-fencing, measured
+    /// on its own clock from when it sent the heartbeat). `None` from older control planes.
+    #[serde(default)]
+    pub lease_ms: Option<u64>,
+    /// The control plane answered but could not reach its database: nothing was renewed
+    /// and `cancel`/`stale` are empty. No replica can expire a lease without the database
+    /// either, so the runner may keep its jobs for a bounded extra time (see the runner's
+    /// `RUNNER_UNCONFIRMED_LEASE_GRACE_SECONDS`).
+    #[serde(default)]
+    pub provisional: bool,
 }
 
 /// Core-NATS notice sent to the runner holding an attempt.

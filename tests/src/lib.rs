@@ -50,7 +50,7 @@ mod wait;
 pub use api::{ApiResponse, ControlPlaneClient, Run, TextResponse, assert_error, assert_error_shape};
 pub use config::DevEnv;
 pub use docker::{docker_containers_with_label, docker_inspect, docker_now};
-pub use docker_events::ContainerCreations;
+pub use docker_events::{ContainerCreations, ContainerEvent, ContainerLifecycle};
 pub use s3::Digest;
 pub use session::Session;
 pub use sse::{LogLine, SseEvent, SseStream, SseTranscript};

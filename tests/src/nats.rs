@@ -51,6 +51,11 @@ impl NatsServer {
         self.process.kill();
     }
 
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the server process.
+    pub(crate) fn signal(&mut self, signal: &str) {
+        self.process.signal(signal);
+    }
+
     /// Starts a new server on the same ports with an EMPTY store directory:
     /// every stream, consumer and message is gone.
     pub(crate) async fn restart_with_empty_store(&mut self) {

@@ -517,6 +517,38 @@ impl TestEnv {
         i
     }
 
+    /// Starts one more runner without waiting for it to register (e.g. one expected to
+    /// refuse to start); returns its index.
+    pub fn launch_runner_with_env(&mut self, env: &[(&str, &str)]) -> usize {
+        self.distributed_only("launch_runner_with_env");
+        let i = self.runners.len();
+        let id = format!("runner-{i}-{}", self.tag);
+        let extra: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.runner_extra_env.insert(i, extra);
+        let process = self.spawn_runner(i, &id);
+        self.runners.push(Runner { id, process });
+        i
+    }
+
+    /// Starts runner `i` again after [`Self::kill_runner`] without waiting for it to be
+    /// listed (e.g. while the database is down).
+    pub fn relaunch_runner(&mut self, i: usize) {
+        self.distributed_only("relaunch_runner");
+        assert!(self.runners[i].process.exit_status().is_some(), "runner #{i} still runs; kill it first");
+        let id = self.runners[i].id.clone();
+        self.runners[i].process = self.spawn_runner(i, &id);
+    }
+
+    /// Runner `i`'s RUNNER_DATA_DIR.
+    pub fn runner_data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("runner-{i}"))
+    }
+
+    /// Path of runner `i`'s process log (appended across restarts).
+    pub fn runner_log_path(&self, i: usize) -> PathBuf {
+        self.dir.join("logs").join(format!("runner-{i}.log"))
+    }
+
     /// Starts runner `i` again after [`Self::kill_runner`]: a new process with the same
     /// RUNNER_ID and RUNNER_DATA_DIR (its log is appended to the same file), as a
     /// supervisor would after a crash.
@@ -580,6 +612,17 @@ impl TestEnv {
     /// kill -9 of the test's nats-server.
     pub fn kill_nats(&mut self) {
         self.services("kill_nats").nats.kill();
+    }
+
+    /// SIGSTOP of the test's nats-server: connections stay open, nothing is answered
+    /// (a hung broker). [`Self::thaw_nats`] resumes it.
+    pub fn freeze_nats(&mut self) {
+        self.services("freeze_nats").nats.signal("STOP");
+    }
+
+    /// SIGCONT of the test's nats-server.
+    pub fn thaw_nats(&mut self) {
+        self.services("thaw_nats").nats.signal("CONT");
     }
 
     /// Restarts nats-server on the same port with an empty JetStream store.

@@ -81,11 +81,13 @@ async fn a_container_that_exits_while_its_runner_is_down_is_reported_on_restart(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_runner_removes_the_container_of_a_run_that_was_lost_meanwhile() {
-    // A short lease, so the control plane gives the run up while the runner is down.
+    // A short lease, so the control plane gives the run up while the runner is down
+    // (the runner fences 2 s before it ends).
     let options = TestEnvOptions::default()
         .control_plane_env("RUN_LEASE_SECONDS", "4")
         .control_plane_env("SWEEP_INTERVAL_SECONDS", "1")
-        .runner_env("HEARTBEAT_INTERVAL_SECONDS", "1");
+        .runner_env("HEARTBEAT_INTERVAL_SECONDS", "1")
+        .runner_env("RUNNER_FENCE_MARGIN_SECONDS", "2");
     let mut env = TestEnv::start(options).await;
     let created = env.run_pipeline("sleeper", &[]).await;
     env.wait_for_log(&created.id, "started\n", RUN).await;
@@ -94,7 +96,9 @@ async fn a_restarted_runner_removes_the_container_of_a_run_that_was_lost_meanwhi
     let container = only_container(&env, &created.id).await;
     let lost = env.wait_final(&created.id, Duration::from_secs(30)).await;
     assert_finished(&lost, "failed", Some("lost"));
-    wait_container_running(&env, &container, true, Duration::from_secs(1)).await;
+    // The killed runner's watchdog stopped the job at its fence, before the lease ran
+    // out; the container itself stays for the restarted runner to find.
+    wait_container_running(&env, &container, false, Duration::from_secs(1)).await;
 
     env.restart_runner(0).await;
     wait_containers_removed(&env, &created.id).await;

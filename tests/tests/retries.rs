@@ -7,12 +7,12 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use tests::{TestEnv, TestEnvOptions, in_both_modes};
+use tests::{ContainerLifecycle, TestEnv, TestEnvOptions, in_both_modes, poll_until};
 
 const RUN: Duration = Duration::from_secs(120);
 
-/// Two runners and a 6 s lease (heartbeats every second), so a lost runner is
-/// noticed within seconds.
+/// Two runners and a 6 s lease (heartbeats every second, the fence 2 s before the
+/// lease ends), so a lost runner is noticed within seconds.
 fn two_runners_with_a_short_lease() -> TestEnvOptions {
     TestEnvOptions::default()
         .runners(2)
@@ -20,6 +20,7 @@ fn two_runners_with_a_short_lease() -> TestEnvOptions {
         .control_plane_env("SWEEP_INTERVAL_SECONDS", "1")
         .control_plane_env("RETRY_BACKOFF_SECONDS", "0.3")
         .runner_env("HEARTBEAT_INTERVAL_SECONDS", "1")
+        .runner_env("RUNNER_FENCE_MARGIN_SECONDS", "2")
 }
 
 in_both_modes! {
@@ -112,6 +113,7 @@ async fn a_run_whose_runner_is_killed_gets_one_new_attempt_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_runner_frozen_past_its_lease_loses_the_attempt_and_its_late_writes_change_nothing() {
+    let events = ContainerLifecycle::start().await;
     let mut env = TestEnv::start(two_runners_with_a_short_lease()).await;
     let run = env.run_pipeline("ticker", &[]).await;
     let running = env.wait_for_status(&run.id, |r| r.status == "running", RUN).await;
@@ -121,6 +123,16 @@ async fn a_runner_frozen_past_its_lease_loses_the_attempt_and_its_late_writes_ch
 
     // The lease runs out: attempt 1 is recorded as lost and attempt 2 runs elsewhere.
     env.wait_for_status(&run.id, |r| r.attempt == 2, RUN).await;
+    // The frozen runner could not stop its job; its watchdog process did, at the
+    // fence: attempt 1's container died before attempt 2's was created (engine clock).
+    let second_created = poll_until("attempt 2's container", RUN, Duration::from_millis(100), || async {
+        events.time_of(&run.id, 2, "create").ok_or_else(|| format!("events: {:?}", events.of_run(&run.id)))
+    })
+    .await;
+    let first_died = events.time_of(&run.id, 1, "die").unwrap_or_else(|| {
+        panic!("attempt 1's container is still running while attempt 2's exists: {:?}", events.of_run(&run.id))
+    });
+    assert!(first_died < second_created, "attempt 1 died after attempt 2 started: {:?}", events.of_run(&run.id));
     let first_log = env.cp(0).get_logs_query(&run.id, &[("attempt", "1")]).await.body;
     assert!(String::from_utf8_lossy(&first_log).contains("tick 3 of attempt 1"), "attempt 1's log was archived");
     // Thawed, the old runner finds its job done and reports with a stale token,

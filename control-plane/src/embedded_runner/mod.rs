@@ -49,6 +49,6 @@ pub async fn run(ctx: Context, bus: LocalBus, ready: oneshot::Sender<()>) -> any
     tracing::info!(runner_id = %config.runner_id, "embedded runner: using the Docker engine");
     // No draining: on shutdown it returns at once and leaves running containers
     // alone (see the module comment).
-    let options = Options { config, docker, link: Arc::new(link), ready };
+    let options = Options { config, docker, link: Arc::new(link), ready, watchdog: false };
     runner_agent::agent::serve(options, Shutdown::leave_running(shutdown)).await
 }

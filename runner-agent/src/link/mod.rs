@@ -18,6 +18,9 @@ use shared::protocol::{
 };
 use std::time::Duration;
 
+/// How long a heartbeat waits for its reply.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A failed exchange with the control plane; the caller retries or gives up.
 #[derive(Debug, thiserror::Error)]
 #[error("{context}: {message}")]

@@ -21,7 +21,6 @@ use tokio::sync::Mutex;
 
 const FETCH_EXPIRY: Duration = Duration::from_secs(5);
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 const EXIT_REPORT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Offers stay invisible to other runners this long while one decides.
 const OFFER_ACK_WAIT: Duration = Duration::from_secs(30);
@@ -165,7 +164,7 @@ impl ControlLink for NatsLink {
     }
 
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
-        self.request("heartbeat", subjects::HEARTBEAT, beat, HEARTBEAT_TIMEOUT).await
+        self.request("heartbeat", subjects::HEARTBEAT, beat, super::HEARTBEAT_TIMEOUT).await
     }
 
     async fn report_exit(&self, report: &ExitReport) -> Result<ExitReply, LinkError> {
