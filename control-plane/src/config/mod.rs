@@ -221,6 +221,18 @@ impl Config {
                 Some(runner_agent::config::Config::from_source(&lookup)?)
             }
         };
+        let lease = src.seconds("RUN_LEASE_SECONDS", 25)?;
+        // The embedded runner's fence must end before the lease (a runner process checks
+        // the same at its first heartbeat).
+        if let Some(runner) = &embedded_runner
+            && let Err(e) = runner.fence_settings().fence_after(lease)
+        {
+            return Err(Error::Invalid {
+                name: "RUN_LEASE_SECONDS",
+                value: lease.as_secs().to_string(),
+                message: e.to_string(),
+            });
+        }
         let allowed_hosts = AllowedHosts::parse(src.get("PUBLIC_URL").as_deref(), src.get("ALLOWED_HOSTS").as_deref())
             .map_err(|e| Error::Invalid { name: e.name, value: e.value, message: e.message.into() })?;
         // Valid once `AllowedHosts::parse` accepted it.
@@ -245,9 +257,9 @@ impl Config {
             embedded_runner,
             pipelines_dir: PathBuf::from(src.string("PIPELINES_DIR", "./pipelines")),
             worker_base_image: src.string("WORKER_BASE_IMAGE", "fastflow-worker:latest"),
-            // Heartbeats every 5 s; runners stop their jobs after 20 s without renewal (before the
-            // lease runs out), and a killed runner is detected within 25 s + one sweep.
-            lease: src.seconds("RUN_LEASE_SECONDS", 25)?,
+            // Heartbeats every 5 s; runners stop their jobs 5 s before a lease they could not
+            // renew runs out, and a killed runner is detected within 25 s + one sweep.
+            lease,
             sweep_interval: src.seconds("SWEEP_INTERVAL_SECONDS", 5)?,
             reoffer_after: src.seconds("REOFFER_AFTER_SECONDS", 10)?,
             default_resources: default_resources(src)?,
@@ -430,6 +442,15 @@ mod tests {
         assert!(err.starts_with("PUBLIC_URL:"), "{err}");
         let err = load(&[("ALLOWED_HOSTS", "a.example:80")]).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.starts_with("ALLOWED_HOSTS:"), "{err}");
+        // The embedded runner's fence must end before the lease.
+        let err = load(&[("RUN_LEASE_SECONDS", "25"), ("RUNNER_SELF_FENCE_SECONDS", "20")])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.starts_with("RUN_LEASE_SECONDS:") && err.contains("RUNNER_SELF_FENCE_SECONDS"), "{err}");
+        let err = load(&[("RUN_LEASE_SECONDS", "8")]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("RUN_LEASE_SECONDS:"), "{err}");
+        assert!(load(&[("RUN_LEASE_SECONDS", "8"), ("NATS_URL", "nats://h:4222")]).is_ok(), "runners check their own");
     }
 
     #[test]

@@ -95,10 +95,20 @@ async fn check(api: &ApiState, request: &mut Request) -> Result<(), Error> {
     let decision = policy::decide(request.method(), matched.as_deref());
     let config = &api.ctx.config;
     let presented = credentials(request.headers(), cookie_name(config));
-    let principal = match &presented {
-        Credentials::None | Credentials::Malformed => None,
-        Credentials::Bearer(token) => api.auth.bearer(token).await?,
-        Credentials::Cookie(id) => api.auth.session(id).await?,
+    let looked_up = match &presented {
+        Credentials::None | Credentials::Malformed => Ok(None),
+        Credentials::Bearer(token) => api.auth.bearer(token).await,
+        Credentials::Cookie(id) => api.auth.session(id).await,
+    };
+    let principal = match looked_up {
+        Ok(principal) => principal,
+        // A public route answers even when credentials cannot be checked (the store is
+        // down): `/health` must be able to say so, to the caller as to anyone.
+        Err(e) if matches!(decision, Decision::Declared(Access::Public)) => {
+            tracing::warn!(error = %e, "credentials could not be checked; answering the public route anonymously");
+            None
+        }
+        Err(e) => return Err(e.into()),
     };
     let unsafe_method = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let required = match decision {
