@@ -49,7 +49,9 @@ pub enum Error {
     NotFound(String),
     /// A network of the runner's name exists with other settings (made by hand or by
     /// another tool): the runner will not attach jobs to it.
-    #[error("docker network {name} exists but {problem}; remove it (`docker network rm {name}`) and the runner recreates it")]
+    #[error(
+        "docker network {name} exists but {problem}; remove it (`docker network rm {name}`) and the runner recreates it"
+    )]
     NetworkMismatch { name: String, problem: String },
     /// The engine ended a wait without an exit status (engine restart, dropped connection).
     #[error("waiting for container {0} ended without an exit status")]

@@ -446,7 +446,11 @@ impl Executor {
     /// The container of one attempt. `Err` is a setup failure for the job's log: the
     /// isolated network could not be set up (never run such a job on a looser network),
     /// or the pipeline's uv cache folder could not be made.
-    async fn container_spec(&self, job: &JobSpec, code_dir: Option<std::path::PathBuf>) -> Result<ContainerSpec, String> {
+    async fn container_spec(
+        &self,
+        job: &JobSpec,
+        code_dir: Option<std::path::PathBuf>,
+    ) -> Result<ContainerSpec, String> {
         let mut env: Vec<(String, String)> = job.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut mounts = Vec::new();
         if let Some(dir) = code_dir {

@@ -264,8 +264,20 @@ impl ListenerContainer {
             "mkdir -p /www && echo listener-{network}-{tag} > /www/index.html && exec httpd -f -p {LISTENER_PORT} -h /www"
         );
         let net = format!("--network={network}");
-        docker(&["run", "-d", "--name", &name, "--label", "fastflow-test-listener=1", &net, &image, "sh", "-c", &script])
-            .await;
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--label",
+            "fastflow-test-listener=1",
+            &net,
+            &image,
+            "sh",
+            "-c",
+            &script,
+        ])
+        .await;
         let mut listener = ListenerContainer { name, ip: String::new() };
         let url = format!("http://127.0.0.1:{LISTENER_PORT}/");
         poll_until(&format!("listener {} to serve", listener.name), RUN, POLL, || async {
