@@ -70,6 +70,8 @@ impl Floor {
                 pids: Some(1024),
                 cap_add: Vec::new(),
             },
+            // The engine's default bridge: the floor needs no runner-made network.
+            network: Default::default(),
         };
         let started = Instant::now();
         let container = self.docker.start(&spec).await.context("floor: starting the container")?;

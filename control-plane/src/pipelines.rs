@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shared::FailureReason;
-use shared::protocol::{CodeBundleRef, Resources};
+use shared::protocol::{CodeBundleRef, NetworkPolicy, Resources};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -45,6 +45,8 @@ pub struct Pipeline {
     pub retry_on: Option<Vec<FailureReason>>,
     /// Limits set by this pipeline; unset ones fall back to the global defaults.
     pub resources: ResourceOverrides,
+    /// What its jobs' containers may reach (`network`; default `isolated`).
+    pub network: NetworkPolicy,
     #[serde(skip)]
     pub env: BTreeMap<String, String>,
     #[serde(skip)]
@@ -65,6 +67,7 @@ struct Manifest {
     runner_pool: Option<String>,
     retries: Option<u32>,
     retry_on: Option<Vec<FailureReason>>,
+    network: Option<NetworkPolicy>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
@@ -215,6 +218,7 @@ impl Catalog {
             runner_pool: m.runner_pool.unwrap_or_else(|| shared::subjects::DEFAULT_POOL.to_owned()),
             retries: m.retries,
             retry_on: m.retry_on,
+            network: m.network.unwrap_or_default(),
             env: m.env,
             is_python,
             dir,
@@ -404,6 +408,22 @@ mod tests {
         );
         let err = catalog(&dir).get("bad").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("resources.pids"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn the_network_policy_defaults_to_isolated_and_bad_values_are_named() {
+        let dir = tmp();
+        write(&dir, "plain/pipeline.toml", "command = [\"true\"]\n");
+        write(&dir, "open/pipeline.toml", "command = [\"true\"]\nnetwork = \"host-bridge\"\n");
+        write(&dir, "offline/pipeline.toml", "command = [\"true\"]\nnetwork = \"none\"\n");
+        write(&dir, "bad/pipeline.toml", "command = [\"true\"]\nnetwork = \"host\"\n");
+        let network = |name: &str| catalog(&dir).get(name).map(|p| p.network).map_err(|e| e.to_string());
+        assert_eq!(network("plain"), Ok(NetworkPolicy::Isolated));
+        assert_eq!(network("open"), Ok(NetworkPolicy::HostBridge));
+        assert_eq!(network("offline"), Ok(NetworkPolicy::None));
+        let err = network("bad").err().unwrap_or_default();
+        assert!(err.contains("network") && err.contains("host-bridge"), "{err}");
         std::fs::remove_dir_all(dir).ok();
     }
 

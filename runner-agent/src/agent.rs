@@ -135,6 +135,11 @@ async fn serve_until_drained(options: Options, shutdown: &Shutdown) -> anyhow::R
     let watchdog = watchdog
         .then(|| tokio::spawn(watchdog::supervise(config.runner_id.clone(), config.data_dir.clone(), guard.clone())));
     let executor = Executor::new(config.clone(), docker, link.clone(), attempts.clone(), fence.clone());
+    // Before the first claim, so a host without the firewall tools says so at once; the
+    // isolated jobs themselves try again (and fail with this reason) until it works.
+    if let Err(e) = executor.network().ensure().await {
+        tracing::error!(error = %e, "isolated job network unavailable: jobs with network = \"isolated\" (the default) will fail");
+    }
     tracing::info!(runner_id = %config.runner_id, pool = %config.pool, slots = config.concurrency, "runner ready");
 
     let slots = Arc::new(Semaphore::new(config.concurrency as usize));

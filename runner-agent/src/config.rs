@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
+
+use ipnet::Ipv4Net;
 use std::time::Duration;
 
 use crate::docker::LogDriver;
@@ -25,6 +27,10 @@ pub struct Config {
     pub concurrency: u32,
     pub data_dir: PathBuf,
     pub uv_cache_dir: PathBuf,
+    /// `RUNNER_ISOLATED_BLOCK`: more IPv4 networks `isolated` jobs cannot reach, e.g. the
+    /// private network of the control plane, NATS and Postgres when they run on other
+    /// hosts (the runner's own host and the metadata addresses are always blocked).
+    pub isolated_block: Vec<Ipv4Net>,
     /// SIGTERM → SIGKILL grace period when stopping a container.
     pub stop_grace: Duration,
     pub heartbeat_interval: Duration,
@@ -68,6 +74,7 @@ impl Config {
         let data_dir = PathBuf::from(get("RUNNER_DATA_DIR").unwrap_or_else(|| "./runner-data".into()));
         let uv_cache_dir = get("UV_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| data_dir.join("uv-cache"));
         let cap_add = parse_caps(get("CONTAINER_CAP_ADD").unwrap_or_default())?;
+        let isolated_block = parse_networks(get("RUNNER_ISOLATED_BLOCK").unwrap_or_default())?;
         let noop_executor = noop_executor(get("RUNNER_BENCH_NOOP_EXECUTOR"))?;
         let concurrency: u32 = parse(get("RUNNER_CONCURRENCY"), "RUNNER_CONCURRENCY", 4, "a number of slots")?;
         // No-op slots cost nothing: the dispatch benchmark uses thousands to
@@ -103,6 +110,7 @@ impl Config {
             concurrency,
             data_dir,
             uv_cache_dir,
+            isolated_block,
             stop_grace: Duration::from_secs(parse(
                 get("RUNNER_STOP_GRACE_SECONDS"),
                 "RUNNER_STOP_GRACE_SECONDS",
@@ -262,6 +270,26 @@ fn parse_caps(raw: String) -> Result<Vec<String>, Error> {
     Ok(caps)
 }
 
+/// `RUNNER_ISOLATED_BLOCK`: comma-separated IPv4 networks (`10.0.0.0/8`) or addresses.
+fn parse_networks(raw: String) -> Result<Vec<Ipv4Net>, Error> {
+    let mut networks = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let parsed = match item.parse::<Ipv4Net>() {
+            Ok(net) => Ok(net.trunc()),
+            Err(_) => item.parse::<std::net::Ipv4Addr>().map(Ipv4Net::from),
+        };
+        let Ok(net) = parsed else {
+            return Err(Error {
+                name: "RUNNER_ISOLATED_BLOCK",
+                value: raw.clone(),
+                message: format!("`{item}` is not an IPv4 network like 10.0.0.0/8 or an IPv4 address"),
+            });
+        };
+        networks.push(net);
+    }
+    Ok(networks)
+}
+
 /// `<hostname>-<4 random hex digits>`, reduced to characters valid in a NATS subject.
 fn default_runner_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "runner".into());
@@ -298,6 +326,20 @@ mod tests {
         assert_eq!(cfg.map(|c| c.cap_add).ok(), Some(vec!["NET_BIND_SERVICE".to_string(), "CHOWN".to_string()]));
         let err = Config::from_source(&|n| (n == "CONTAINER_CAP_ADD").then(|| "ALL".into())).err();
         assert!(err.map(|e| e.to_string()).unwrap_or_default().starts_with("CONTAINER_CAP_ADD:"));
+    }
+
+    #[test]
+    fn isolated_block_takes_ipv4_networks_and_addresses() {
+        let block = |v: &'static str| {
+            Config::from_source(&move |n| (n == "RUNNER_ISOLATED_BLOCK").then(|| v.into()))
+                .map(|c| c.isolated_block.iter().map(ToString::to_string).collect::<Vec<_>>())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(Config::from_source(&|_| None).map(|c| c.isolated_block.len()).ok(), Some(0));
+        assert_eq!(block("10.1.2.3/8, 192.168.7.9"), Ok(vec!["10.0.0.0/8".to_string(), "192.168.7.9/32".to_string()]));
+        for bad in ["10.0.0.0/33", "fd00::/8", "db.internal"] {
+            assert!(block(bad).is_err_and(|e| e.starts_with("RUNNER_ISOLATED_BLOCK:")), "{bad}");
+        }
     }
 
     #[cfg(feature = "bench-noop")]

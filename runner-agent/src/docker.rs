@@ -15,6 +15,7 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as EngineError;
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, CreateImageInfo, HostConfig, HostConfigLogConfig, Mount, MountType,
+    NetworkCreateRequest,
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
@@ -46,6 +47,12 @@ pub enum Error {
     /// The container does not exist (any more).
     #[error("container {0} not found")]
     NotFound(String),
+    /// A network of the runner's name exists with other settings (made by hand or by
+    /// another tool): the runner will not attach jobs to it.
+    #[error(
+        "docker network {name} exists but {problem}; remove it (`docker network rm {name}`) and the runner recreates it"
+    )]
+    NetworkMismatch { name: String, problem: String },
     /// The engine ended a wait without an exit status (engine restart, dropped connection).
     #[error("waiting for container {0} ended without an exit status")]
     WaitInterrupted(String),
@@ -73,6 +80,65 @@ pub struct ContainerSpec {
     pub working_dir: Option<String>,
     pub limits: Limits,
     pub log_driver: LogDriver,
+    pub network: NetworkMode,
+}
+
+/// Which network a job container joins.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// The engine's default bridge (`docker0`).
+    #[default]
+    DefaultBridge,
+    /// No network interface but loopback.
+    None,
+    /// A user-defined network, by name (see [`Docker::ensure_bridge_network`]).
+    Named(String),
+}
+
+impl NetworkMode {
+    fn host_config(&self) -> Option<String> {
+        match self {
+            NetworkMode::DefaultBridge => None,
+            NetworkMode::None => Some("none".into()),
+            NetworkMode::Named(name) => Some(name.clone()),
+        }
+    }
+}
+
+/// A user-defined bridge network without traffic between its containers.
+#[derive(Clone, Copy, Debug)]
+pub struct BridgeNetwork<'a> {
+    pub name: &'a str,
+    /// The host interface's name, fixed so that firewall rules can name it (≤ 15 bytes).
+    pub bridge: &'a str,
+}
+
+impl BridgeNetwork<'_> {
+    /// What the engine must report for the network to be ours: the bridge name, no
+    /// inter-container traffic (`enable_icc=false`), outbound NAT on.
+    fn options(&self) -> [(&'static str, String); 3] {
+        [
+            ("com.docker.network.bridge.name", self.bridge.to_owned()),
+            ("com.docker.network.bridge.enable_icc", "false".to_owned()),
+            ("com.docker.network.bridge.enable_ip_masquerade", "true".to_owned()),
+        ]
+    }
+
+    /// Why an existing network with this name is not the one asked for, if it is not.
+    fn mismatch(&self, driver: Option<&str>, internal: bool, options: &HashMap<String, String>) -> Option<String> {
+        if driver != Some("bridge") {
+            return Some(format!("uses driver {}", driver.unwrap_or("(none)")));
+        }
+        if internal {
+            return Some("is internal (no outbound traffic)".into());
+        }
+        self.options().into_iter().find_map(|(key, want)| {
+            let have = options.get(key).map(String::as_str);
+            // The engine omits options left at their default; masquerading defaults to on.
+            let ok = have == Some(want.as_str()) || (have.is_none() && key.ends_with("enable_ip_masquerade"));
+            (!ok).then(|| format!("has {key}={} instead of {want}", have.unwrap_or("(unset)")))
+        })
+    }
 }
 
 /// Where the engine keeps a job container's own copy of its output. The runner streams
@@ -355,6 +421,44 @@ impl Docker {
         output_stream(Box::pin(self.inner.logs(container_id, Some(options))))
     }
 
+    /// Makes sure the bridge network exists with exactly these settings; creates it if
+    /// missing. Runners on one host share it: when two create it at once, the engine
+    /// refuses the second (same bridge name) and that one finds the first's network.
+    pub async fn ensure_bridge_network(&self, network: &BridgeNetwork<'_>) -> Result<(), Error> {
+        if !self.check_bridge_network(network).await? {
+            let request = NetworkCreateRequest {
+                name: network.name.to_owned(),
+                driver: Some("bridge".into()),
+                internal: Some(false),
+                enable_ipv6: Some(false),
+                options: Some(network.options().into_iter().map(|(k, v)| (k.to_owned(), v)).collect()),
+                labels: Some(HashMap::from([("fastflow-network".to_owned(), network.name.to_owned())])),
+                ..Default::default()
+            };
+            if let Err(err) = self.inner.create_network(request).await {
+                // Another runner may have created it meanwhile: then it exists now.
+                if !self.check_bridge_network(network).await? {
+                    return Err(err.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `false` when the network does not exist; an error when it exists with other settings.
+    async fn check_bridge_network(&self, network: &BridgeNetwork<'_>) -> Result<bool, Error> {
+        let found = match self.inner.inspect_network(network.name, None).await {
+            Ok(found) => found,
+            Err(err) if status_of(&err) == Some(404) => return Ok(false),
+            Err(err) => return Err(err.into()),
+        };
+        let options = found.options.unwrap_or_default();
+        match network.mismatch(found.driver.as_deref(), found.internal.unwrap_or(false), &options) {
+            None => Ok(true),
+            Some(problem) => Err(Error::NetworkMismatch { name: network.name.to_owned(), problem }),
+        }
+    }
+
     /// Ids of all containers, running or not, labelled `key=value`.
     /// Kills (SIGKILL) every running container with this label; returns their ids.
     /// For the watchdog: nothing may outlive a lease, however it ends.
@@ -423,6 +527,10 @@ fn pull_error(image: &str, err: EngineError) -> Error {
 
 fn create_error(spec: &ContainerSpec, err: EngineError) -> Error {
     match err {
+        // A network that vanished (removed by hand) is not the image's fault.
+        EngineError::DockerResponseServerError { status_code: 404, message } if message.starts_with("network ") => {
+            Error::InvalidSpec { message }
+        }
         EngineError::DockerResponseServerError { status_code: 404, message } => {
             Error::ImageUnavailable { image: spec.image.clone(), message }
         }
@@ -456,6 +564,7 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, Error> {
         memory_swap: spec.limits.memory_bytes,
         nano_cpus: spec.limits.nano_cpus,
         log_config: spec.log_driver.host_config(),
+        network_mode: spec.network.host_config(),
         ..Default::default()
     };
     Ok(ContainerCreateBody {
@@ -558,6 +667,24 @@ mod tests {
         };
         let version = max_version_from_error(&err).map(|v| v.to_string());
         assert_eq!(version.as_deref(), Some("1.41"));
+    }
+
+    #[test]
+    fn a_bridge_network_with_other_settings_is_named_not_used() {
+        let network = BridgeNetwork { name: "ff-net", bridge: "ff-br" };
+        let ours: HashMap<String, String> = network.options().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        assert_eq!(network.mismatch(Some("bridge"), false, &ours), None);
+        let mut defaulted = ours.clone();
+        defaulted.remove("com.docker.network.bridge.enable_ip_masquerade");
+        assert_eq!(network.mismatch(Some("bridge"), false, &defaulted), None);
+        let mut chatty = ours.clone();
+        chatty.insert("com.docker.network.bridge.enable_icc".into(), "true".into());
+        let problem = network.mismatch(Some("bridge"), false, &chatty).unwrap_or_default();
+        assert!(problem.contains("enable_icc=true"), "{problem}");
+        assert!(network.mismatch(Some("bridge"), true, &ours).is_some());
+        assert!(network.mismatch(Some("overlay"), false, &ours).is_some());
+        assert_eq!(NetworkMode::DefaultBridge.host_config(), None);
+        assert_eq!(NetworkMode::None.host_config().as_deref(), Some("none"));
     }
 
     #[test]

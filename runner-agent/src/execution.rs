@@ -5,15 +5,17 @@
 use crate::attempts::{self, StopReason, StopSignal};
 use crate::code_cache::CodeCache;
 use crate::config::Config;
-use crate::docker::{self, BindMount, ContainerSpec, Docker, Limits, Output};
+use crate::docker::{self, BindMount, ContainerSpec, Docker, Limits, NetworkMode, Output};
 use crate::exit_reports::{self, ExitReports};
 use crate::fence::Fence;
 use crate::link::ControlLink;
 use crate::log_pump::{self, LogPump};
+use crate::network::Isolation;
 use crate::removals::Removals;
+use crate::uv_cache;
 use futures::StreamExt;
 use shared::LogStream;
-use shared::protocol::{AttemptRef, ExitOutcome, ExitReply, ExitReport, JobSpec};
+use shared::protocol::{AttemptRef, ExitOutcome, ExitReply, ExitReport, JobSpec, NetworkPolicy};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -44,6 +46,8 @@ pub mod label {
     pub const TIMEOUT_AT_MS: &str = "fastflow-timeout-at-ms";
     /// The job's log size limit in bytes (absent: none).
     pub const LOG_MAX_BYTES: &str = "fastflow-log-max-bytes";
+    /// The job's network policy (`none`, `isolated`, `host-bridge`).
+    pub const NETWORK: &str = "fastflow-network";
 }
 
 /// A job container an earlier process of this runner left behind, rebuilt from its labels.
@@ -98,6 +102,7 @@ struct Inner {
     removals: Removals,
     fence: Fence,
     reports: ExitReports,
+    network: Isolation,
 }
 
 impl Executor {
@@ -114,7 +119,13 @@ impl Executor {
         let code = CodeCache::new(config.data_dir.join("code"), link.clone());
         let removals = Removals::new(docker.clone(), config.concurrency as usize);
         let reports = ExitReports::in_dir(&config.data_dir);
-        Self { inner: Arc::new(Inner { config, docker, link, code, attempts, removals, fence, reports }) }
+        let network = Isolation::new(docker.clone(), config.isolated_block.clone());
+        Self { inner: Arc::new(Inner { config, docker, link, code, attempts, removals, fence, reports, network }) }
+    }
+
+    /// The `isolated` job network (set up at start, or by the first job that needs it).
+    pub fn network(&self) -> &Isolation {
+        &self.inner.network
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -381,7 +392,10 @@ impl Executor {
             // No container is created past the fence: the lease may be gone already.
             return Ended::Abandoned { container_id: None };
         }
-        let spec = self.container_spec(job, code_dir);
+        let spec = match self.container_spec(job, code_dir).await {
+            Ok(spec) => spec,
+            Err(message) => return Ended::SetupFailed(message),
+        };
         let started = match watched("starting the container", self.inner.docker.start(&spec)).await {
             Ok(s) => s,
             Err(e) => return Ended::SetupFailed(format!("container did not start: {e}")),
@@ -506,26 +520,44 @@ impl Executor {
         }
     }
 
-    fn container_spec(&self, job: &JobSpec, code_dir: Option<std::path::PathBuf>) -> ContainerSpec {
+    /// The container of one attempt. `Err` is a setup failure for the job's log: the
+    /// isolated network could not be set up (never run such a job on a looser network),
+    /// or the pipeline's uv cache folder could not be made.
+    async fn container_spec(
+        &self,
+        job: &JobSpec,
+        code_dir: Option<std::path::PathBuf>,
+    ) -> Result<ContainerSpec, String> {
         let mut env: Vec<(String, String)> = job.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut mounts = Vec::new();
         if let Some(dir) = code_dir {
             mounts.push(BindMount { host_path: dir, container_path: "/app".into(), read_only: true });
         }
         if job.mount_uv_cache {
-            mounts.push(BindMount {
-                host_path: self.inner.config.uv_cache_dir.clone(),
-                container_path: UV_CACHE_MOUNT.into(),
-                read_only: false,
-            });
+            // One cache per pipeline: a job can fill only its own pipeline's cache, so no
+            // pipeline plants packages that another one's jobs would then run.
+            let host_path = uv_cache::for_pipeline(&self.inner.config.uv_cache_dir, &job.pipeline_name);
+            tokio::fs::create_dir_all(&host_path)
+                .await
+                .map_err(|e| format!("cannot create the uv cache {}: {e}", host_path.display()))?;
+            mounts.push(BindMount { host_path, container_path: UV_CACHE_MOUNT.into(), read_only: false });
             env.push(("UV_CACHE_DIR".into(), UV_CACHE_MOUNT.into()));
         }
+        let network = match job.network {
+            NetworkPolicy::None => NetworkMode::None,
+            NetworkPolicy::HostBridge => NetworkMode::DefaultBridge,
+            NetworkPolicy::Isolated => match self.inner.network.ensure().await {
+                Ok(name) => NetworkMode::Named(name.to_owned()),
+                Err(e) => return Err(format!("network = \"isolated\" is unavailable on this runner: {e}")),
+            },
+        };
         let mut labels = HashMap::from([
             (label::RUN_ID.to_owned(), job.run_id.to_string()),
             (label::ATTEMPT.to_owned(), job.attempt.to_string()),
             (label::RUNNER_ID.to_owned(), self.inner.config.runner_id.clone()),
             (label::FENCING_TOKEN.to_owned(), job.fencing_token.to_string()),
             (label::PIPELINE.to_owned(), job.pipeline_name.clone()),
+            (label::NETWORK.to_owned(), job.network.as_str().to_owned()),
         ]);
         if let Some(secs) = job.timeout_seconds {
             let at_ms = chrono::Utc::now().timestamp_millis().saturating_add((secs as i64).saturating_mul(1000));
@@ -534,7 +566,7 @@ impl Executor {
         if let Some(limit) = job.log_max_bytes {
             labels.insert(label::LOG_MAX_BYTES.to_owned(), limit.to_string());
         }
-        ContainerSpec {
+        Ok(ContainerSpec {
             name: format!("fastflow-{}-{}", job.run_id, job.attempt),
             image: job.image.clone(),
             command: job.command.clone(),
@@ -549,7 +581,8 @@ impl Executor {
                 pids: job.resources.pids,
                 cap_add: self.inner.config.cap_add.clone(),
             },
-        }
+            network,
+        })
     }
 
     fn stop_in_background(&self, container_id: &str, grace: Duration) {

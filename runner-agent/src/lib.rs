@@ -14,6 +14,8 @@ pub mod heartbeat;
 pub mod link;
 pub mod log_batcher;
 pub mod log_pump;
+pub mod network;
 pub mod reattach;
 pub mod removals;
+pub mod uv_cache;
 pub mod watchdog;

@@ -79,6 +79,36 @@ pub struct JobSpec {
     /// Output past this many bytes is dropped (a marker line says how much).
     #[serde(default)]
     pub log_max_bytes: Option<u64>,
+    /// What the container may reach. A spec without it (frozen before the field
+    /// existed) gets the safe default, `isolated`.
+    #[serde(default)]
+    pub network: NetworkPolicy,
+}
+
+/// A job's network (`network` in pipeline.toml); README "Job networks" says what each allows.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkPolicy {
+    /// No interface but loopback.
+    None,
+    /// The runner's own bridge: outbound only; not the host, its other containers,
+    /// other jobs or the cloud metadata address.
+    #[default]
+    Isolated,
+    /// The engine's default bridge, as before network policies existed: whatever a
+    /// container on it reaches (the host's services on non-loopback addresses too).
+    HostBridge,
+}
+
+impl NetworkPolicy {
+    /// The name used in pipeline.toml, labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkPolicy::None => "none",
+            NetworkPolicy::Isolated => "isolated",
+            NetworkPolicy::HostBridge => "host-bridge",
+        }
+    }
 }
 
 /// Container limits of one job. `None` means no limit.
@@ -181,4 +211,23 @@ pub struct CancelNotice {
     /// Skip the grace period: SIGKILL at once.
     #[serde(default)]
     pub force: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_without_a_network_is_isolated() {
+        let spec = serde_json::json!({
+            "run_id": Uuid::nil(), "attempt": 1, "fencing_token": 1, "pipeline_name": "p",
+            "image": "i", "command": [], "env": {}, "code": null, "mount_uv_cache": false,
+            "timeout_seconds": null,
+        });
+        let job: JobSpec = serde_json::from_value(spec).expect("an older spec still decodes");
+        assert_eq!(job.network, NetworkPolicy::Isolated);
+        for policy in [NetworkPolicy::None, NetworkPolicy::Isolated, NetworkPolicy::HostBridge] {
+            assert_eq!(serde_json::to_value(policy).ok(), Some(serde_json::Value::from(policy.as_str())));
+        }
+    }
 }

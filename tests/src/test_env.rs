@@ -725,6 +725,20 @@ impl TestEnv {
         self.start_postgres().await;
     }
 
+    /// The TCP ports this deployment's services listen on (127.0.0.1 in tests): each
+    /// control plane, and in distributed mode NATS and Postgres.
+    pub fn service_ports(&self) -> Vec<(String, u16)> {
+        let mut ports: Vec<(String, u16)> =
+            self.control_planes.iter().enumerate().map(|(i, cp)| (format!("control-plane-{i}"), cp.port)).collect();
+        if let Some(services) = &self.services {
+            ports.push(("nats".into(), services.nats.port));
+            let db = reqwest::Url::parse(&services.db.url)
+                .unwrap_or_else(|e| panic!("DATABASE_URL is not a URL ({e}): {}", services.db.url));
+            ports.push(("postgres".into(), db.port().unwrap_or(5432)));
+        }
+        ports
+    }
+
     /// Starts `name` on control plane 0 and returns the created run (asserts 201).
     pub async fn run_pipeline(&self, name: &str, params: &[(&str, &str)]) -> Run {
         let body = (!params.is_empty()).then(|| {

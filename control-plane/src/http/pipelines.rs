@@ -16,6 +16,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shared::FailureReason;
+use shared::protocol::NetworkPolicy;
 
 pub fn router() -> ApiRouter {
     ApiRouter::new()
@@ -38,6 +39,8 @@ pub struct PipelineResponse {
     retries: Option<u32>,
     retry_on: Option<Vec<FailureReason>>,
     resources: ResourcesResponse,
+    /// `none`, `isolated` or `host-bridge`.
+    network: NetworkPolicy,
 }
 
 /// The pipeline's own `[resources]` (unset: the global default applies).
@@ -66,6 +69,7 @@ impl From<Pipeline> for PipelineResponse {
                 cpus: p.resources.cpus,
                 pids: p.resources.pids,
             },
+            network: p.network,
         }
     }
 }

@@ -185,6 +185,7 @@ mod tests {
             log_max_bytes: None,
             retries,
             retry_on: vec![FailureReason::ExitCode, FailureReason::Lost],
+            network: Default::default(),
         }
     }
 

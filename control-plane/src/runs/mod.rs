@@ -12,7 +12,7 @@ use crate::store;
 use crate::store::runs::{Claim, ClaimResult};
 use crate::store::runs::{NewRun, Run};
 use serde::{Deserialize, Serialize};
-use shared::protocol::{CancelNotice, ClaimReply, CodeBundleRef, JobOffer, JobSpec};
+use shared::protocol::{CancelNotice, ClaimReply, CodeBundleRef, JobOffer, JobSpec, NetworkPolicy};
 use shared::{FailureReason, RunStatus};
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
@@ -74,6 +74,9 @@ pub struct JobTemplate {
     /// Failures that are retried.
     #[serde(default)]
     pub retry_on: Vec<FailureReason>,
+    /// Frozen from pipeline.toml; runs queued before it existed get the default.
+    #[serde(default)]
+    pub network: NetworkPolicy,
 }
 
 impl JobTemplate {
@@ -94,6 +97,7 @@ impl JobTemplate {
             timeout_seconds: self.timeout_seconds,
             resources: self.resources,
             log_max_bytes: self.log_max_bytes,
+            network: self.network,
         }
     }
 }
@@ -162,6 +166,7 @@ pub async fn submit(
         log_max_bytes: ctx.config.log_max_bytes,
         retries: pipeline.retries.unwrap_or(ctx.config.retry_attempts),
         retry_on: pipeline.retry_on.clone().unwrap_or_else(|| vec![FailureReason::ExitCode, FailureReason::Lost]),
+        network: pipeline.network,
     };
     if ctx.config.concurrency_policy == ConcurrencyPolicy::Reject {
         let (active, active_here) = ctx.store.count_active(&pipeline.name).await?;
