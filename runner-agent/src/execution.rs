@@ -439,8 +439,14 @@ impl Executor {
             }
             let flush_at = pump.deadline();
             let room = pump.is_behind().then(|| pump.room());
+            // Once the container is told to stop, its output is read even while the log is
+            // behind: the engine does not finish a container's exit until its attached output
+            // is drained, and what a dying container still prints is bounded by its pipes. An
+            // abandoned attempt's output goes nowhere.
+            let stopping = timed_out || cancelled || abandoned;
             tokio::select! {
-                chunk = output.next(), if output_open && !pump.is_behind() => match chunk {
+                chunk = output.next(), if output_open && (stopping || !pump.is_behind()) => match chunk {
+                    Some(Ok(_)) if abandoned => {}
                     Some(Ok(Output::Stdout(b))) => { pump.feed(LogStream::Stdout, &b); pump.hand_over(); }
                     Some(Ok(Output::Stderr(b))) => { pump.feed(LogStream::Stderr, &b); pump.hand_over(); }
                     Some(Err(e)) => {
