@@ -436,10 +436,16 @@ impl Docker {
                 ..Default::default()
             };
             if let Err(err) = self.inner.create_network(request).await {
-                // Another runner may have created it meanwhile: then it exists now.
-                if !self.check_bridge_network(network).await? {
-                    return Err(err.into());
+                // Another runner may have created it meanwhile: then it exists now, though the
+                // engine may take a moment (rolling back our half-made copy) before it answers
+                // for the name.
+                for _ in 0..20 {
+                    if self.check_bridge_network(network).await? {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                return Err(err.into());
             }
         }
         Ok(())
@@ -459,7 +465,6 @@ impl Docker {
         }
     }
 
-    /// Ids of all containers, running or not, labelled `key=value`.
     /// Kills (SIGKILL) every running container with this label; returns their ids.
     /// For the watchdog: nothing may outlive a lease, however it ends.
     pub async fn kill_running_with_label(&self, key: &str, value: &str) -> Result<Vec<String>, Error> {
@@ -478,6 +483,7 @@ impl Docker {
         Ok(killed)
     }
 
+    /// Ids of all containers, running or not, labelled `key=value`.
     pub async fn containers_with_label(&self, key: &str, value: &str) -> Result<Vec<String>, Error> {
         let filters = HashMap::from([("label", vec![format!("{key}={value}")])]);
         let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
