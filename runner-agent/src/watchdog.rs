@@ -60,10 +60,6 @@ impl DeadlineFile {
         DeadlineFile { path: data_dir.join(DEADLINE_FILE) }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Records the fence (instants of this process's monotonic clock) as boottime
     /// milliseconds: the deadline in force, then the confirmed one.
     pub fn write(&self, left: Left) {

@@ -506,13 +506,7 @@ impl TestEnv {
 
     /// Starts one more runner with extra environment variables (e.g. `RUNNER_POOL`).
     pub async fn start_runner_with_env(&mut self, env: &[(&str, &str)]) -> usize {
-        self.distributed_only("start_runner");
-        let i = self.runners.len();
-        let id = format!("runner-{i}-{}", self.tag);
-        let extra: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        self.runner_extra_env.insert(i, extra);
-        let process = self.spawn_runner(i, &id);
-        self.runners.push(Runner { id, process });
+        let i = self.launch_runner_with_env(env);
         self.wait_runner_registered(i).await;
         i
     }
