@@ -63,6 +63,7 @@ impl Floor {
             }],
             working_dir: Some("/app".into()),
             log_driver,
+            log_max_bytes: None,
             // The product's default limits, so the floor pays the same cgroup set-up.
             limits: runner_agent::docker::Limits {
                 memory_bytes: Some(2048 * 1024 * 1024),

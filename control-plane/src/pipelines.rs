@@ -236,7 +236,11 @@ fn python_command(has_requirements: bool) -> Vec<String> {
 }
 
 /// Environment variable names a job may set. Names that change how the
-/// container's programs load or reach infrastructure are refused.
+/// container's programs load or reach infrastructure are refused: the loader's and
+/// the shells' start-up hooks (`LD_*`, `BASH_ENV`, `ENV`, exported bash functions), the
+/// Python interpreter's (`PYTHONPATH`, `PYTHONSTARTUP`, … every `PYTHON*` but a few
+/// that only shape output) and uv's (every `UV_*` but the package-index settings a job
+/// may need), and the names Fast-Flow sets itself.
 pub fn check_env_name(name: &str) -> Result<(), &'static str> {
     let mut bytes = name.bytes();
     let well_formed = matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
@@ -245,13 +249,45 @@ pub fn check_env_name(name: &str) -> Result<(), &'static str> {
     if !well_formed {
         return Err("must match [A-Za-z_][A-Za-z0-9_]* (at most 128 characters)");
     }
-    let upper = name.to_ascii_uppercase();
-    let reserved = ["PATH", "HOME", "HOSTNAME", "UV_CACHE_DIR"].contains(&upper.as_str())
-        || ["LD_", "DOCKER_", "NATS_"].iter().any(|p| upper.starts_with(p));
-    if reserved {
-        return Err("is reserved (PATH, HOME, HOSTNAME, UV_CACHE_DIR, LD_*, DOCKER_*, NATS_*)");
+    if is_reserved_env_name(&name.to_ascii_uppercase()) {
+        return Err(RESERVED_ENV_NAMES);
     }
     Ok(())
+}
+
+/// How the refusal reads (README "Environment" lists the same).
+const RESERVED_ENV_NAMES: &str = "is reserved (PATH, HOME, HOSTNAME, FASTFLOW_RUN_ID, FASTFLOW_ATTEMPT, ENV, BASH_ENV, SHELLOPTS, BASHOPTS, \
+     BASH_FUNC_*, LD_*, DOCKER_*, NATS_*, PYTHON* but PYTHONUNBUFFERED, PYTHONIOENCODING, PYTHONUTF8, \
+     PYTHONDONTWRITEBYTECODE, PYTHONHASHSEED, PYTHONFAULTHANDLER, PYTHONWARNINGS, and UV_* but \
+     UV_INDEX*, UV_DEFAULT_INDEX, UV_EXTRA_INDEX_URL, UV_HTTP_TIMEOUT, UV_NATIVE_TLS)";
+
+fn is_reserved_env_name(upper: &str) -> bool {
+    const EXACT: [&str; 9] =
+        ["PATH", "HOME", "HOSTNAME", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "FASTFLOW_RUN_ID", "FASTFLOW_ATTEMPT"];
+    const PREFIXES: [&str; 4] = ["LD_", "DOCKER_", "NATS_", "BASH_FUNC_"];
+    // Interpreter settings that change only how output looks, never what code runs.
+    const PYTHON_ALLOWED: [&str; 7] = [
+        "PYTHONUNBUFFERED",
+        "PYTHONIOENCODING",
+        "PYTHONUTF8",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONHASHSEED",
+        "PYTHONFAULTHANDLER",
+        "PYTHONWARNINGS",
+    ];
+    // Where packages come from (a private index), not how uv runs the job or where
+    // its cache is.
+    const UV_ALLOWED: [&str; 4] = ["UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL", "UV_HTTP_TIMEOUT", "UV_NATIVE_TLS"];
+    if EXACT.contains(&upper) || PREFIXES.iter().any(|p| upper.starts_with(p)) {
+        return true;
+    }
+    if upper.starts_with("PYTHON") {
+        return !PYTHON_ALLOWED.contains(&upper);
+    }
+    if upper.starts_with("UV_") {
+        return !(upper.starts_with("UV_INDEX") || UV_ALLOWED.contains(&upper));
+    }
+    false
 }
 
 /// A pipeline folder packed as a deterministic tar, named by its sha256.
@@ -432,6 +468,36 @@ mod tests {
         assert!(check_env_name("GREETING").is_ok() && check_env_name("_x1").is_ok());
         for bad in ["PATH", "LD_PRELOAD", "docker_host", "NATS_URL", "1X", "A-B", ""] {
             assert!(check_env_name(bad).is_err(), "{bad}");
+        }
+        // Start-up hooks of the shells, Python and uv.
+        for hook in [
+            "BASH_ENV",
+            "ENV",
+            "SHELLOPTS",
+            "BASH_FUNC_echo%%",
+            "BASH_FUNC_x",
+            "PYTHONPATH",
+            "PYTHONSTARTUP",
+            "PythonHome",
+            "PYTHONINSPECT",
+            "PYTHONUSERBASE",
+            "UV_CACHE_DIR",
+            "UV_PROJECT",
+            "UV_PYTHON",
+            "uv_no_cache",
+        ] {
+            assert!(check_env_name(hook).is_err(), "{hook}");
+        }
+        for harmless in [
+            "PYTHONUNBUFFERED",
+            "PYTHONIOENCODING",
+            "UV_INDEX_URL",
+            "UV_INDEX_PRIVATE_PASSWORD",
+            "UV_EXTRA_INDEX_URL",
+            "ENVIRONMENT",
+            "PY",
+        ] {
+            assert!(check_env_name(harmless).is_ok(), "{harmless}");
         }
     }
 }

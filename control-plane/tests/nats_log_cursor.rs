@@ -101,3 +101,26 @@ async fn a_long_log_is_read_whole_in_order_and_a_finished_cursor_sees_later_batc
     bus.purge_log(other, 1).await.expect("purge");
     bus.purge_log(short, 1).await.expect("purge");
 }
+
+/// Around the switch from single reads to a consumer: a cursor that ended right at it
+/// (8 batches read one request each) and is read on while batches keep arriving, one
+/// at a time as a slow job prints them, sees each one; the live log of a job that
+/// prints a line a second is read this way by every follower and the archive.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_read_at_the_switch_to_streaming_sees_every_later_batch() {
+    let bus = bus().await;
+    let run = Uuid::new_v4();
+    for i in 1..=8u64 {
+        publish(&bus, run, i, payload('d', i, 10)).await;
+    }
+    let mut cursor = bus.log_cursor(run, 1).await.expect("cursor");
+    assert_batches(&read_to_end(&mut cursor).await, 'd', 1..9, 10);
+    for i in 9..=30u64 {
+        publish(&bus, run, i, payload('d', i, 10)).await;
+        let batches = read_to_end(&mut cursor).await;
+        assert_batches(&batches, 'd', i..i + 1, 10);
+    }
+    let mut whole = bus.log_cursor(run, 1).await.expect("cursor");
+    assert_batches(&read_to_end(&mut whole).await, 'd', 1..31, 10);
+    bus.purge_log(run, 1).await.expect("purge");
+}

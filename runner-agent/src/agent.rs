@@ -76,9 +76,9 @@ impl Shutdown {
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let config = prepare(config)?;
     let docker = Docker::connect().await.context("cannot reach the Docker engine")?;
-    let link = NatsLink::connect(&config.nats_url, &config.runner_id)
-        .await
-        .with_context(|| format!("NATS_URL: cannot connect to {}", config.nats_url))?;
+    let link = NatsLink::connect(&config.nats_url, &config.runner_id).await.with_context(|| {
+        format!("NATS_URL: cannot connect to {}", shared::service_url::redact_url(&config.nats_url))
+    })?;
     serve(Options { config, docker, link: Arc::new(link), ready: None, watchdog: true }, shutdown).await
 }
 

@@ -80,6 +80,8 @@ pub struct ContainerSpec {
     pub working_dir: Option<String>,
     pub limits: Limits,
     pub log_driver: LogDriver,
+    /// The attempt's log cap: bounds the engine's copy of the output too.
+    pub log_max_bytes: Option<u64>,
     pub network: NetworkMode,
 }
 
@@ -158,17 +160,30 @@ pub enum LogDriver {
 }
 
 impl LogDriver {
-    /// Options of the `local` driver that keep the whole output in one file: its
-    /// defaults (5 files of 20 MB) would rotate the start of a long log away, and
-    /// `max-size=0` makes engine 20.10 spin (measured).
-    const LOCAL_OPTIONS: [(&'static str, &'static str); 3] =
-        [("max-size", "1t"), ("max-file", "1"), ("compress", "false")];
+    /// Options of the `local` driver. Without a log cap the whole output stays in one
+    /// file: the driver's defaults (5 files of 20 MB) would rotate the start of a long
+    /// log away, and `max-size=0` makes engine 20.10 spin (measured). With a cap, the
+    /// engine's copy is bounded too: two files of the cap plus 1 MiB each, which hold
+    /// everything the runner may need to publish again after a restart (it publishes
+    /// no more than the cap), while a job that prints gigabytes past its cap cannot
+    /// fill the host's disk.
+    fn local_options(log_max_bytes: Option<u64>) -> HashMap<String, String> {
+        let (size, files) = match log_max_bytes {
+            Some(cap) => (format!("{}k", cap.div_ceil(1024) + 1024), "2"),
+            None => ("1t".to_owned(), "1"),
+        };
+        HashMap::from([
+            ("max-size".to_owned(), size),
+            ("max-file".to_owned(), files.to_owned()),
+            ("compress".to_owned(), "false".to_owned()),
+        ])
+    }
 
-    fn host_config(self) -> Option<HostConfigLogConfig> {
+    fn host_config(self, log_max_bytes: Option<u64>) -> Option<HostConfigLogConfig> {
         match self {
             LogDriver::Local => Some(HostConfigLogConfig {
                 typ: Some("local".into()),
-                config: Some(Self::LOCAL_OPTIONS.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+                config: Some(Self::local_options(log_max_bytes)),
             }),
             LogDriver::EngineDefault => None,
         }
@@ -569,7 +584,7 @@ fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, Error> {
         // Equal to `memory`: no swap on top of the limit.
         memory_swap: spec.limits.memory_bytes,
         nano_cpus: spec.limits.nano_cpus,
-        log_config: spec.log_driver.host_config(),
+        log_config: spec.log_driver.host_config(spec.log_max_bytes),
         network_mode: spec.network.host_config(),
         ..Default::default()
     };

@@ -581,6 +581,7 @@ impl Executor {
             mounts,
             working_dir: Some("/app".into()),
             log_driver: self.inner.config.container_log_driver,
+            log_max_bytes: job.log_max_bytes,
             limits: Limits {
                 memory_bytes: job.resources.memory_mb.map(|mb| (mb as i64).saturating_mul(1024 * 1024)),
                 nano_cpus: job.resources.cpu_millis.map(|m| (m as i64).saturating_mul(1_000_000)),

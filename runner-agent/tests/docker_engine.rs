@@ -205,6 +205,43 @@ async fn engine_log_holds_the_whole_output_with_either_log_driver() {
     }
 }
 
+/// With a log cap, the engine's own copy of the output is bounded too (two files of the
+/// cap + 1 MiB): a job that prints 24 MiB past a 1 MiB cap leaves a few MiB on the host's
+/// disk, not 24.
+#[tokio::test]
+async fn a_log_cap_bounds_the_engines_copy_of_the_output() {
+    let docker = engine().await;
+    let cleanup = Cleanup::new();
+    let mut spec = cleanup.spec(&["sh", "-c", "yes 'a line of output to fill the engine log' | head -c 25165824"]);
+    spec.log_max_bytes = Some(1024 * 1024);
+    let started = docker.start(&spec).await.expect("start");
+    let (attached, _) = collect(started.output).await;
+    assert_eq!(attached.len(), 25_165_824, "the live output is whole: only the engine's copy is bounded");
+    assert_eq!(docker.wait(&started.container_id).await.expect("wait"), 0);
+
+    let config =
+        inspect_field(&started.container_id, "{{.HostConfig.LogConfig.Type}} {{json .HostConfig.LogConfig.Config}}");
+    for option in [r#""max-file":"2""#, r#""max-size":"2048k""#] {
+        assert!(config.contains(option), "{option} missing in {config}");
+    }
+    let root = std::process::Command::new("docker")
+        .args(["info", "--format", "{{.DockerRootDir}}"])
+        .output()
+        .expect("docker info");
+    let logs_dir = std::path::PathBuf::from(String::from_utf8_lossy(&root.stdout).trim())
+        .join("containers")
+        .join(&started.container_id)
+        .join("local-logs");
+    let on_disk: u64 = std::fs::read_dir(&logs_dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", logs_dir.display()))
+        .filter_map(|entry| entry.ok()?.metadata().ok())
+        .map(|meta| meta.len())
+        .sum();
+    assert!(on_disk > 0, "no engine log in {}", logs_dir.display());
+    assert!(on_disk <= 5 * 1024 * 1024, "the engine kept {on_disk} bytes of a capped job's output");
+    docker.remove(&started.container_id).await.expect("remove");
+}
+
 #[tokio::test]
 async fn container_exiting_at_once_still_delivers_its_output() {
     let docker = engine().await;

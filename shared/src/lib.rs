@@ -5,6 +5,7 @@
 
 pub mod log_batch;
 pub mod protocol;
+pub mod service_url;
 pub mod status;
 pub mod subjects;
 

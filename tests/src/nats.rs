@@ -14,6 +14,8 @@ pub(crate) struct NatsServer {
     config: PathBuf,
     dir: PathBuf,
     incarnation: u32,
+    /// The token clients must present (`authorization { token }`), if the test set one.
+    token: Option<String>,
     pub(crate) process: ChildProcess,
 }
 
@@ -22,10 +24,14 @@ pub(crate) struct NatsServer {
 pub(crate) const DEFAULT_MAX_PAYLOAD: &str = "8MB";
 
 impl NatsServer {
-    pub(crate) async fn start(bin: &Path, dir: &Path, max_payload: &str) -> Self {
+    pub(crate) async fn start(bin: &Path, dir: &Path, max_payload: &str, token: Option<&str>) -> Self {
         std::fs::create_dir_all(dir).expect("cannot create nats dir");
         let config = dir.join("nats.conf");
-        std::fs::write(&config, format!("max_payload: {max_payload}\n")).expect("cannot write nats.conf");
+        let mut text = format!("max_payload: {max_payload}\n");
+        if let Some(token) = token {
+            text.push_str(&format!("authorization {{ token: \"{token}\" }}\n"));
+        }
+        std::fs::write(&config, text).expect("cannot write nats.conf");
         let port = free_port();
         let monitor_port = free_port();
         let process = spawn(bin, &config, &dir.join("store-0"), port, monitor_port, dir);
@@ -36,14 +42,19 @@ impl NatsServer {
             config,
             dir: dir.to_path_buf(),
             incarnation: 0,
+            token: token.map(str::to_owned),
             process,
         };
         server.wait_ready().await;
         server
     }
 
+    /// The URL clients use, with the token in it when the server requires one.
     pub(crate) fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        match &self.token {
+            Some(token) => format!("nats://{token}@127.0.0.1:{}", self.port),
+            None => format!("nats://127.0.0.1:{}", self.port),
+        }
     }
 
     /// kill -9: in-flight and unsynced JetStream state is lost, as in a crash.

@@ -112,6 +112,11 @@ pub struct TestEnvOptions {
     /// first admin (`admin`, password in `DATA_DIR/initial-admin-password`); the
     /// harness then makes its token for that user with the CLI.
     pub bootstrap_admin: bool,
+    /// Credentials in every service URL the processes get: nats-server requires this
+    /// token (`nats://TOKEN@…`), and `DATABASE_URL` carries it as the password (which
+    /// the tests' Postgres, trusting loopback, does not check). For tests that look
+    /// for credentials in what the product prints.
+    pub credentials_in_urls: Option<String>,
 }
 
 impl Default for TestEnvOptions {
@@ -127,6 +132,7 @@ impl Default for TestEnvOptions {
             private_postgres: false,
             nats_max_payload: None,
             bootstrap_admin: false,
+            credentials_in_urls: None,
         }
     }
 }
@@ -175,6 +181,12 @@ impl TestEnvOptions {
     /// Let the single node create its first admin itself (see the field).
     pub fn bootstrap_admin(mut self) -> Self {
         self.bootstrap_admin = true;
+        self
+    }
+
+    /// Puts `secret` into the NATS and Postgres URLs (see the field).
+    pub fn credentials_in_urls(mut self, secret: &str) -> Self {
+        self.credentials_in_urls = Some(secret.to_string());
         self
     }
 
@@ -880,6 +892,15 @@ impl TestEnv {
         ChildProcess::spawn(&name, command, &self.control_plane_log_path(i))
     }
 
+    /// `DATABASE_URL` as the control planes get it: with the password of
+    /// [`TestEnvOptions::credentials_in_urls`] when the test set one.
+    fn database_url_for_processes(&self, url: &str) -> String {
+        let Some(secret) = &self.options.credentials_in_urls else { return url.to_owned() };
+        let mut url = reqwest::Url::parse(url).unwrap_or_else(|e| panic!("DATABASE_URL is not a URL ({e}): {url}"));
+        url.set_password(Some(secret)).unwrap_or_else(|()| panic!("DATABASE_URL cannot take a password: {url}"));
+        url.to_string()
+    }
+
     /// The `control-plane` binary with the environment of replica `i` (all but
     /// `BIND_ADDR`): the serving process, and the CLI on the same store.
     fn control_plane_command(&self, i: usize) -> Command {
@@ -890,7 +911,7 @@ impl TestEnv {
                     // Used only where a test switches a seam to SQLite or files; without it
                     // the default `./data` would be the test process's working directory.
                     .env("DATA_DIR", self.dir.join(format!("data-cp{i}")))
-                    .env("DATABASE_URL", &services.db.url)
+                    .env("DATABASE_URL", self.database_url_for_processes(&services.db.url))
                     .env("NATS_URL", services.nats.url())
                     .env("S3_ENDPOINT", &self.dev.s3_endpoint)
                     .env("S3_BUCKET", &services.bucket)
@@ -1008,7 +1029,8 @@ impl TestEnv {
 impl Services {
     async fn start(dev: &DevEnv, dir: &Path, options: &TestEnvOptions) -> Self {
         let max_payload = options.nats_max_payload.as_deref().unwrap_or(nats::DEFAULT_MAX_PAYLOAD);
-        let nats = NatsServer::start(&dev.nats_server_bin, &dir.join("nats"), max_payload).await;
+        let token = options.credentials_in_urls.as_deref();
+        let nats = NatsServer::start(&dev.nats_server_bin, &dir.join("nats"), max_payload, token).await;
         let private_pg = if options.private_postgres {
             Some(PrivatePostgres::start(&dir.join("logs").join("postgres.log")).await)
         } else {

@@ -748,3 +748,31 @@ async fn behind_https_the_cookie_is_secure_and_changes_come_from_the_public_orig
     let loopback = browser.with_origin(&browser.base_url);
     assert_error(&loopback.change(Method::POST, RUN_PATH, None).await, StatusCode::FORBIDDEN, "CsrfRejected");
 }
+
+/// Issue 16: credentials given in a service URL or variable never reach the start-up
+/// logs (nor anything else the processes print while running a job): nats-server
+/// requires a token that rides in `NATS_URL`, `DATABASE_URL` carries a password, and
+/// the S3 keys are variables. Each shows redacted (`***`) where the URL is printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_logs_print_no_credential_given_in_a_url_or_variable() {
+    let secret = format!("tok{}", uuid::Uuid::new_v4().simple());
+    let env = TestEnv::start(TestEnvOptions::default().credentials_in_urls(&secret)).await;
+    // The runner reached NATS with the token, so the job runs.
+    let run = env.run_pipeline("quick", &[]).await;
+    let done = env.wait_final(&run.id, Duration::from_secs(60)).await;
+    assert_eq!(done.status, "success", "{done:?}");
+
+    let read = |path: std::path::PathBuf| {
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    };
+    let control_plane = read(env.control_plane_log_path(0));
+    let runner = read(env.runner_log_path(0));
+    for (name, log) in [("control plane", &control_plane), ("runner", &runner)] {
+        // (The access key id is a name, like a user name, and may show.)
+        for credential in [secret.as_str(), env.dev.aws_secret_access_key.as_str()] {
+            assert!(!log.contains(credential), "the {name}'s log shows a credential:\n{log}");
+        }
+    }
+    assert!(control_plane.contains("nats jetstream at nats://***@127.0.0.1:"), "{control_plane}");
+    assert!(control_plane.contains("postgres://postgres:***@127.0.0.1:"), "{control_plane}");
+}

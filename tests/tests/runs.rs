@@ -185,10 +185,16 @@ in_both_modes! {
             assert_error_shape(&response, StatusCode::BAD_REQUEST);
         }
 
-        let bad_params: [Value; 7] = [
+        let bad_params: [Value; 12] = [
             json!({"params": {"1X": "a"}}),
             json!({"params": {"PATH": "/tmp"}}),
             json!({"params": {"LD_PRELOAD": "/tmp/x.so"}}),
+            // Start-up hooks of the shells, Python and uv (issue 16).
+            json!({"params": {"BASH_ENV": "/tmp/hook.sh"}}),
+            json!({"params": {"ENV": "/tmp/hook.sh"}}),
+            json!({"params": {"PYTHONSTARTUP": "/tmp/hook.py"}}),
+            json!({"params": {"pythonpath": "/tmp"}}),
+            json!({"params": {"UV_PROJECT": "/tmp"}}),
             json!({"params": {"A": 1}}),
             json!({"params": {"A": null}}),
             json!({"params": ["A"]}),

@@ -34,7 +34,7 @@ pub struct NatsBus {
 
 impl NatsBus {
     pub async fn connect(url: &str) -> Result<NatsBus, Error> {
-        let client = async_nats::ConnectOptions::new()
+        let client = with_url_credentials(async_nats::ConnectOptions::new(), url)
             .name("fastflow-control-plane")
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
@@ -52,7 +52,7 @@ impl NatsBus {
     }
 
     pub fn describe(&self) -> String {
-        format!("nats jetstream at {}", self.url)
+        format!("nats jetstream at {}", shared::service_url::redact_url(&self.url))
     }
 
     /// Creates the jobs and logs streams and the code bucket if missing.
@@ -208,6 +208,17 @@ impl NatsBus {
     }
 }
 
+/// async-nats ignores the user info of a URL: the user and password, or the token, of
+/// `NATS_URL` are given to it as options.
+fn with_url_credentials(options: async_nats::ConnectOptions, url: &str) -> async_nats::ConnectOptions {
+    use shared::service_url::{Credentials, credentials};
+    match credentials(url) {
+        Some(Credentials::UserPassword { user, password }) => options.user_and_password(user, password),
+        Some(Credentials::Token(token)) => options.token(token),
+        None => options,
+    }
+}
+
 fn raw_batch(headers: Option<&HeaderMap>, payload: Bytes) -> RawBatch {
     let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
     RawBatch {
@@ -272,7 +283,9 @@ impl LogCursor {
         if self.streaming.is_none() && self.gets >= GETS_BEFORE_STREAMING {
             self.streaming = start_streaming(&self.stream, &self.subject, self.next_seq).await?;
             if self.streaming.is_none() {
-                return Ok(None);
+                // Nothing to stream by the consumer's count: a single read decides (it is
+                // answered by the leader from the store itself, so it is never behind).
+                self.gets = 0;
             }
         }
         if let Some((messages, last_seq)) = &mut self.streaming {

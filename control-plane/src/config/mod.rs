@@ -325,7 +325,8 @@ impl Config {
                 (days > 0.0).then(|| Duration::from_secs_f64(days * 86_400.0))
             },
             log_max_bytes: {
-                let mb: u64 = src.parsed("LOG_MAX_SIZE_MB", 0, "a number of MiB (0: unlimited)")?;
+                let mb: u64 =
+                    src.parsed("LOG_MAX_SIZE_MB", DEFAULT_LOG_MAX_SIZE_MB, "a number of MiB (0: unlimited)")?;
                 (mb > 0).then(|| mb.saturating_mul(1024 * 1024))
             },
             log_stream_rate: {
@@ -370,17 +371,13 @@ fn valid_bucket_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
-/// Hides the password of a URL for error messages and logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
+/// The default log cap per attempt, in MiB: a job that prints without end cannot fill
+/// the log store, NATS or the runner host's disk (the engine's copy is bounded by it
+/// too); `LOG_MAX_SIZE_MB=0` lifts it.
+pub const DEFAULT_LOG_MAX_SIZE_MB: u64 = 100;
+
+/// Credentials in a URL are never printed (shared with the runner).
+pub use shared::service_url::redact_url;
 
 #[cfg(test)]
 mod tests {
@@ -402,6 +399,9 @@ mod tests {
         let runner = cfg.embedded_runner.expect("an embedded runner without NATS_URL");
         assert_eq!(runner.data_dir, PathBuf::from("./data/runner"));
         assert_eq!(cfg.lease, Duration::from_secs(25));
+        assert_eq!(cfg.log_max_bytes, Some(100 * 1024 * 1024), "a log cap by default");
+        let uncapped = load(&[("LOG_MAX_SIZE_MB", "0")]).expect("valid config");
+        assert_eq!(uncapped.log_max_bytes, None, "0 lifts the cap");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::bus::Bus;
 use crate::object_store::{self, ObjectStore};
 use crate::store::runs::ArchivedLog;
 use shared::protocol::{AttemptRef, LogTotals};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -15,6 +16,16 @@ pub enum Error {
     #[error("object store: {0}")]
     Objects(#[from] object_store::Error),
 }
+
+/// Pauses before each re-read of a log that came out shorter than the runner's count
+/// (3.75 s in all, spent only when lines are missing).
+const REREAD_PAUSES: [Duration; 5] = [
+    Duration::from_millis(50),
+    Duration::from_millis(200),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
 
 pub struct Archived {
     pub log: ArchivedLog,
@@ -35,7 +46,25 @@ pub async fn archive(
     let key = log_key(at.run_id, at.attempt);
     let mut log = objects.begin_upload(&key).await?;
     let mut index = objects.begin_upload(&index_key(at.run_id, at.attempt)).await?;
-    let copied = copy_lines(&mut reader, &mut log, &mut index).await;
+    let mut copied = copy_lines(&mut reader, &mut log, &mut index).await;
+    // The runner counted the lines JetStream acknowledged, so a read that ends short of
+    // them met a store that had not caught up with itself (CI saw one end 17 lines
+    // early, once): read on a few times before calling the lines lost.
+    if let Some(totals) = expected {
+        for pause in REREAD_PAUSES {
+            let read = reader.next_line() - 1;
+            if copied.is_err() || read >= totals.lines {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            copied = copy_lines(&mut reader, &mut log, &mut index).await;
+            let now = reader.next_line() - 1;
+            if now > read {
+                tracing::warn!(run_id = %at.run_id, attempt = at.attempt, read, now, expected = totals.lines,
+                    "the live log gave more lines when read again");
+            }
+        }
+    }
     if let Err(e) = copied {
         log.abort().await;
         index.abort().await;

@@ -92,7 +92,7 @@ impl S3Store {
     }
 
     pub fn describe(&self) -> String {
-        let at = self.endpoint.as_deref().unwrap_or("AWS");
+        let at = self.endpoint.as_deref().map_or_else(|| "AWS".to_owned(), shared::service_url::redact_url);
         format!("s3 bucket `{}` at {at}", self.bucket)
     }
 

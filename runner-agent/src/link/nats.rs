@@ -32,9 +32,20 @@ pub struct NatsLink {
     consumer: Mutex<Option<consumer::PullConsumer>>,
 }
 
+/// async-nats ignores the user info of a URL: the user and password, or the token, of
+/// `NATS_URL` are given to it as options.
+fn with_url_credentials(options: async_nats::ConnectOptions, url: &str) -> async_nats::ConnectOptions {
+    use shared::service_url::{Credentials, credentials};
+    match credentials(url) {
+        Some(Credentials::UserPassword { user, password }) => options.user_and_password(user, password),
+        Some(Credentials::Token(token)) => options.token(token),
+        None => options,
+    }
+}
+
 impl NatsLink {
     pub async fn connect(url: &str, runner_id: &str) -> Result<NatsLink, LinkError> {
-        let client = async_nats::ConnectOptions::new()
+        let client = with_url_credentials(async_nats::ConnectOptions::new(), url)
             .name(format!("fastflow-runner-{runner_id}"))
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
