@@ -11,6 +11,7 @@ use crate::bus::local::LocalBus;
 use crate::bus::nats::NatsBus;
 use crate::config::Config;
 use crate::context::Context;
+use crate::http::stream_slots::{StreamLimits, StreamSlots};
 use crate::object_store::ObjectStore;
 use crate::store::Store;
 use crate::{embedded_runner, http, runner_api, sweeper};
@@ -28,6 +29,8 @@ pub struct ControlPlane {
     ctx: Context,
     /// One per process: its credential cache serves every request.
     auth: Authenticator,
+    /// One per process: the SSE limits count this process's streams.
+    streams: StreamSlots,
     /// Held while the process runs when it uses `DATA_DIR` (SQLite, live-log spool,
     /// embedded runner): those belong to one process.
     _data_dir_lock: Option<std::fs::File>,
@@ -56,7 +59,10 @@ impl ControlPlane {
         };
         tracing::info!("log store: {}", objects.describe());
         let auth = Authenticator::new(store.clone(), config.sessions);
-        Ok(ControlPlane { ctx: Context::new(config, store, bus, objects), auth, _data_dir_lock: data_dir_lock })
+        let streams =
+            StreamSlots::new(StreamLimits { total: config.sse_max_streams, per_user: config.sse_max_streams_per_user });
+        let ctx = Context::new(config, store, bus, objects);
+        Ok(ControlPlane { ctx, auth, streams, _data_dir_lock: data_dir_lock })
     }
 
     /// The shared state, e.g. for router tests that serve no socket.
@@ -66,7 +72,7 @@ impl ControlPlane {
 
     /// What the HTTP router serves from (router tests send requests to it directly).
     pub fn api_state(&self) -> http::ApiState {
-        http::ApiState { ctx: self.ctx.clone(), auth: self.auth.clone() }
+        http::ApiState { ctx: self.ctx.clone(), auth: self.auth.clone(), streams: self.streams.clone() }
     }
 
     /// The single node's zero-config start: with no user at all, create `admin` with

@@ -110,3 +110,61 @@ in_both_modes! {
         assert_eq!(env.get_run(&run.id).await.status, "queued");
     }
 }
+
+in_both_modes! {
+    /// Issue 16: live log streams are bounded per user and per replica; past a bound a
+    /// new stream gets 503 with `Retry-After`, the open ones go on, and a stream the
+    /// client closed frees its slot even while the job prints nothing.
+    async fn live_log_streams_are_bounded_per_user_and_in_total(options) {
+        let env = TestEnv::start(
+            options.control_plane_env("SSE_MAX_STREAMS", "3").control_plane_env("SSE_MAX_STREAMS_PER_USER", "2"),
+        )
+        .await;
+        let run = env.run_pipeline("sleeper", &[]).await;
+        env.wait_for_log(&run.id, "started\n", RUN).await;
+        let path = format!("/api/v1/runs/{}/logs/stream", run.id);
+        let open = |client: &tests::ControlPlaneClient| client.request(reqwest::Method::GET, &path).send();
+
+        let admin = env.cp(0);
+        let first = open(admin).await.expect("first stream");
+        let _second = open(admin).await.expect("second stream");
+        assert_eq!((first.status(), _second.status()), (StatusCode::OK, StatusCode::OK));
+        let third = open(admin).await.expect("third stream");
+        assert_limited(third, "per_user", 2).await;
+
+        env.create_user("streamer", "viewer").await;
+        let token = env.create_token("streamer", "streams", None).await;
+        let viewer = admin.with_token(&token);
+        let _theirs = open(&viewer).await.expect("another user's stream");
+        assert_eq!(_theirs.status(), StatusCode::OK, "another user has slots of their own");
+        assert_limited(open(&viewer).await.expect("past the total"), "total", 3).await;
+
+        // A closed stream frees its slot, though the job prints nothing meanwhile.
+        drop(first);
+        tests::poll_until("a slot freed by the closed stream", Duration::from_secs(30), Duration::from_millis(200), || {
+            let request = open(admin);
+            async move {
+                match request.await {
+                    Ok(response) if response.status() == StatusCode::OK => Ok(()),
+                    Ok(response) => Err(format!("HTTP {}", response.status())),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        env.cp(0).cancel_run(&run.id).await;
+    }
+}
+
+async fn assert_limited(response: reqwest::Response, limit: &str, max: u64) {
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "past the {limit} limit");
+    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert!(
+        retry_after.as_deref().is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n > 0)),
+        "Retry-After: {retry_after:?}"
+    );
+    let body: serde_json::Value = response.json().await.expect("a JSON error body");
+    assert_eq!(body["error"]["type"], "TooManyStreams", "{body}");
+    assert_eq!(body["error"]["details"]["limit"], limit, "{body}");
+    assert_eq!(body["error"]["details"]["max"], max, "{body}");
+}

@@ -310,7 +310,10 @@ impl Deployment {
             // Measure what the log path can carry, not the default per-client SSE throttle
             // (100 lines/s), which would make the 10,000 lines/s scenario meaningless.
             .env("LOG_STREAM_RATE_LIMIT", "0")
+            // The log-throughput scenario prints a GiB; the fan-out opens 200 streams with
+            // the harness's one token.
             .env("LOG_MAX_SIZE_MB", "0")
+            .env("SSE_MAX_STREAMS_PER_USER", "0")
             .env("RUST_LOG", rust_log())
             .env("NO_COLOR", "1");
         self.store_env(&mut command)?;

@@ -97,6 +97,11 @@ pub struct Config {
     pub log_max_bytes: Option<u64>,
     /// `LOG_STREAM_RATE_LIMIT`: log lines per second sent to one SSE client (`None`: no limit).
     pub log_stream_rate: Option<u32>,
+    /// `SSE_MAX_STREAMS`: live log streams this replica serves at once (`None`: no limit).
+    pub sse_max_streams: Option<usize>,
+    /// `SSE_MAX_STREAMS_PER_USER`: live log streams one user may hold open on this
+    /// replica (`None`: no limit).
+    pub sse_max_streams_per_user: Option<usize>,
     /// `LOG_RETENTION_RUNS`: archived logs kept per pipeline (newest runs).
     pub log_retention_runs: Option<i64>,
     /// `LOG_RETENTION_DAYS`: archived logs older than this are deleted.
@@ -333,6 +338,14 @@ impl Config {
                 let rate: u32 = src.parsed("LOG_STREAM_RATE_LIMIT", 100, "lines per second (0: unlimited)")?;
                 (rate > 0).then_some(rate)
             },
+            sse_max_streams: {
+                let max: usize = src.parsed("SSE_MAX_STREAMS", 1000, "a number of streams (0: unlimited)")?;
+                (max > 0).then_some(max)
+            },
+            sse_max_streams_per_user: {
+                let max: usize = src.parsed("SSE_MAX_STREAMS_PER_USER", 50, "a number of streams (0: unlimited)")?;
+                (max > 0).then_some(max)
+            },
             stop_grace: Duration::from_secs(src.parsed(
                 "RUNNER_STOP_GRACE_SECONDS",
                 10,
@@ -400,6 +413,7 @@ mod tests {
         assert_eq!(runner.data_dir, PathBuf::from("./data/runner"));
         assert_eq!(cfg.lease, Duration::from_secs(25));
         assert_eq!(cfg.log_max_bytes, Some(100 * 1024 * 1024), "a log cap by default");
+        assert_eq!((cfg.sse_max_streams, cfg.sse_max_streams_per_user), (Some(1000), Some(50)));
         let uncapped = load(&[("LOG_MAX_SIZE_MB", "0")]).expect("valid config");
         assert_eq!(uncapped.log_max_bytes, None, "0 lifts the cap");
     }

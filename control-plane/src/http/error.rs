@@ -69,6 +69,9 @@ pub enum Error {
     /// 429: too many failed logins for this username or client address.
     #[error("too many failed logins; retry in {retry_after_seconds} s")]
     TooManyLoginAttempts { retry_after_seconds: u64 },
+    /// 503: the live log streams of this replica, or of this user, are at their limit.
+    #[error("{message}")]
+    TooManyStreams { message: String, limit: &'static str, max: usize },
     /// 500: `cause` is logged, never sent.
     #[error("internal error; see the control-plane log")]
     Internal { cause: String },
@@ -103,6 +106,7 @@ impl Error {
             Error::PipelineMisconfigured(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::TooManyRuns { .. } | Error::TooManyLoginAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::TooManyStreams { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -126,6 +130,7 @@ impl Error {
             Error::PipelineMisconfigured(_) => "PipelineMisconfigured",
             Error::TooManyRuns { .. } => "TooManyRuns",
             Error::Internal { .. } => "InternalError",
+            Error::TooManyStreams { .. } => "TooManyStreams",
         }
     }
 
@@ -140,6 +145,9 @@ impl Error {
                 json!({ "retry_after_seconds": retry_after_seconds })
             }
             Error::TooManyRuns { limit, max, .. } => {
+                json!({ "limit": limit, "max": max, "retry_after_seconds": RETRY_AFTER_SECS })
+            }
+            Error::TooManyStreams { limit, max, .. } => {
                 json!({ "limit": limit, "max": max, "retry_after_seconds": RETRY_AFTER_SECS })
             }
             _ => json!({}),
@@ -161,7 +169,7 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let mut response = (self.status(), axum::Json(self.body(None))).into_response();
         match &self {
-            Error::TooManyRuns { .. } => {
+            Error::TooManyRuns { .. } | Error::TooManyStreams { .. } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             Error::TooManyLoginAttempts { retry_after_seconds } => {

@@ -4,10 +4,12 @@
 //! finished one is read from its archive. The SSE event id is the line number,
 //! so a client reconnecting with `Last-Event-ID` misses and repeats nothing.
 
+use super::authn::Caller;
 use super::error::Error;
 use super::extract::{self, QueryMap, RunId};
 use super::routing::ApiRouter;
 use super::runs::RunResponse;
+use super::stream_slots::StreamSlots;
 use crate::bus::FinishedEvents;
 use crate::context::Context;
 use crate::logs::LogLine;
@@ -102,16 +104,24 @@ fn join(lines: &[LogLine]) -> Bytes {
 
 async fn stream(
     State(app): State<Context>,
+    State(slots): State<StreamSlots>,
+    Caller(caller): Caller,
     RunId(id): RunId,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Error> {
     let run = load(&app, id).await?;
     let (attempt, last) = extract::last_event_id(&headers)?;
+    // Held by the follower task: freed when the client goes (or the stream ends).
+    let slot = slots.take(caller.user_id)?;
     let (tx, rx) = mpsc::channel::<Event>(256);
+    // Resolves when the client has gone (the response body, and the receiver with it,
+    // dropped), even while a quiet job gives the follower nothing to send.
+    let gone = tx.clone();
     let task_app = app.clone();
     // Ends on shutdown (the client reconnects to another replica with
     // `Last-Event-ID`), so the server's graceful shutdown is not held by it.
     app.spawn(async move {
+        let _slot = slot;
         let app = task_app;
         let run_id = run.id;
         let shutdown = app.shutdown.clone();
@@ -119,6 +129,7 @@ async fn stream(
         let mut follower = Follower { app, tx, attempt, next_line: last + 1, limiter, queued_pause: QUEUED_POLL_FIRST };
         let followed = tokio::select! {
             _ = shutdown.cancelled() => return,
+            () = gone.closed() => return,
             followed = follower.follow(run) => followed,
         };
         if let Err(e) = followed {

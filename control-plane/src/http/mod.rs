@@ -16,6 +16,7 @@ pub mod policy;
 pub mod routing;
 mod runners;
 mod runs;
+pub mod stream_slots;
 mod tokens;
 mod users;
 
@@ -35,11 +36,19 @@ use tower_http::trace::TraceLayer;
 pub struct ApiState {
     pub ctx: Context,
     pub auth: Authenticator,
+    /// The live log streams open on this process (their limits).
+    pub streams: stream_slots::StreamSlots,
 }
 
 impl FromRef<ApiState> for Context {
     fn from_ref(state: &ApiState) -> Context {
         state.ctx.clone()
+    }
+}
+
+impl FromRef<ApiState> for stream_slots::StreamSlots {
+    fn from_ref(state: &ApiState) -> stream_slots::StreamSlots {
+        state.streams.clone()
     }
 }
 
