@@ -23,9 +23,22 @@ use tokio_util::task::TaskTracker;
 /// others wait their turn; runners wait up to 5 minutes for the reply.
 pub const FINISH_CONCURRENCY: usize = 8;
 
-/// Cheap to clone; everything a request or task needs.
+/// Everything a request or task needs; a handle to one [`Shared`] per control plane, so
+/// a clone is one reference count (the HTTP layer clones it several times a request,
+/// and copying the seams' handles each time once cost a tenth of a read's CPU).
 #[derive(Clone)]
-pub struct Context {
+pub struct Context(Arc<Shared>);
+
+impl std::ops::Deref for Context {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What a [`Context`] shares.
+pub struct Shared {
     pub config: Arc<Config>,
     pub store: Store,
     pub bus: Bus,
@@ -74,7 +87,7 @@ impl StoreOutages {
 impl Context {
     pub fn new(config: Config, store: Store, bus: Bus, objects: ObjectStore) -> Context {
         let catalog = Catalog::new(config.pipelines_dir.clone(), config.worker_base_image.clone());
-        Context {
+        Context(Arc::new(Shared {
             config: Arc::new(config),
             store,
             bus,
@@ -84,7 +97,7 @@ impl Context {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             outages: StoreOutages::default(),
-        }
+        }))
     }
 
     /// Spawns work that shutdown waits for (see [`Context::wait_for_tasks`]).

@@ -8,7 +8,6 @@ use super::routing::ApiRouter;
 use crate::auth::audit::{self, Action, Actor, Outcome};
 use crate::context::Context;
 use crate::store::audit::{ActorKind, AuditEvent, AuditFilter};
-use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -52,7 +51,7 @@ impl From<AuditEvent> for AuditEventResponse {
     }
 }
 
-async fn list(State(ctx): State<Context>, QueryMap(query): QueryMap) -> Result<Json<Page<AuditEventResponse>>, Error> {
+async fn list(State(ctx): State<Context>, QueryMap(query): QueryMap) -> Result<Page<AuditEventResponse>, Error> {
     let text = |key: &str| query.get(key).map(|v| v.trim()).filter(|v| !v.is_empty()).map(str::to_owned);
     let limit = match text("limit") {
         None => DEFAULT_LIMIT,
@@ -79,7 +78,7 @@ async fn list(State(ctx): State<Context>, QueryMap(query): QueryMap) -> Result<J
     let before = text("cursor").map(|raw| decode_cursor(&raw)).transpose()?;
     let filter = AuditFilter { actor: text("actor"), action, since, before, limit: limit + 1 };
     let rows = audit::list(&ctx.store, &filter).await?;
-    Ok(Json(Page::from_rows(rows, limit, |e| (e.at, e.id), AuditEventResponse::from)))
+    Ok(Page::from_rows(rows, limit, |e| (e.at, e.id), AuditEventResponse::from))
 }
 
 /// One audit entry from a handler. A failure to write it is logged, not returned:

@@ -116,7 +116,7 @@ struct RunDetail {
     attempts: Vec<AttemptResponse>,
 }
 
-async fn list(State(app): State<Context>, QueryMap(query): QueryMap) -> Result<Json<Page<RunResponse>>, Error> {
+async fn list(State(app): State<Context>, QueryMap(query): QueryMap) -> Result<Page<RunResponse>, Error> {
     let mut filter = RunFilter { limit: DEFAULT_LIMIT, ..Default::default() };
     for (key, value) in &query {
         match key.as_str() {
@@ -142,7 +142,7 @@ async fn list(State(app): State<Context>, QueryMap(query): QueryMap) -> Result<J
     let wanted = filter.limit;
     filter.limit += 1;
     let rows = app.store.list_runs(&filter).await?;
-    Ok(Json(Page::from_rows(rows, wanted, |r| (r.created_at, r.id), RunResponse::from)))
+    Ok(Page::from_rows(rows, wanted, |r| (r.created_at, r.id), RunResponse::from))
 }
 
 /// One run with its `attempts`: every finished one, then the current one.
