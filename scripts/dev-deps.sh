@@ -409,6 +409,7 @@ env_lines() {
         "WORKER_BASE_IMAGE=$WORKER_IMAGE"
         "FASTFLOW_BUSYBOX_IMAGE=$BUSYBOX_IMAGE"
         "NATS_SERVER_BIN=$NATS_BIN"
+        "FASTFLOW_S3_DATA_DIR=$S3_DATA"
         "FASTFLOW_PG_ADMIN_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres"
     )
     # Debian's engine speaks API 1.41 at most and rejects newer clients (bollard 0.21 defaults

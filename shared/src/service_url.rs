@@ -36,7 +36,9 @@ fn redact_user_info(url: &str) -> String {
     let shown = match user_info.split_once(':') {
         Some((user, _password)) => format!("{user}:***"),
         // `nats://TOKEN@host`: the whole user info is the secret.
-        None => "***".to_owned(),
+        None if is_nats(url) => "***".to_owned(),
+        // `postgres://user@host`: a user name alone.
+        None => user_info.to_owned(),
     };
     format!("{}{shown}{}", &url[..scheme_end + 3], &rest[at..])
 }
@@ -86,6 +88,11 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The schemes of NATS server URLs, where a lone user info is a token.
+fn is_nats(url: &str) -> bool {
+    ["nats://", "tls://", "ws://", "wss://"].iter().any(|scheme| url.starts_with(scheme))
+}
+
 fn redact_query_pair(pair: &str) -> String {
     match pair.split_once('=') {
         Some((key, _value)) if SECRET_QUERY_KEYS.iter().any(|k| key.to_ascii_lowercase().contains(k)) => {
@@ -116,6 +123,7 @@ mod tests {
     fn passwords_and_tokens_in_user_info_are_hidden() {
         assert_eq!(redact_url("postgres://me:pw@host:5/db"), "postgres://me:***@host:5/db");
         assert_eq!(redact_url("nats://s3cr3t-token@127.0.0.1:4222"), "nats://***@127.0.0.1:4222");
+        assert_eq!(redact_url("postgres://postgres@127.0.0.1/db"), "postgres://postgres@127.0.0.1/db");
         assert_eq!(redact_url("nats://u:p%40ss@a:1,nats://b:2"), "nats://u:***@a:1,nats://b:2");
     }
 

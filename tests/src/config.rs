@@ -18,6 +18,9 @@ pub struct DevEnv {
     pub worker_base_image: String,
     pub busybox_image: String,
     pub nats_server_bin: PathBuf,
+    /// The S3 server's data directory (s3s-fs keeps a bucket as a directory there), for
+    /// tests that make the log store refuse writes.
+    pub s3_data_dir: Option<PathBuf>,
     /// Directory holding the `control-plane` and `runner-agent` binaries.
     pub bin_dir: PathBuf,
 }
@@ -65,6 +68,7 @@ impl DevEnv {
             worker_base_image: var("WORKER_BASE_IMAGE"),
             busybox_image: var("FASTFLOW_BUSYBOX_IMAGE"),
             nats_server_bin,
+            s3_data_dir: std::env::var_os("FASTFLOW_S3_DATA_DIR").map(PathBuf::from),
             bin_dir: bin_dir(),
         }
     }

@@ -84,6 +84,13 @@ fn is_not_found(code: Option<&str>) -> bool {
     matches!(code, Some("NoSuchKey" | "NoSuchBucket" | "NotFound"))
 }
 
+/// Creates `bucket` (the control plane creates the tests' buckets at its start; a test
+/// that removed one to make the log store refuse writes puts it back with this).
+pub(crate) async fn create_bucket(client: &Client, bucket: &str) -> Result<(), String> {
+    client.create_bucket().bucket(bucket).send().await.map_err(|e| format!("{:?}", e.into_service_error()))?;
+    Ok(())
+}
+
 /// Best-effort removal of a test bucket and everything in it (the big-output test
 /// alone leaves ~200 MB behind otherwise).
 pub(crate) async fn delete_bucket(client: &Client, bucket: &str) -> Result<(), String> {

@@ -821,6 +821,30 @@ impl TestEnv {
         self.cp(0).stream_logs(run_id, last_event_id).await
     }
 
+    /// Makes the log store refuse writes to the test's bucket, and only to it (the S3
+    /// server is shared): removes the (still empty) bucket and puts a plain file where
+    /// s3s-fs keeps it as a directory, so every upload to it fails.
+    pub async fn s3_refuse_writes(&self) {
+        let services = self.services.as_ref().expect("S3 exists in distributed mode only");
+        s3::delete_bucket(&services.s3, &services.bucket).await.unwrap_or_else(|e| panic!("removing the bucket: {e}"));
+        std::fs::write(self.s3_bucket_path(), b"writes refused by the test\n")
+            .unwrap_or_else(|e| panic!("cannot block the bucket's directory: {e}"));
+    }
+
+    /// Undoes [`Self::s3_refuse_writes`]: the bucket exists again, empty.
+    pub async fn s3_accept_writes(&self) {
+        let services = self.services.as_ref().expect("S3 exists in distributed mode only");
+        std::fs::remove_file(self.s3_bucket_path()).unwrap_or_else(|e| panic!("cannot unblock the bucket: {e}"));
+        s3::create_bucket(&services.s3, &services.bucket).await.unwrap_or_else(|e| panic!("restoring the bucket: {e}"));
+    }
+
+    fn s3_bucket_path(&self) -> PathBuf {
+        let services = self.services.as_ref().expect("S3 exists in distributed mode only");
+        let dir =
+            self.dev.s3_data_dir.as_ref().expect("FASTFLOW_S3_DATA_DIR is not set: re-run scripts/dev-deps.sh up");
+        dir.join(&services.bucket)
+    }
+
     /// An object of the log store, `None` when it does not exist: the test's S3
     /// bucket in distributed mode, the file `<archive dir>/<key>` in single-node mode.
     pub async fn s3_get(&self, key: &str) -> Option<Bytes> {

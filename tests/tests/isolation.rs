@@ -184,14 +184,33 @@ async fn bridge_gateway(network: &str) -> String {
     bridge_gateway_opt(network).await.unwrap_or_else(|| panic!("network {network} has no IPv4 gateway"))
 }
 
+/// The gateway the engine lists for `network`, or else the IPv4 address of the network's
+/// bridge interface: the engine does not always list a gateway for its default `bridge`
+/// (seen on a fresh machine: only the subnet), though `docker0` carries it.
 async fn bridge_gateway_opt(network: &str) -> Option<String> {
+    let format = "{{range .IPAM.Config}}{{.Gateway}} {{end}}|{{index .Options \"com.docker.network.bridge.name\"}}";
     let output = tokio::process::Command::new("docker")
-        .args(["network", "inspect", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}", network])
+        .args(["network", "inspect", "--format", format, network])
         .output()
         .await
         .ok()?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.split_whitespace().find(|g| g.parse::<std::net::Ipv4Addr>().is_ok()).map(str::to_string)
+    let (gateways, interface) = text.trim().split_once('|')?;
+    if let Some(gateway) = gateways.split_whitespace().find(|g| g.parse::<std::net::Ipv4Addr>().is_ok()) {
+        return Some(gateway.to_string());
+    }
+    let interface = interface.trim();
+    if interface.is_empty() || interface == "<no value>" {
+        return None;
+    }
+    // `ip -4 -o addr show dev docker0`: "5: docker0    inet 172.17.0.1/16 brd … scope global docker0 …"
+    let output =
+        tokio::process::Command::new("ip").args(["-4", "-o", "addr", "show", "dev", interface]).output().await.ok()?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "inet")?;
+    let address = words.next()?.split('/').next()?;
+    address.parse::<std::net::Ipv4Addr>().ok().map(|_| address.to_string())
 }
 
 async fn command(program: &str, args: &[&str]) -> String {

@@ -173,3 +173,48 @@ async fn a_database_outage_longer_than_the_fence_keeps_jobs_and_a_waiting_exit_r
     })
     .await;
 }
+
+/// Issue 16: a lost runner's attempt is not ended (and its live log not purged) while
+/// the log store refuses the archive. Runner killed mid-job, the S3 bucket removed: the
+/// sweeper's archive fails, the run stays open and `GET logs` still returns every line
+/// published before the kill; with the bucket back, the archive holds exactly those
+/// lines and the run ends as lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_runners_log_is_kept_while_the_log_store_is_down_and_archived_once_it_is_back() {
+    let mut env = TestEnv::start(
+        TestEnvOptions::default()
+            .control_plane_env("RUN_LEASE_SECONDS", "12")
+            .control_plane_env("SWEEP_INTERVAL_SECONDS", "1")
+            .runner_env("HEARTBEAT_INTERVAL_SECONDS", "1"),
+    )
+    .await;
+    let run = env.run_pipeline("outage_job", &[]).await;
+    env.wait_for_log(&run.id, "line 3\n", RUN).await;
+    env.kill_runner(0);
+    env.s3_refuse_writes().await;
+    // What the runner published before it died (read after the kill: nothing is added).
+    let published = env.logs(&run.id).await;
+    assert!(String::from_utf8_lossy(&published).starts_with("line 1\nline 2\nline 3\n"), "{published:?}");
+
+    let log_path = env.control_plane_log_path(0);
+    poll_until("the sweeper to fail archiving the lost attempt", RUN, POLL, || {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        async move {
+            if text.contains("its live log is kept until the log store takes it") {
+                Ok(())
+            } else {
+                Err("no failed archive yet".to_string())
+            }
+        }
+    })
+    .await;
+    let during = env.get_run(&run.id).await;
+    assert_eq!(during.status, "running", "the attempt stays open while its log cannot be archived: {during:?}");
+    assert_eq!(env.logs(&run.id).await, published, "the live log is still served, whole");
+
+    env.s3_accept_writes().await;
+    let done = env.wait_final(&run.id, RUN).await;
+    assert_finished(&done, "failed", Some("lost"));
+    assert_eq!(env.archived_log(&run.id, 1).await, published, "the archive holds every published line");
+    assert_eq!(env.logs(&run.id).await, published, "and GET logs serves it from there");
+}

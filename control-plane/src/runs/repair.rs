@@ -87,17 +87,20 @@ pub async fn expire_timeouts(ctx: &Context) -> Result<usize, Error> {
 }
 
 /// Ends an attempt without its runner: archive what the live log holds, then
-/// end it. `true` if this replica ended it.
+/// end it. `true` if this replica ended it. While the log store refuses the archive,
+/// the attempt stays as it is and so does its live log (ending it would purge the only
+/// copy): the next sweep tries again, and `GET …/logs` serves the live log meanwhile.
 async fn take_over(ctx: &Context, run: &Run, outcome: &Outcome) -> Result<bool, Error> {
     let at = run.attempt_ref();
     let archived = match archive::archive(&ctx.bus, &ctx.objects, &at, None).await {
-        Ok(archived) => Some(archived.log),
+        Ok(archived) => archived.log,
         Err(e) => {
-            tracing::warn!(run_id = %run.id, error = %e, "could not archive the log");
-            None
+            tracing::warn!(run_id = %run.id, error = %e,
+                "could not archive the log; the attempt stays open and its live log is kept until the log store takes it");
+            return Ok(false);
         }
     };
-    Ok(end_attempt(ctx, run, outcome, archived.as_ref()).await?.is_some())
+    Ok(end_attempt(ctx, run, outcome, Some(&archived)).await?.is_some())
 }
 
 /// Fails queued runs no runner can take (`NO_RUNNER_TIMEOUT_SECONDS`).
