@@ -776,3 +776,26 @@ async fn the_logs_print_no_credential_given_in_a_url_or_variable() {
     assert!(control_plane.contains("nats jetstream at nats://***@127.0.0.1:"), "{control_plane}");
     assert!(control_plane.contains("postgres://postgres:***@127.0.0.1:"), "{control_plane}");
 }
+
+/// Behind a reverse proxy listed in `TRUSTED_PROXIES`, the client address of a login
+/// (its back-off and audit entry) is the one the proxy appended to `X-Forwarded-For`;
+/// from any other peer the header is ignored (any client can write it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trusted_proxy_names_the_client_and_others_cannot() {
+    let env =
+        TestEnv::start(TestEnvOptions::default().runners(0).control_plane_env("TRUSTED_PROXIES", "127.0.0.3")).await;
+    let proxy = env.cp(0).anonymous().from_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
+    let stranger = env.cp(0).anonymous().from_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4)));
+    let body = json!({ "username": "nobody", "password": "not-the-password" });
+    for (client, forwarded) in [(&proxy, "6.6.6.6, 198.51.100.7"), (&stranger, "198.51.100.8")] {
+        let request =
+            client.request(Method::POST, "/api/v1/auth/login").header("x-forwarded-for", forwarded).json(&body);
+        let response = client.send(request, "POST /api/v1/auth/login").await;
+        assert_error(&response, StatusCode::UNAUTHORIZED, "InvalidCredentials");
+    }
+    let failed = items(&env.cp(0).audit(&[("action", "login_failed")]).await);
+    let mut addresses: Vec<String> =
+        failed.iter().map(|e| e["client_addr"].as_str().unwrap_or("none").to_string()).collect();
+    addresses.sort();
+    assert_eq!(addresses, ["127.0.0.4", "198.51.100.7"], "{failed:#?}");
+}

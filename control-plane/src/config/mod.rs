@@ -117,6 +117,9 @@ pub struct Config {
     pub default_timeout: Option<u64>,
     /// `Host` names served besides loopback ones (`PUBLIC_URL`'s host, `ALLOWED_HOSTS`).
     pub allowed_hosts: AllowedHosts,
+    /// `TRUSTED_PROXIES`: reverse proxies whose `X-Forwarded-For` names the client (for
+    /// the login back-off per address and the audit log); empty: the socket's peer.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `PUBLIC_URL`: the origin browsers use (CSRF check) and whether cookies are `Secure`.
     pub public_url: Option<PublicUrl>,
     /// `SESSION_IDLE_TIMEOUT`, `SESSION_MAX_AGE`.
@@ -249,9 +252,18 @@ impl Config {
                 max_age: src.duration("SESSION_MAX_AGE", default.max_age)?,
             }
         };
+        let trusted_proxies = match src.get("TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(value) => parse_networks(&value).map_err(|message| Error::Invalid {
+                name: "TRUSTED_PROXIES",
+                value: value.clone(),
+                message,
+            })?,
+        };
         Ok(Config {
             sessions,
             allowed_hosts,
+            trusted_proxies,
             public_url,
             bind_addr: src.parsed("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8000)), "host:port")?,
             database_url,
@@ -384,6 +396,20 @@ fn valid_bucket_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
+/// A comma-separated list of addresses (`10.0.0.5`, `::1`) and networks (`10.0.0.0/8`).
+fn parse_networks(value: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("`{item}` is neither an IP address nor a network like 10.0.0.0/8"))
+        })
+        .collect()
+}
+
 /// The default log cap per attempt, in MiB: a job that prints without end cannot fill
 /// the log store, NATS or the runner host's disk (the engine's copy is bounded by it
 /// too); `LOG_MAX_SIZE_MB=0` lifts it.
@@ -414,6 +440,12 @@ mod tests {
         assert_eq!(cfg.lease, Duration::from_secs(25));
         assert_eq!(cfg.log_max_bytes, Some(100 * 1024 * 1024), "a log cap by default");
         assert_eq!((cfg.sse_max_streams, cfg.sse_max_streams_per_user), (Some(1000), Some(50)));
+        assert!(cfg.trusted_proxies.is_empty(), "no proxy is trusted by default");
+        let proxied = load(&[("TRUSTED_PROXIES", "10.0.0.5, 172.16.0.0/12,::1")]).expect("valid config");
+        let shown: Vec<String> = proxied.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.5/32", "172.16.0.0/12", "::1/128"]);
+        assert!(load(&[("TRUSTED_PROXIES", "10.0.0.0/33")]).is_err());
+        assert!(load(&[("TRUSTED_PROXIES", "proxy.example")]).is_err());
         let uncapped = load(&[("LOG_MAX_SIZE_MB", "0")]).expect("valid config");
         assert_eq!(uncapped.log_max_bytes, None, "0 lifts the cap");
     }

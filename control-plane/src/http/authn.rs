@@ -19,7 +19,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// The session cookie's name over plain http (a browser refuses `__Host-` there).
 pub const COOKIE: &str = "fastflow_session";
@@ -214,22 +214,69 @@ impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Caller {
     }
 }
 
-/// The client's address as the socket saw it (`None` in router tests, which have
-/// no socket). A reverse proxy's address is what it is: forwarded headers are
-/// not trusted, since any client can write them.
+/// The client's address (`None` in router tests, which have no socket): the socket's
+/// peer, unless that is one of `TRUSTED_PROXIES`; then the address `X-Forwarded-For`
+/// names, read from the right past the trusted proxies (a client can write anything on
+/// the left of that header, but not what a trusted proxy appended).
 pub struct ClientAddr(pub Option<String>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<ApiState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string())))
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
+        let client = peer.map(|peer| client_address(peer, &parts.headers, &state.ctx.config.trusted_proxies));
+        Ok(ClientAddr(client.map(|ip| ip.to_string())))
     }
+}
+
+/// See [`ClientAddr`]. Every `X-Forwarded-For` header counts, in order; an entry that is
+/// not an IP address ends the walk at the last address known good.
+fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for entry in forwarded.iter().rev() {
+        let Ok(ip) = entry.parse::<IpAddr>() else { break };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_address_is_the_peer_unless_a_trusted_proxy_forwards_it() {
+        let ip = |text: &str| text.parse::<IpAddr>().expect("an address");
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("net"), "::1/128".parse().expect("net")];
+        let forwarded = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7"), ("x-forwarded-for", "10.1.1.1")]);
+        // An untrusted peer's header is ignored: any client can write one.
+        assert_eq!(client_address(ip("198.51.100.2"), &forwarded, &trusted), ip("198.51.100.2"));
+        // Through trusted proxies: the first untrusted address from the right, not the
+        // client-written one on the left.
+        assert_eq!(client_address(ip("10.0.0.9"), &forwarded, &trusted), ip("203.0.113.7"));
+        assert_eq!(client_address(ip("::1"), &forwarded, &trusted), ip("203.0.113.7"));
+        // A trusted proxy that forwarded nothing (or garbage): the proxy itself.
+        assert_eq!(client_address(ip("10.0.0.9"), &HeaderMap::new(), &trusted), ip("10.0.0.9"));
+        let garbage = headers(&[("x-forwarded-for", "203.0.113.7, not-an-ip")]);
+        assert_eq!(client_address(ip("10.0.0.9"), &garbage, &trusted), ip("10.0.0.9"));
+        // Nothing trusted (the default): always the peer.
+        assert_eq!(client_address(ip("10.0.0.9"), &forwarded, &[]), ip("10.0.0.9"));
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
