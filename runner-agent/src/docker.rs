@@ -163,13 +163,14 @@ impl LogDriver {
     /// Options of the `local` driver. Without a log cap the whole output stays in one
     /// file: the driver's defaults (5 files of 20 MB) would rotate the start of a long
     /// log away, and `max-size=0` makes engine 20.10 spin (measured). With a cap, the
-    /// engine's copy is bounded too: two files of the cap plus 1 MiB each, which hold
-    /// everything the runner may need to publish again after a restart (it publishes
-    /// no more than the cap), while a job that prints gigabytes past its cap cannot
-    /// fill the host's disk.
+    /// engine's copy is bounded too, to two files of twice the cap plus 1 MiB: the
+    /// driver frames each line with ~26 bytes, so that holds the start of the output
+    /// until the cap is reached for lines of 9 bytes and more (a restarted runner skips
+    /// the lines it published by count, so the start must still be there), while a job
+    /// that prints gigabytes past its cap cannot fill the host's disk.
     fn local_options(log_max_bytes: Option<u64>) -> HashMap<String, String> {
         let (size, files) = match log_max_bytes {
-            Some(cap) => (format!("{}k", cap.div_ceil(1024) + 1024), "2"),
+            Some(cap) => (format!("{}k", cap.div_ceil(1024).saturating_mul(2).saturating_add(1024)), "2"),
             None => ("1t".to_owned(), "1"),
         };
         HashMap::from([

@@ -127,16 +127,16 @@ in_both_modes! {
 
         let admin = env.cp(0);
         let first = open(admin).await.expect("first stream");
-        let _second = open(admin).await.expect("second stream");
-        assert_eq!((first.status(), _second.status()), (StatusCode::OK, StatusCode::OK));
+        let second = open(admin).await.expect("second stream");
+        assert_eq!((first.status(), second.status()), (StatusCode::OK, StatusCode::OK));
         let third = open(admin).await.expect("third stream");
         assert_limited(third, "per_user", 2).await;
 
         env.create_user("streamer", "viewer").await;
         let token = env.create_token("streamer", "streams", None).await;
         let viewer = admin.with_token(&token);
-        let _theirs = open(&viewer).await.expect("another user's stream");
-        assert_eq!(_theirs.status(), StatusCode::OK, "another user has slots of their own");
+        let theirs = open(&viewer).await.expect("another user's stream");
+        assert_eq!(theirs.status(), StatusCode::OK, "another user has slots of their own");
         assert_limited(open(&viewer).await.expect("past the total"), "total", 3).await;
 
         // A closed stream frees its slot, though the job prints nothing meanwhile.

@@ -68,7 +68,8 @@ impl StreamSlots {
     }
 
     /// Streams open now (all users).
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    fn open(&self) -> usize {
         lock(&self.open).total
     }
 }
