@@ -85,15 +85,27 @@ for _ in $(seq 1 60); do
 done
 curl -fsS "$URL/health"; echo
 
-step "starting a runner"
-RUNNER_ID=quickstart RUNNER_DATA_DIR="$STATE/runner" nohup "$BIN/runner-agent" >"$STATE/runner-agent.log" 2>&1 &
-echo $! >"$STATE/runner-agent.pid"
-
-step "running the hello pipeline (with an API token of admin's, valid for an hour)"
+step "enrolling and starting a runner"
 # A token as scripts and CI use them: printed once by the CLI, sent as `Authorization: Bearer`.
 # The header goes to curl in a config on stdin, so the token is on no command line.
 TOKEN=$("$BIN/control-plane" token create --user admin --name "quickstart-$(date +%s)-$$" --expires-in 1h)
 auth() { printf 'header = "Authorization: Bearer %s"\n' "$TOKEN"; }
+# A runner proves who it is: an admin's registration token (single use, 10 minutes) is
+# exchanged once for the runner's own credentials, kept in its data dir (mode 0600).
+# The runner gets the NATS address without the control plane's password.
+if [ ! -s "$STATE/runner/credentials.json" ]; then
+  REGISTRATION_TOKEN=$(auth | curl -fsS -K - -X POST "$URL/api/v1/runners/registration-tokens" \
+    -H 'content-type: application/json' -d '{"description":"quickstart","expires_in_seconds":600}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+fi
+NATS_RUNNER_URL="nats://${NATS_URL##*@}"
+env -u NATS_AUTH_CALLOUT_SEED -u DATABASE_URL NATS_URL="$NATS_RUNNER_URL" \
+  RUNNER_REGISTRATION_TOKEN="${REGISTRATION_TOKEN:-}" RUNNER_ID=quickstart RUNNER_DATA_DIR="$STATE/runner" \
+  nohup "$BIN/runner-agent" >"$STATE/runner-agent.log" 2>&1 &
+echo $! >"$STATE/runner-agent.pid"
+unset REGISTRATION_TOKEN
+
+step "running the hello pipeline (with an API token of admin's, valid for an hour)"
 run=$(auth | curl -fsS -K - -X POST "$URL/api/v1/pipelines/hello/run" -H 'content-type: application/json' \
   -d '{"params":{"NAME":"Fast-Flow"}}')
 id=$(printf '%s' "$run" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')

@@ -99,6 +99,31 @@ impl Api {
         Ok(ids)
     }
 
+    /// `POST /api/v1/runners/registration-tokens` (admins) with `body`, e.g.
+    /// `{"single_use": false}`; the token's value (shown only in this answer).
+    pub async fn create_registration_token(&self, body: &Value) -> anyhow::Result<String> {
+        let url = format!("{}/api/v1/runners/registration-tokens", self.base_url);
+        let response = self
+            .http
+            .post(&url)
+            .json(body)
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        let status = response.status();
+        let text = response.text().await.with_context(|| format!("POST {url}: reading the body"))?;
+        if status.as_u16() != 201 {
+            bail!("POST {url}: HTTP {status}: {text}");
+        }
+        let created: Value = serde_json::from_str(&text).with_context(|| format!("POST {url}: unexpected body"))?;
+        created
+            .get("token")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .with_context(|| format!("POST {url}: the answer holds no token"))
+    }
+
     /// `POST /api/v1/pipelines/{name}/run`; the created run.
     pub async fn create_run(&self, pipeline: &str, params: &[(&str, String)]) -> anyhow::Result<Run> {
         let params: serde_json::Map<String, Value> = params.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();

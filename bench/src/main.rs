@@ -263,6 +263,9 @@ fn number<T: std::str::FromStr + Default + PartialEq>(value: Option<String>, fla
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Both rustls providers are linked; NATS TLS (the harness playing a runner) uses the
+    // process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if std::env::args().nth(1).as_deref() == Some("table") {
         return status::cli(std::env::args().skip(2));
     }

@@ -14,6 +14,7 @@ pub mod migrate;
 pub mod object_store;
 pub mod pipelines;
 pub mod runner_api;
+pub mod runner_identity;
 pub mod runs;
 pub mod startup;
 pub mod store;

@@ -14,7 +14,10 @@ const USAGE: &str = "usage:
       add a user to the store of DATABASE_URL (default: SQLite in DATA_DIR); the password
       (at least 12 characters) comes from the file, or else from stdin (one trailing newline dropped)
   control-plane token create --user NAME --name TOKEN_NAME [--role R] [--expires-in 30d]
-      create an API token for NAME (role at most NAME's; default: NAME's) and print it, once, on stdout";
+      create an API token for NAME (role at most NAME's; default: NAME's) and print it, once, on stdout
+  control-plane nats-setup
+      print a new NATS_AUTH_CALLOUT_SEED and a NATS server configuration for it (TLS, JetStream,
+      runner authentication through this control plane); see README \"Distributed mode\"";
 
 #[tokio::main]
 async fn main() {
@@ -27,7 +30,14 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     control_plane::telemetry::init();
+    // Both rustls providers are linked; NATS TLS uses the process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("nats-setup") {
+        // Needs no settings: it prints what the settings will be.
+        print!("{}", control_plane::runner_identity::callout::setup_text()?);
+        return Ok(());
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {

@@ -14,7 +14,7 @@ use crate::context::Context;
 use crate::http::stream_slots::{StreamLimits, StreamSlots};
 use crate::object_store::ObjectStore;
 use crate::store::Store;
-use crate::{embedded_runner, http, runner_api, sweeper};
+use crate::{embedded_runner, http, runner_api, runner_identity, sweeper};
 use anyhow::Context as _;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +46,15 @@ impl ControlPlane {
         tracing::info!("store: {} at {}", store.kind(), crate::config::redact_url(&config.database_url));
         let bus = match &config.nats_url {
             Some(url) => {
-                Bus::Nats(Box::new(NatsBus::connect(url).await.context("NATS_URL: cannot use NATS JetStream")?))
+                let nats = config.nats.as_ref().context("NATS settings missing")?;
+                if !nats.settings.uses_tls(url) {
+                    tracing::warn!("NATS_ALLOW_PLAINTEXT=1: the NATS connection is not encrypted");
+                }
+                Bus::Nats(Box::new(
+                    NatsBus::connect(url, &nats.settings, config.stream_bounds)
+                        .await
+                        .context("NATS_URL: cannot use NATS JetStream")?,
+                ))
             }
             None => Bus::Local(
                 LocalBus::open(config.data_dir.join("live-logs")).context("DATA_DIR: cannot keep live logs")?,
@@ -110,7 +118,14 @@ impl ControlPlane {
             forward.cancel();
         });
         let runners = match &ctx.bus {
-            Bus::Nats(bus) => tokio::spawn(runner_api::serve(ctx.clone(), (**bus).clone())),
+            Bus::Nats(bus) => {
+                let callout = runner_identity::callout::serve(ctx.clone(), bus.client().clone());
+                let api = runner_api::serve(ctx.clone(), (**bus).clone());
+                tokio::spawn(async move {
+                    tokio::try_join!(async { callout.await.context("NATS auth callout") }, api)?;
+                    Ok(())
+                })
+            }
             Bus::Local(bus) => {
                 let (ready, adopted) = tokio::sync::oneshot::channel();
                 let task = tokio::spawn(embedded_runner::run(ctx.clone(), bus.clone(), ready));

@@ -1,6 +1,7 @@
 //! Periodic repair work every replica does (no leader): re-offer queued runs
 //! whose NATS offer is gone, finalise runs whose runner stopped heartbeating,
-//! and recreate streams a restarted NATS server lost; now and then, delete ended
+//! recreate streams a restarted NATS server lost (and keep their limits), purge
+//! log batches published after their attempt ended; now and then, delete ended
 //! login sessions and forgotten login failure counters.
 //!
 //! Lease expiry waits until this replica has reached the store for one whole
@@ -24,6 +25,7 @@ pub async fn run(ctx: Context) {
     let mut tick = tokio::time::interval(ctx.config.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweeps: u64 = 0;
+    let mut late = runs::LatePurges::new(ctx.config.late_log_purge_after);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -32,7 +34,7 @@ pub async fn run(ctx: Context) {
                     tracing::warn!(error = %e, "sweeper: store unreachable; lease expiry paused");
                     ctx.outages.seen();
                 }
-                sweep(&ctx, ctx.outages.quiet_for(ctx.config.lease)).await;
+                sweep(&ctx, ctx.outages.quiet_for(ctx.config.lease), &mut late).await;
                 if sweeps.is_multiple_of(AUTH_HOUSEKEEPING_EVERY)
                     && let Err(e) = auth::housekeeping(&ctx.store, &ctx.config.sessions).await
                 {
@@ -45,7 +47,7 @@ pub async fn run(ctx: Context) {
 }
 
 /// `expire_leases`: the store has been reachable for a whole lease (see the module docs).
-async fn sweep(ctx: &Context, expire_leases: bool) {
+async fn sweep(ctx: &Context, expire_leases: bool, late: &mut runs::LatePurges) {
     if let Err(e) = ctx.bus.ensure_streams().await {
         tracing::warn!(error = %e, "sweeper: NATS streams unavailable");
         return;
@@ -64,5 +66,8 @@ async fn sweep(ctx: &Context, expire_leases: bool) {
     }
     if let Err(e) = runs::expire_timeouts(ctx).await {
         tracing::warn!(error = %e, "sweeper: timeout enforcement failed");
+    }
+    if let Err(e) = runs::purge_late_logs(ctx, late).await {
+        tracing::warn!(error = %e, "sweeper: purging late log batches failed");
     }
 }

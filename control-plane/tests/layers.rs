@@ -22,15 +22,17 @@ const LAYERS: &[(&str, u8)] = &[
     // The domain: the run lifecycle, and authentication (users, sessions, tokens, audit).
     ("runs", 3),
     ("auth", 3),
+    // Runner identity: enrollment and the NATS auth callout, over the store and auth's secrets.
+    ("runner_identity", 4),
     // Adapters, side by side.
-    ("http", 4),
-    ("runner_api", 4),
-    ("embedded_runner", 4),
-    ("sweeper", 4),
-    ("migrate", 4),
-    ("cli", 4),
+    ("http", 5),
+    ("runner_api", 5),
+    ("embedded_runner", 5),
+    ("sweeper", 5),
+    ("migrate", 5),
+    ("cli", 5),
     // The composition root.
-    ("startup", 5),
+    ("startup", 6),
 ];
 
 fn layer(module: &str) -> Option<u8> {

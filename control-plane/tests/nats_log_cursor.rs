@@ -7,14 +7,15 @@ use bytes::Bytes;
 use control_plane::bus::RawBatch;
 use control_plane::bus::nats::{LogCursor, NatsBus};
 use shared::log_batch::{FENCING_TOKEN_HEADER, FIRST_LINE_HEADER};
-use shared::subjects;
 use uuid::Uuid;
 
 async fn bus() -> NatsBus {
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| {
         panic!("NATS_URL is not set: start the dev services with `scripts/dev-deps.sh up` and source its env.sh")
     });
-    let bus = NatsBus::connect(&url).await.unwrap_or_else(|e| panic!("cannot reach NATS at {url}: {e}"));
+    let bus = NatsBus::connect(&url, &dev_nats(), Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach NATS at {url}: {e}"));
     bus.ensure_streams().await.expect("create the streams");
     bus
 }
@@ -26,7 +27,7 @@ async fn publish(bus: &NatsBus, run_id: Uuid, first_line: u64, payload: Vec<u8>)
     headers.insert(FIRST_LINE_HEADER, first_line.to_string().as_str());
     headers.insert(FENCING_TOKEN_HEADER, "7");
     let ack = js
-        .publish_with_headers(subjects::log_subject(run_id, 1), headers, Bytes::from(payload))
+        .publish_with_headers(names().log_subject(run_id, 1, "runner-1"), headers, Bytes::from(payload))
         .await
         .expect("publish");
     ack.await.expect("publish ack");
@@ -123,4 +124,19 @@ async fn a_log_read_at_the_switch_to_streaming_sees_every_later_batch() {
     let mut whole = bus.log_cursor(run, 1).await.expect("cursor");
     assert_batches(&read_to_end(&mut whole).await, 'd', 1..31, 10);
     bus.purge_log(run, 1).await.expect("purge");
+}
+
+/// The deployment's names without a prefix.
+fn names() -> shared::subjects::Subjects {
+    shared::subjects::Subjects::default()
+}
+
+/// The dev server's TLS (`NATS_TLS_CA` of env.sh); the URL carries the control plane's user.
+fn dev_nats() -> shared::nats_settings::NatsSettings {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    shared::nats_settings::NatsSettings {
+        tls_ca: std::env::var_os("NATS_TLS_CA").map(std::path::PathBuf::from),
+        allow_plaintext: true,
+        ..Default::default()
+    }
 }

@@ -285,7 +285,7 @@ async fn claim_exactly_once(store: Store) {
     assert_eq!(results.iter().filter(|r| matches!(r, ClaimResult::Gone)).count(), 1);
     let holder = granted[0];
     assert_eq!(holder.status, RunStatus::Running);
-    assert_eq!(holder.fencing_token, 1);
+    assert_ne!(holder.fencing_token, 0, "a drawn token");
     assert!(holder.started_at.is_some());
     assert!(matches!(holder.runner_id.as_deref(), Some("runner-a" | "runner-b")));
     assert_eq!(&get(&store, run.id).await, holder);
@@ -323,7 +323,7 @@ async fn claim_batch_in_one_transaction(store: Store) {
         ClaimResult::Granted(run) => {
             assert_eq!(run.id, runs[0].id);
             assert_eq!(run.runner_id.as_deref(), Some("runner-a"));
-            assert_eq!(run.fencing_token, 1);
+            assert!(run.fencing_token > 0, "a drawn token: {}", run.fencing_token);
         }
         _ => panic!("the queued run is granted"),
     }
@@ -402,7 +402,7 @@ async fn renew_leases_only_for_held_tokens(store: Store) {
     let at = held.attempt_ref();
     assert!(store.renew_leases("r1", &[], LEASE).await.expect("renew nothing").is_empty());
 
-    let stale = AttemptRef { fencing_token: at.fencing_token + 1, ..at.clone() };
+    let stale = AttemptRef { fencing_token: at.fencing_token ^ 1, ..at.clone() };
     let wrong_attempt = AttemptRef { attempt: at.attempt + 1, ..at.clone() };
     assert!(store.renew_leases("r1", &[stale.clone(), wrong_attempt], LEASE).await.expect("renew").is_empty());
     assert!(store.renew_leases("r2", std::slice::from_ref(&at), LEASE).await.expect("renew").is_empty());
@@ -423,6 +423,32 @@ async fn renew_leases_only_for_held_tokens(store: Store) {
     assert!(store.renew_leases("r1", &[at], LEASE).await.expect("renew").is_empty(), "a final run is not renewed");
 }
 
+both!(ended_attempts_are_listed_by_their_end_and_continue_after_the_last);
+async fn ended_attempts_are_listed_by_their_end_and_continue_after_the_last(store: Store) {
+    let mut ended = Vec::new();
+    for _ in 0..3 {
+        let run = submit(&store, "p", "default", spec()).await;
+        let held = claimed(&store, &run, "r1", LEASE).await;
+        store.end_attempt(&held.attempt_ref(), &success(), None, None).await.expect("end").expect("held");
+        ended.push(run.id);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let running = submit(&store, "p", "default", spec()).await;
+    claimed(&store, &running, "r1", LEASE).await;
+    let hour = Duration::from_secs(3600);
+    let ids = |listed: &[control_plane::store::runs::EndedAttempt]| listed.iter().map(|a| a.run_id).collect::<Vec<_>>();
+
+    let all = store.ended_attempts(None, Duration::ZERO, hour, 10).await.expect("list");
+    assert_eq!(ids(&all), ended, "oldest end first; the running attempt is not listed");
+    assert!(all.iter().all(|a| a.attempt == 1));
+    assert!(store.ended_attempts(None, hour, 2 * hour, 10).await.expect("list").is_empty(), "none ended an hour ago");
+    let after_first = store.ended_attempts(Some(&all[0]), Duration::ZERO, hour, 10).await.expect("list");
+    assert_eq!(ids(&after_first), ended[1..]);
+    let one = store.ended_attempts(Some(&all[0]), Duration::ZERO, hour, 1).await.expect("list");
+    assert_eq!(ids(&one), ended[1..2], "bounded by the limit");
+    assert!(store.ended_attempts(Some(&all[2]), Duration::ZERO, hour, 10).await.expect("list").is_empty());
+}
+
 both!(end_attempt_final_retry_and_stale);
 async fn end_attempt_final_retry_and_stale(store: Store) {
     let run = submit(&store, "p", "default", spec()).await;
@@ -430,7 +456,7 @@ async fn end_attempt_final_retry_and_stale(store: Store) {
     let at1 = first.attempt_ref();
 
     // A stale token changes nothing.
-    let stale = AttemptRef { fencing_token: at1.fencing_token + 7, ..at1.clone() };
+    let stale = AttemptRef { fencing_token: at1.fencing_token ^ 7, ..at1.clone() };
     assert!(store.end_attempt(&stale, &success(), None, None).await.expect("end").is_none());
     assert_eq!(get(&store, run.id).await, first);
     assert!(store.attempts(run.id).await.expect("attempts").is_empty());
@@ -467,7 +493,8 @@ async fn end_attempt_final_retry_and_stale(store: Store) {
 
     tokio::time::sleep(Duration::from_millis(5)).await;
     let second = claimed(&store, &retried, "r2", LEASE).await;
-    assert_eq!((second.attempt, second.fencing_token), (2, at1.fencing_token + 1));
+    assert_eq!(second.attempt, 2);
+    assert_ne!(second.fencing_token, at1.fencing_token, "each claim draws a fresh token");
     let log2 = ArchivedLog { key: "runs/x/2.log".into(), size: 7 };
     let done =
         store.end_attempt(&second.attempt_ref(), &success(), Some(&log2), None).await.expect("end").expect("held");

@@ -13,6 +13,7 @@ use crate::attempts::{Attempts, StopReason};
 use crate::claimer::Claimer;
 use crate::config::Config;
 use crate::docker::Docker;
+use crate::enrollment;
 use crate::execution::Executor;
 use crate::fence::Fence;
 use crate::heartbeat::{CancelListener, Heartbeats};
@@ -21,6 +22,7 @@ use crate::link::nats::NatsLink;
 use crate::reattach;
 use crate::watchdog::{self, DeadlineFile};
 use anyhow::Context;
+use shared::nats_settings::NatsSettings;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
@@ -74,9 +76,35 @@ impl Shutdown {
 
 /// The `runner-agent` process: NATS link, then [`serve`].
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let nats = NatsSettings::from_source(&config.nats_url, &|name| std::env::var(name).ok())?;
+    if !nats.uses_tls(&config.nats_url) {
+        tracing::warn!(
+            "NATS_ALLOW_PLAINTEXT=1: the NATS connection is not encrypted (credentials and job specs travel in clear)"
+        );
+    }
     let config = prepare(config)?;
+    let wanted = enrollment::Wanted {
+        data_dir: &config.data_dir,
+        registration_token: config.registration_token.as_deref(),
+        runner_id: &config.runner_id,
+        runner_id_from_env: config.runner_id_from_env,
+        pool: config.pool_from_env.then_some(config.pool.as_str()),
+    };
+    let creds = enrollment::load_or_enroll(&config.nats_url, &nats, &wanted).await?;
+    let config = if creds.runner_id != config.runner_id || creds.pool != config.pool {
+        if !config.runner_id_from_env {
+            // The watchdog reads the id from this file: it must name the enrolled one.
+            config.persist_runner_id(&creds.runner_id)?;
+        }
+        let mut c = (*config).clone();
+        c.runner_id = creds.runner_id.clone();
+        c.pool = creds.pool.clone();
+        Arc::new(c)
+    } else {
+        config
+    };
     let docker = Docker::connect().await.context("cannot reach the Docker engine")?;
-    let link = NatsLink::connect(&config.nats_url, &config.runner_id).await.with_context(|| {
+    let link = NatsLink::connect(&config.nats_url, &nats, &creds).await.with_context(|| {
         format!("NATS_URL: cannot connect to {}", shared::service_url::redact_url(&config.nats_url))
     })?;
     serve(Options { config, docker, link: Arc::new(link), ready: None, watchdog: true }, shutdown).await

@@ -7,12 +7,14 @@
 use crate::execution::Executor;
 use crate::link::Offer;
 use shared::protocol::{AttemptRef, ClaimReply, JobOffer, JobSpec};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use uuid::Uuid;
 
 /// Offers claimed in one exchange at most. A runner with many free slots (a backlog)
 /// claims about twice as many a second with 256 as with 64 (4,500 against 2,300 on the
@@ -131,28 +133,68 @@ async fn claim(executor: &Executor, offers: Vec<Offer>, mut permits: Vec<OwnedSe
             return;
         }
     };
-    let mut offers = offers.into_iter();
-    for reply in replies {
-        let Some(offer) = offers.next() else { break };
-        match reply {
-            ClaimReply::Granted { job } => {
+    for (offer, verdict) in offers.into_iter().zip(verdicts(&jobs, replies)) {
+        match verdict {
+            Verdict::Start(job) => {
                 offer.handle.ack().await;
                 match permits.pop() {
-                    Some(permit) => start(executor, job, permit).await,
+                    Some(permit) => start(executor, *job, permit).await,
                     // Cannot happen (one permit per offer); the lease expiry retries the run.
                     None => tracing::error!(run_id = %job.run_id, "granted a claim without a free slot"),
                 }
             }
-            ClaimReply::Refused { reason } => {
+            Verdict::Refused(reason) => {
                 tracing::debug!(run_id = %offer.job.run_id, %reason, "claim refused");
                 offer.handle.ack().await;
             }
+            Verdict::Unasked { run_id, attempt } => {
+                // Not what this runner asked for at that place: never started. The offer
+                // there was not answered, so it comes back (the claim decides it again).
+                tracing::warn!(%run_id, attempt, offered_run_id = %offer.job.run_id, offered_attempt = offer.job.attempt,
+                    "claim reply grants a job this runner did not ask for at that place; not starting it");
+                offer.handle.retry_later(Duration::from_secs(1)).await;
+            }
+            // Not decided (the reply would have been too large): offered again at once.
+            Verdict::Undecided => offer.handle.retry_later(Duration::ZERO).await,
         }
     }
-    // Not decided (the reply would have been too large): offered again at once.
-    for offer in offers {
-        offer.handle.retry_later(Duration::ZERO).await;
-    }
+}
+
+/// What to do with one offer of an exchange, from the reply at its place.
+#[derive(Debug)]
+enum Verdict {
+    Start(Box<JobSpec>),
+    Refused(String),
+    /// A grant of another attempt than the one offered there (or a second grant of
+    /// one already granted in this reply): the runner trusts nothing it did not ask for.
+    Unasked {
+        run_id: Uuid,
+        attempt: i32,
+    },
+    /// The reply ended before this offer.
+    Undecided,
+}
+
+/// One verdict per offer, in order: a `Granted` reply is started only when its job is
+/// the attempt offered at that place, and only once per reply.
+fn verdicts(offers: &[JobOffer], replies: Vec<ClaimReply>) -> Vec<Verdict> {
+    let mut granted = HashSet::new();
+    let mut replies = replies.into_iter();
+    offers
+        .iter()
+        .map(|offer| match replies.next() {
+            None => Verdict::Undecided,
+            Some(ClaimReply::Refused { reason }) => Verdict::Refused(reason),
+            Some(ClaimReply::Granted { job }) => {
+                let asked = job.run_id == offer.run_id && job.attempt == offer.attempt;
+                if asked && granted.insert(job.run_id) {
+                    Verdict::Start(Box::new(job))
+                } else {
+                    Verdict::Unasked { run_id: job.run_id, attempt: job.attempt }
+                }
+            }
+        })
+        .collect()
 }
 
 async fn start(executor: &Executor, job: JobSpec, permit: OwnedSemaphorePermit) {
@@ -204,6 +246,9 @@ mod tests {
         release: Notify,
         released: Mutex<bool>,
         acked: AtomicUsize,
+        retried: AtomicUsize,
+        /// Grant every offer, but with the run's next attempt.
+        grant_next_attempt: bool,
     }
 
     struct Ack(Arc<HeldClaims>);
@@ -213,7 +258,9 @@ mod tests {
         async fn ack(self: Box<Self>) {
             self.0.acked.fetch_add(1, Ordering::SeqCst);
         }
-        async fn retry_later(self: Box<Self>, _delay: Duration) {}
+        async fn retry_later(self: Box<Self>, _delay: Duration) {
+            self.0.retried.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     struct Link(Arc<HeldClaims>);
@@ -245,6 +292,9 @@ mod tests {
                 released.await;
             }
             held.open.fetch_sub(1, Ordering::SeqCst);
+            if held.grant_next_attempt {
+                return Ok(offers.iter().map(|o| ClaimReply::Granted { job: job(o.run_id, o.attempt + 1) }).collect());
+            }
             Ok(offers.iter().map(|_| ClaimReply::Refused { reason: "test".into() }).collect())
         }
         async fn heartbeat(&self, _beat: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
@@ -271,6 +321,108 @@ mod tests {
         ) -> Result<BoxStream<'static, Result<(u64, Bytes), LinkError>>, LinkError> {
             unused("published log")
         }
+    }
+
+    fn job(run_id: Uuid, attempt: i32) -> JobSpec {
+        JobSpec {
+            run_id,
+            attempt,
+            fencing_token: 1,
+            pipeline_name: "p".into(),
+            image: "busybox".into(),
+            command: vec!["true".into()],
+            env: Default::default(),
+            code: None,
+            mount_uv_cache: false,
+            timeout_seconds: None,
+            resources: Default::default(),
+            log_max_bytes: None,
+            network: Default::default(),
+        }
+    }
+
+    fn offer(attempt: i32) -> JobOffer {
+        JobOffer { run_id: Uuid::new_v4(), attempt }
+    }
+
+    fn granted(o: &JobOffer) -> ClaimReply {
+        ClaimReply::Granted { job: job(o.run_id, o.attempt) }
+    }
+
+    fn summary(verdicts: &[Verdict]) -> Vec<&'static str> {
+        verdicts
+            .iter()
+            .map(|v| match v {
+                Verdict::Start(_) => "start",
+                Verdict::Refused(_) => "refused",
+                Verdict::Unasked { .. } => "unasked",
+                Verdict::Undecided => "undecided",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_a_grant_of_the_attempt_offered_at_that_place_is_started() {
+        let offers = [offer(1), offer(2), offer(1), offer(1), offer(1)];
+        let stranger = offer(1);
+        let replies = vec![
+            granted(&offers[0]),
+            // The right run, another attempt.
+            ClaimReply::Granted { job: job(offers[1].run_id, 1) },
+            // A run this runner never offered.
+            granted(&stranger),
+            // The first offer again: a duplicate, and not this place's offer.
+            granted(&offers[0]),
+            ClaimReply::Refused { reason: "claimed".into() },
+        ];
+        let decided = verdicts(&offers, replies);
+        assert_eq!(summary(&decided), ["start", "unasked", "unasked", "unasked", "refused"]);
+        match &decided[2] {
+            Verdict::Unasked { run_id, .. } => {
+                assert_eq!(*run_id, stranger.run_id, "the warning names the granted run")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A short reply leaves the rest undecided; extra replies are ignored.
+        assert_eq!(summary(&verdicts(&offers[..2], vec![granted(&offers[0])])), ["start", "undecided"]);
+        let extra = vec![granted(&offers[0]), granted(&offers[1])];
+        assert_eq!(summary(&verdicts(&offers[..1], extra)), ["start"]);
+        // The same attempt offered twice (a re-offer fetched beside the first) and granted
+        // twice starts once.
+        let twice = [offers[0].clone(), offers[0].clone()];
+        let both = vec![granted(&offers[0]), granted(&offers[0])];
+        assert_eq!(summary(&verdicts(&twice, both)), ["start", "unasked"]);
+    }
+
+    /// Through the claim loop: grants that do not match the offers are not started, and
+    /// their offers come back.
+    #[tokio::test]
+    async fn grants_of_jobs_not_offered_at_their_place_are_not_started() {
+        let held = Arc::new(HeldClaims { grant_next_attempt: true, released: Mutex::new(true), ..Default::default() });
+        let link: Arc<dyn ControlLink> = Arc::new(Link(held.clone()));
+        let config = Arc::new(Config::from_source(&|_| None).expect("default config"));
+        let docker = Docker::unconnected().expect("a Docker client");
+        let attempts = Attempts::new();
+        let handle = attempts.handle();
+        let fence = crate::fence::Fence::new(config.fence_settings(), None);
+        fence.renewed(tokio::time::Instant::now(), Duration::from_secs(3600)).expect("a safe lease");
+        let executor = Executor::new(config, docker, link, attempts.handle(), fence);
+        let registry = CancellationToken::new();
+        tokio::spawn(attempts.run(registry.clone()));
+        let _registry = registry.drop_guard();
+        let slots = Arc::new(Semaphore::new(4));
+        let stop = CancellationToken::new();
+        let claiming = tokio::spawn(Claimer::new(executor, slots.clone()).run(stop.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while held.retried.load(Ordering::SeqCst) < 8 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), claiming).await.expect("the loop returned").expect("no panic");
+        assert!(held.retried.load(Ordering::SeqCst) >= 8, "the offers of mismatched grants come back");
+        assert_eq!(held.acked.load(Ordering::SeqCst), 0, "no mismatched grant settled its offer");
+        assert_eq!(handle.count().await, 0, "nothing was started");
+        assert_eq!(slots.available_permits(), 4, "every slot is free again");
     }
 
     #[tokio::test]

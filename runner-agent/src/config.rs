@@ -24,6 +24,10 @@ pub struct Config {
     /// [`Config::load_or_persist_runner_id`] replaces with the one kept in the data dir.
     pub runner_id_from_env: bool,
     pub pool: String,
+    /// `RUNNER_POOL` was set (a runner enrolled in another pool refuses to start).
+    pub pool_from_env: bool,
+    /// `RUNNER_REGISTRATION_TOKEN`: exchanged once for the runner's credentials (see `enrollment`).
+    pub registration_token: Option<String>,
     pub concurrency: u32,
     pub data_dir: PathBuf,
     pub uv_cache_dir: PathBuf,
@@ -52,6 +56,9 @@ pub struct Config {
     pub noop_executor: bool,
     /// `RUNNER_CONTAINER_LOG_DRIVER`: `local` (default) or `engine-default`.
     pub container_log_driver: LogDriver,
+    /// `RUNNER_DEFAULT_*` and `RUNNER_MAX_*`: the limits of a job whose spec names none,
+    /// and the most a spec may ask for.
+    pub limits: crate::limits::Settings,
 }
 
 impl Config {
@@ -88,7 +95,9 @@ impl Config {
             });
         }
         let container_log_driver = parse_log_driver(get("RUNNER_CONTAINER_LOG_DRIVER"))?;
+        let limits = parse_limits(&get)?;
         Ok(Config {
+            limits,
             #[cfg(feature = "bench-noop")]
             noop_executor,
             container_log_driver,
@@ -96,6 +105,8 @@ impl Config {
             nats_url: get("NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
             runner_id,
             runner_id_from_env,
+            pool_from_env: get("RUNNER_POOL").is_some(),
+            registration_token: get("RUNNER_REGISTRATION_TOKEN").map(|t| t.trim().to_owned()),
             pool: {
                 let pool = get("RUNNER_POOL").unwrap_or_else(|| shared::subjects::DEFAULT_POOL.into());
                 if !shared::subjects::valid_pool(&pool) {
@@ -181,6 +192,19 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Keeps `id` in `RUNNER_DATA_DIR/runner-id` (the enrolled id, when it differs from the kept one).
+    pub fn persist_runner_id(&self, id: &str) -> Result<(), Error> {
+        let path = self.data_dir.join(RUNNER_ID_FILE);
+        let tmp = self.data_dir.join(format!("{RUNNER_ID_FILE}.tmp"));
+        std::fs::write(&tmp, format!("{id}\n")).and_then(|()| std::fs::rename(&tmp, &path)).map_err(|e| Error {
+            name: "RUNNER_DATA_DIR",
+            value: path.display().to_string(),
+            message: format!("cannot write {RUNNER_ID_FILE}: {e}"),
+        })
+    }
+}
+
 /// File in the data dir holding the generated runner id.
 const RUNNER_ID_FILE: &str = "runner-id";
 /// Slots of a runner that executes containers.
@@ -210,7 +234,7 @@ fn noop_executor(value: Option<String>) -> Result<bool, Error> {
 }
 
 fn valid_runner_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    shared::subjects::valid_runner_id(id)
 }
 
 fn parse<T: FromStr>(value: Option<String>, name: &'static str, default: T, what: &str) -> Result<T, Error> {
@@ -250,6 +274,54 @@ fn parse_log_driver(value: Option<String>) -> Result<LogDriver, Error> {
             message: "expected `local` or `engine-default`".into(),
         }),
     }
+}
+
+/// `RUNNER_DEFAULT_MEMORY_MB`, `RUNNER_DEFAULT_CPU_MILLIS`, `RUNNER_DEFAULT_PIDS` (each at
+/// least the engine's minimum: there is no "no limit"), and the optional caps
+/// `RUNNER_MAX_MEMORY_MB`, `RUNNER_MAX_CPU_MILLIS`, `RUNNER_MAX_PIDS` (at least the default).
+fn parse_limits(get: &dyn Fn(&str) -> Option<String>) -> Result<crate::limits::Settings, Error> {
+    use crate::limits::{MIN_CPU_MILLIS, MIN_MEMORY_MB, MIN_PIDS, Settings};
+    fn limit<T: FromStr + PartialOrd + std::fmt::Display + Copy>(
+        get: &dyn Fn(&str) -> Option<String>,
+        name: &'static str,
+        default: T,
+        min: T,
+    ) -> Result<T, Error> {
+        let value: T = parse(get(name), name, default, "a whole number")?;
+        if value < min {
+            return Err(Error { name, value: value.to_string(), message: format!("must be at least {min}") });
+        }
+        Ok(value)
+    }
+    fn cap<T: FromStr + PartialOrd + std::fmt::Display + Copy>(
+        get: &dyn Fn(&str) -> Option<String>,
+        name: &'static str,
+        default_name: &str,
+        default: T,
+    ) -> Result<Option<T>, Error> {
+        let Some(raw) = get(name) else { return Ok(None) };
+        let value: T = parse(Some(raw), name, default, "a whole number")?;
+        if value < default {
+            return Err(Error {
+                name,
+                value: value.to_string(),
+                message: format!("must be at least {default_name} ({default})"),
+            });
+        }
+        Ok(Some(value))
+    }
+    let fallback = Settings::default();
+    let default_memory_mb = limit(get, "RUNNER_DEFAULT_MEMORY_MB", fallback.default_memory_mb, MIN_MEMORY_MB)?;
+    let default_cpu_millis = limit(get, "RUNNER_DEFAULT_CPU_MILLIS", fallback.default_cpu_millis, MIN_CPU_MILLIS)?;
+    let default_pids = limit(get, "RUNNER_DEFAULT_PIDS", fallback.default_pids, MIN_PIDS)?;
+    Ok(Settings {
+        default_memory_mb,
+        default_cpu_millis,
+        default_pids,
+        max_memory_mb: cap(get, "RUNNER_MAX_MEMORY_MB", "RUNNER_DEFAULT_MEMORY_MB", default_memory_mb)?,
+        max_cpu_millis: cap(get, "RUNNER_MAX_CPU_MILLIS", "RUNNER_DEFAULT_CPU_MILLIS", default_cpu_millis)?,
+        max_pids: cap(get, "RUNNER_MAX_PIDS", "RUNNER_DEFAULT_PIDS", default_pids)?,
+    })
 }
 
 /// `CONTAINER_CAP_ADD`: comma-separated capability names such as `NET_BIND_SERVICE`.
@@ -326,6 +398,35 @@ mod tests {
         assert_eq!(cfg.map(|c| c.cap_add).ok(), Some(vec!["NET_BIND_SERVICE".to_string(), "CHOWN".to_string()]));
         let err = Config::from_source(&|n| (n == "CONTAINER_CAP_ADD").then(|| "ALL".into())).err();
         assert!(err.map(|e| e.to_string()).unwrap_or_default().starts_with("CONTAINER_CAP_ADD:"));
+    }
+
+    #[test]
+    fn container_limits_have_defaults_and_optional_caps() {
+        let limits = |vars: &'static [(&'static str, &'static str)]| {
+            Config::from_source(&move |n| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()))
+                .map(|c| c.limits)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(limits(&[]), Ok(crate::limits::Settings::default()));
+        let set = limits(&[
+            ("RUNNER_DEFAULT_MEMORY_MB", "512"),
+            ("RUNNER_DEFAULT_CPU_MILLIS", "500"),
+            ("RUNNER_DEFAULT_PIDS", "128"),
+            ("RUNNER_MAX_MEMORY_MB", "4096"),
+            ("RUNNER_MAX_PIDS", "128"),
+        ])
+        .expect("valid");
+        assert_eq!((set.default_memory_mb, set.default_cpu_millis, set.default_pids), (512, 500, 128));
+        assert_eq!((set.max_memory_mb, set.max_cpu_millis, set.max_pids), (Some(4096), None, Some(128)));
+        for (vars, name) in [
+            (&[("RUNNER_DEFAULT_MEMORY_MB", "0")][..], "RUNNER_DEFAULT_MEMORY_MB:"),
+            (&[("RUNNER_DEFAULT_PIDS", "-1")][..], "RUNNER_DEFAULT_PIDS:"),
+            (&[("RUNNER_DEFAULT_CPU_MILLIS", "lots")][..], "RUNNER_DEFAULT_CPU_MILLIS:"),
+            (&[("RUNNER_MAX_MEMORY_MB", "1024")][..], "RUNNER_MAX_MEMORY_MB:"),
+        ] {
+            let err = limits(vars).err().unwrap_or_default();
+            assert!(err.starts_with(name), "{err}");
+        }
     }
 
     #[test]

@@ -528,12 +528,15 @@ impl Executor {
 
     /// The container of one attempt. `Err` is a setup failure for the job's log: the
     /// isolated network could not be set up (never run such a job on a looser network),
-    /// or the pipeline's uv cache folder could not be made.
+    /// the pipeline's uv cache folder could not be made, or the spec asks for a limit
+    /// this runner does not allow.
     async fn container_spec(
         &self,
         job: &JobSpec,
         code_dir: Option<std::path::PathBuf>,
     ) -> Result<ContainerSpec, String> {
+        // The spec's limits, the runner's defaults for those it leaves out: never none.
+        let limits = self.inner.config.limits.apply(&job.resources)?;
         let mut env: Vec<(String, String)> = job.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut mounts = Vec::new();
         if let Some(dir) = code_dir {
@@ -583,9 +586,9 @@ impl Executor {
             log_driver: self.inner.config.container_log_driver,
             log_max_bytes: job.log_max_bytes,
             limits: Limits {
-                memory_bytes: job.resources.memory_mb.map(|mb| (mb as i64).saturating_mul(1024 * 1024)),
-                nano_cpus: job.resources.cpu_millis.map(|m| (m as i64).saturating_mul(1_000_000)),
-                pids: job.resources.pids,
+                memory_bytes: Some(limits.memory_bytes()),
+                nano_cpus: Some(limits.nano_cpus()),
+                pids: Some(limits.pids),
                 cap_add: self.inner.config.cap_add.clone(),
             },
             network,
@@ -773,9 +776,18 @@ mod tests {
     }
 
     async fn fixture(acks: bool) -> Fixture {
+        fixture_with(acks, &[]).await
+    }
+
+    /// A fixture whose runner has these settings besides its own data dir.
+    async fn fixture_with(acks: bool, vars: &[(&str, &str)]) -> Fixture {
         let data_dir = std::env::temp_dir().join(format!("ff-exec-{}", uuid::Uuid::new_v4()));
         let dir = data_dir.display().to_string();
-        let config = Config::from_source(&|name| (name == "RUNNER_DATA_DIR").then(|| dir.clone())).expect("config");
+        let config = Config::from_source(&|name| match name {
+            "RUNNER_DATA_DIR" => Some(dir.clone()),
+            _ => vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()),
+        })
+        .expect("config");
         let docker = Docker::connect().await.expect("the Docker engine (scripts/dev-deps.sh up)");
         let registry = Attempts::new();
         let attempts = registry.handle();
@@ -858,5 +870,71 @@ mod tests {
             Ended::Abandoned { container_id } => assert_eq!(container_id.as_deref(), Some(id.as_str())),
             _ => panic!("expected the attempt to be abandoned"),
         }
+    }
+
+    /// `docker inspect` of one field, through the CLI (what an operator would check).
+    fn inspect_field(container_id: &str, template: &str) -> String {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "--format", template, container_id])
+            .output()
+            .expect("run docker inspect");
+        assert!(out.status.success(), "docker inspect: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn job(resources: shared::protocol::Resources) -> JobSpec {
+        JobSpec {
+            run_id: uuid::Uuid::new_v4(),
+            attempt: 1,
+            fencing_token: 1,
+            pipeline_name: "limits".into(),
+            image: std::env::var("FASTFLOW_BUSYBOX_IMAGE").unwrap_or_else(|_| "fastflow-busybox:latest".into()),
+            command: vec!["sleep".into(), "30".into()],
+            env: Default::default(),
+            code: None,
+            mount_uv_cache: false,
+            timeout_seconds: None,
+            resources,
+            log_max_bytes: None,
+            network: shared::protocol::NetworkPolicy::None,
+        }
+    }
+
+    /// A spec without limits (`resources: null`, or an older control plane's "none")
+    /// gets the runner's defaults on the engine, not an unlimited container; a spec's
+    /// own limits are kept, the missing ones filled in.
+    #[tokio::test]
+    async fn a_spec_without_limits_gets_the_runners_defaults_on_the_engine() {
+        let f = fixture_with(
+            true,
+            &[
+                ("RUNNER_DEFAULT_MEMORY_MB", "256"),
+                ("RUNNER_DEFAULT_CPU_MILLIS", "500"),
+                ("RUNNER_DEFAULT_PIDS", "128"),
+            ],
+        )
+        .await;
+        let none = shared::protocol::Resources { memory_mb: None, cpu_millis: None, pids: None };
+        let partly = shared::protocol::Resources { memory_mb: Some(64), ..none };
+        let expected = [(none, ["268435456", "500000000", "128"]), (partly, ["67108864", "500000000", "128"])];
+        for (resources, [memory, cpus, pids]) in expected {
+            let spec = f.executor.container_spec(&job(resources), None).await.expect("a container spec");
+            let started = f.executor.docker().start(&spec).await.expect("started");
+            let id = started.container_id.clone();
+            let inspected = [
+                inspect_field(&id, "{{.HostConfig.Memory}}"),
+                inspect_field(&id, "{{.HostConfig.NanoCpus}}"),
+                inspect_field(&id, "{{.HostConfig.PidsLimit}}"),
+                inspect_field(&id, "{{.HostConfig.MemorySwap}}"),
+            ];
+            f.executor.docker().stop(&id, Duration::ZERO).await.expect("stopped");
+            f.executor.docker().remove(&id).await.expect("removed");
+            assert_eq!(inspected, [memory, cpus, pids, memory], "{resources:?}");
+        }
+        // Asking for what the engine reads as "no limit" fails the setup.
+        let zero = shared::protocol::Resources { pids: Some(0), ..none };
+        let err = f.executor.container_spec(&job(zero), None).await.err().unwrap_or_default();
+        assert!(err.contains("resources.pids"), "{err}");
+        let _ = std::fs::remove_dir_all(&f.data_dir);
     }
 }

@@ -14,6 +14,8 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
+    // Both rustls providers are linked; NATS TLS uses the process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if std::env::args().nth(1).as_deref() == Some("watchdog") {
         return watchdog().await;
     }

@@ -4,6 +4,7 @@
 //! Architecture invariant: this crate does no I/O and pulls in no framework.
 
 pub mod log_batch;
+pub mod nats_settings;
 pub mod protocol;
 pub mod service_url;
 pub mod status;

@@ -111,7 +111,8 @@ impl NetworkPolicy {
     }
 }
 
-/// Container limits of one job. `None` means no limit.
+/// Container limits of one job. `None` means the runner's default for that limit
+/// (`RUNNER_DEFAULT_*`), never "no limit".
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct Resources {
     pub memory_mb: Option<u64>,
@@ -202,6 +203,34 @@ pub struct HeartbeatReply {
     /// `RUNNER_UNCONFIRMED_LEASE_GRACE_SECONDS`).
     #[serde(default)]
     pub provisional: bool,
+}
+
+/// Sent once by a new runner on the enroll subject: a registration token exchanged
+/// for the runner's own credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The registration token an admin created (`POST /api/v1/runners/registration-tokens`).
+    pub token: String,
+    /// The id the runner asks for (`RUNNER_ID`, or the default kept in its data dir).
+    pub runner_id: String,
+    /// `RUNNER_POOL` when set; otherwise the token's pool, else the default pool.
+    pub pool: Option<String>,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum EnrollReply {
+    /// The runner's identity: it connects with `runner_id` and `secret` from now on,
+    /// and serves `pool` only.
+    Enrolled {
+        runner_id: String,
+        pool: String,
+        secret: String,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 /// Core-NATS notice sent to the runner holding an attempt.

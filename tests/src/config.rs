@@ -18,6 +18,8 @@ pub struct DevEnv {
     pub worker_base_image: String,
     pub busybox_image: String,
     pub nats_server_bin: PathBuf,
+    /// `FASTFLOW_TLS_DIR`: the dev CA (`ca.pem`) and the NATS server certificate for 127.0.0.1.
+    pub tls_dir: PathBuf,
     /// The S3 server's data directory (s3s-fs keeps a bucket as a directory there), for
     /// tests that make the log store refuse writes.
     pub s3_data_dir: Option<PathBuf>,
@@ -37,6 +39,7 @@ const REQUIRED: &[&str] = &[
     "FASTFLOW_BUSYBOX_IMAGE",
     "NATS_SERVER_BIN",
     "FASTFLOW_PG_ADMIN_URL",
+    "FASTFLOW_TLS_DIR",
 ];
 
 impl DevEnv {
@@ -68,6 +71,7 @@ impl DevEnv {
             worker_base_image: var("WORKER_BASE_IMAGE"),
             busybox_image: var("FASTFLOW_BUSYBOX_IMAGE"),
             nats_server_bin,
+            tls_dir: PathBuf::from(var("FASTFLOW_TLS_DIR")),
             s3_data_dir: std::env::var_os("FASTFLOW_S3_DATA_DIR").map(PathBuf::from),
             bin_dir: bin_dir(),
         }

@@ -38,6 +38,7 @@ mod docker;
 mod docker_events;
 pub mod expected;
 mod nats;
+pub mod nats_client;
 mod postgres;
 mod private_postgres;
 mod process;
@@ -51,6 +52,7 @@ pub use api::{ApiResponse, ControlPlaneClient, Run, TextResponse, assert_error, 
 pub use config::DevEnv;
 pub use docker::{docker_containers_with_label, docker_inspect, docker_now};
 pub use docker_events::{ContainerCreations, ContainerEvent, ContainerLifecycle};
+pub use nats::NatsAccess;
 pub use s3::Digest;
 pub use session::Session;
 pub use sse::{LogLine, SseEvent, SseStream, SseTranscript};

@@ -14,8 +14,11 @@ pub(crate) struct NatsServer {
     config: PathBuf,
     dir: PathBuf,
     incarnation: u32,
-    /// The token clients must present (`authorization { token }`), if the test set one.
-    token: Option<String>,
+    /// The password of the server's own user `control-plane` (in the control planes' URL).
+    control_plane_password: String,
+    /// The auth-callout account seed the control planes sign runner permissions with.
+    callout_seed: String,
+    tls_ca: PathBuf,
     pub(crate) process: ChildProcess,
 }
 
@@ -23,14 +26,65 @@ pub(crate) struct NatsServer {
 /// and code bundles exceed NATS's 1 MB default.
 pub(crate) const DEFAULT_MAX_PAYLOAD: &str = "8MB";
 
+/// How a deployment's processes reach its NATS server: the test's own, or one another
+/// test deployment started ([`crate::TestEnvOptions::shared_nats`]).
+#[derive(Debug, Clone)]
+pub struct NatsAccess {
+    /// The control planes' URL (their user and password in it).
+    pub url: String,
+    /// Runners' and other clients' URL (no credentials).
+    pub client_url: String,
+    pub callout_seed: String,
+    pub tls_ca: PathBuf,
+}
+
+/// The user the control planes connect as.
+pub const CONTROL_PLANE_USER: &str = "control-plane";
+
 impl NatsServer {
-    pub(crate) async fn start(bin: &Path, dir: &Path, max_payload: &str, token: Option<&str>) -> Self {
+    /// A server as production runs one (deploy/nats/nats-server.conf): TLS with the dev
+    /// certificate of `tls_dir`, JetStream, the control planes as its own user with
+    /// `password` (random when `None`), everyone else authenticated by the control plane
+    /// through the auth callout, with a fresh issuer key.
+    pub(crate) async fn start(
+        bin: &Path,
+        tls_dir: &Path,
+        dir: &Path,
+        max_payload: &str,
+        password: Option<&str>,
+    ) -> Self {
         std::fs::create_dir_all(dir).expect("cannot create nats dir");
+        let key = nkeys::KeyPair::new_account();
+        let callout_seed = key.seed().expect("an account key has a seed");
+        let control_plane_password =
+            password.map(str::to_owned).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let config = dir.join("nats.conf");
-        let mut text = format!("max_payload: {max_payload}\n");
-        if let Some(token) = token {
-            text.push_str(&format!("authorization {{ token: \"{token}\" }}\n"));
-        }
+        let text = format!(
+            r#"max_payload: {max_payload}
+tls {{
+  cert_file: "{cert}"
+  key_file: "{key_file}"
+}}
+accounts {{
+  FASTFLOW {{
+    jetstream: enabled
+    users: [ {{ user: {CONTROL_PLANE_USER}, password: "{control_plane_password}" }} ]
+  }}
+  SYS {{}}
+}}
+system_account: SYS
+authorization {{
+  auth_callout {{
+    issuer: "{issuer}"
+    users: [ {CONTROL_PLANE_USER} ]
+    account: FASTFLOW
+  }}
+}}
+"#,
+            cert = tls_dir.join("server-cert.pem").display(),
+            key_file = tls_dir.join("server-key.pem").display(),
+            issuer = key.public_key(),
+        );
         std::fs::write(&config, text).expect("cannot write nats.conf");
         let port = free_port();
         let monitor_port = free_port();
@@ -42,19 +96,33 @@ impl NatsServer {
             config,
             dir: dir.to_path_buf(),
             incarnation: 0,
-            token: token.map(str::to_owned),
+            control_plane_password,
+            callout_seed,
+            tls_ca: tls_dir.join("ca.pem"),
             process,
         };
         server.wait_ready().await;
         server
     }
 
-    /// The URL clients use, with the token in it when the server requires one.
-    pub(crate) fn url(&self) -> String {
-        match &self.token {
-            Some(token) => format!("nats://{token}@127.0.0.1:{}", self.port),
-            None => format!("nats://127.0.0.1:{}", self.port),
+    /// How processes reach this server (for another deployment sharing it).
+    pub(crate) fn access(&self) -> NatsAccess {
+        NatsAccess {
+            url: self.url(),
+            client_url: self.client_url(),
+            callout_seed: self.callout_seed.clone(),
+            tls_ca: self.tls_ca.clone(),
         }
+    }
+
+    /// The URL the control planes use: with their user and password.
+    pub(crate) fn url(&self) -> String {
+        format!("nats://{CONTROL_PLANE_USER}:{}@127.0.0.1:{}", self.control_plane_password, self.port)
+    }
+
+    /// The URL runners (and rogue clients) use: no credentials in it.
+    pub(crate) fn client_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
     }
 
     /// kill -9: in-flight and unsynced JetStream state is lost, as in a crash.

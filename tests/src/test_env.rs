@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::api::{ControlPlaneClient, Run};
 use crate::config::{DevEnv, workspace_root};
 use crate::docker;
-use crate::nats::{self, NatsServer};
+use crate::nats::{self, NatsAccess, NatsServer};
 use crate::postgres::TestDatabase;
 use crate::private_postgres::PrivatePostgres;
 use crate::process::{ChildProcess, free_port, log_tail};
@@ -30,6 +30,7 @@ fn uv_cache_dir() -> PathBuf {
 }
 /// Variables of the test process (from env.sh) that a runner-agent must not need.
 const RUNNER_MUST_NOT_SEE: &[&str] = &[
+    "NATS_AUTH_CALLOUT_SEED",
     "DATABASE_URL",
     "FASTFLOW_PG_ADMIN_URL",
     "S3_ENDPOINT",
@@ -117,6 +118,11 @@ pub struct TestEnvOptions {
     /// the tests' Postgres, trusting loopback, does not check). For tests that look
     /// for credentials in what the product prints.
     pub credentials_in_urls: Option<String>,
+    /// `NATS_SUBJECT_PREFIX` of the control planes and runners.
+    pub nats_subject_prefix: Option<String>,
+    /// Use another deployment's nats-server instead of starting one (two deployments on
+    /// one NATS server; give them different prefixes).
+    pub shared_nats: Option<NatsAccess>,
 }
 
 impl Default for TestEnvOptions {
@@ -133,6 +139,8 @@ impl Default for TestEnvOptions {
             nats_max_payload: None,
             bootstrap_admin: false,
             credentials_in_urls: None,
+            nats_subject_prefix: None,
+            shared_nats: None,
         }
     }
 }
@@ -190,6 +198,18 @@ impl TestEnvOptions {
         self
     }
 
+    /// `NATS_SUBJECT_PREFIX` of every process of the deployment.
+    pub fn nats_subject_prefix(mut self, prefix: &str) -> Self {
+        self.nats_subject_prefix = Some(prefix.to_string());
+        self
+    }
+
+    /// Runs on another deployment's nats-server ([`TestEnv::nats_access`]).
+    pub fn shared_nats(mut self, access: NatsAccess) -> Self {
+        self.shared_nats = Some(access);
+        self
+    }
+
     /// nats-server's largest message (`max_payload`, e.g. `"1MB"`).
     pub fn nats_max_payload(mut self, size: &str) -> Self {
         self.nats_max_payload = Some(size.to_string());
@@ -235,7 +255,9 @@ struct Runner {
 
 /// What only a distributed deployment has: the services and their per-test state.
 struct Services {
-    nats: NatsServer,
+    /// The test's own nats-server; `None` when it shares another deployment's.
+    nats: Option<NatsServer>,
+    nats_access: NatsAccess,
     db: TestDatabase,
     /// Set with [`TestEnvOptions::private_postgres`]; `db` then lives in it.
     private_pg: Option<PrivatePostgres>,
@@ -269,6 +291,9 @@ pub struct TestEnv {
     admin_password: String,
     /// The API token [`ADMIN_TOKEN_NAME`] of [`ADMIN_USER`].
     admin_token: String,
+    /// A reusable runner registration token (distributed mode): every runner the harness
+    /// starts is enrolled with it, as an admin enrolls runners.
+    registration_token: String,
 }
 
 impl TestEnv {
@@ -314,6 +339,7 @@ impl TestEnv {
             runner_extra_env: std::collections::HashMap::new(),
             admin_password: String::new(),
             admin_token: String::new(),
+            registration_token: String::new(),
         };
         // The first admin and its token, as an operator makes them: with the CLI, on the
         // store the control planes will use, before any of them starts (the CLI migrates).
@@ -339,6 +365,7 @@ impl TestEnv {
         if single_node {
             env.wait_embedded_runner_listed().await;
         } else {
+            env.registration_token = env.create_registration_token(&json!({ "single_use": false })).await;
             for _ in 0..options.runners {
                 env.start_runner().await;
             }
@@ -390,6 +417,26 @@ impl TestEnv {
     /// The password of [`ADMIN_USER`].
     pub fn admin_password(&self) -> &str {
         &self.admin_password
+    }
+
+    /// A runner registration token made through the API as admin (`body` as
+    /// `POST /api/v1/runners/registration-tokens` takes it); returns its value.
+    pub async fn create_registration_token(&self, body: &Value) -> String {
+        let response = self.cp(0).json(reqwest::Method::POST, "/api/v1/runners/registration-tokens", Some(body)).await;
+        let created = response.expect(reqwest::StatusCode::CREATED);
+        created["token"].as_str().expect("the creation answer holds the token").to_owned()
+    }
+
+    /// The reusable registration token the harness enrolls its runners with.
+    pub fn registration_token(&self) -> &str {
+        &self.registration_token
+    }
+
+    /// The NATS URL runners and other clients use (no credentials), the CA of its
+    /// certificate (distributed mode only).
+    pub fn nats_client(&self) -> (String, PathBuf) {
+        let nats = &self.services.as_ref().expect("NATS exists in distributed mode only").nats_access;
+        (nats.client_url.clone(), nats.tls_ca.clone())
     }
 
     /// The API token every client of [`Self::cp`] sends (admin's [`ADMIN_TOKEN_NAME`]).
@@ -492,6 +539,16 @@ impl TestEnv {
         self.services.as_mut().unwrap_or_else(|| panic!("{what} is not available in single-node mode"))
     }
 
+    /// The test's own nats-server; panics naming `what` when there is none.
+    fn own_nats(&mut self, what: &str) -> &mut NatsServer {
+        self.services(what).nats.as_mut().unwrap_or_else(|| panic!("{what}: this deployment shares another's NATS"))
+    }
+
+    /// How this deployment's processes reach its NATS server (to share it: [`TestEnvOptions::shared_nats`]).
+    pub fn nats_access(&self) -> NatsAccess {
+        self.services.as_ref().expect("NATS exists in distributed mode only").nats_access.clone()
+    }
+
     /// Panics naming `what` in single-node mode (runner processes do not exist there).
     fn distributed_only(&self, what: &str) {
         assert!(!self.is_single_node(), "{what} is not available in single-node mode");
@@ -536,6 +593,12 @@ impl TestEnv {
         i
     }
 
+    /// Waits until the control plane lists runner `i` (one started with
+    /// [`Self::launch_runner_with_env`]); panics if it exits first.
+    pub async fn wait_runner_listed(&mut self, i: usize) {
+        self.wait_runner_registered(i).await;
+    }
+
     /// Starts runner `i` again after [`Self::kill_runner`] without waiting for it to be
     /// listed (e.g. while the database is down).
     pub fn relaunch_runner(&mut self, i: usize) {
@@ -571,7 +634,7 @@ impl TestEnv {
 
     /// Spawns runner process `i` with RUNNER_ID `id` and data dir `<test dir>/runner-<i>`.
     fn spawn_runner(&self, i: usize, id: &str) -> ChildProcess {
-        let nats_url = self.services.as_ref().expect("runner processes exist in distributed mode only").nats.url();
+        let nats = &self.services.as_ref().expect("runner processes exist in distributed mode only").nats_access;
         let data_dir = self.dir.join(format!("runner-{i}"));
         std::fs::create_dir_all(&data_dir).expect("cannot create runner data dir");
         let mut command = Command::new(self.dev.binary("runner-agent"));
@@ -581,7 +644,10 @@ impl TestEnv {
             command.env_remove(name);
         }
         command
-            .env("NATS_URL", nats_url)
+            .env("NATS_URL", &nats.client_url)
+            .env("NATS_TLS_CA", &nats.tls_ca)
+            .env("RUNNER_REGISTRATION_TOKEN", &self.registration_token)
+            .env("NATS_SUBJECT_PREFIX", self.options.nats_subject_prefix.as_deref().unwrap_or(""))
             .env("RUNNER_ID", id)
             .env("RUNNER_CONCURRENCY", self.options.runner_concurrency.to_string())
             .env("RUNNER_DATA_DIR", &data_dir)
@@ -615,31 +681,36 @@ impl TestEnv {
         self.runners[i].process.signal("CONT");
     }
 
+    /// The URL of the test's nats-server (distributed mode only).
+    pub fn nats_url(&self) -> String {
+        self.services.as_ref().expect("NATS exists in distributed mode only").nats_access.url.clone()
+    }
+
     /// kill -9 of the test's nats-server.
     pub fn kill_nats(&mut self) {
-        self.services("kill_nats").nats.kill();
+        self.own_nats("kill_nats").kill();
     }
 
     /// SIGSTOP of the test's nats-server: connections stay open, nothing is answered
     /// (a hung broker). [`Self::thaw_nats`] resumes it.
     pub fn freeze_nats(&mut self) {
-        self.services("freeze_nats").nats.signal("STOP");
+        self.own_nats("freeze_nats").signal("STOP");
     }
 
     /// SIGCONT of the test's nats-server.
     pub fn thaw_nats(&mut self) {
-        self.services("thaw_nats").nats.signal("CONT");
+        self.own_nats("thaw_nats").signal("CONT");
     }
 
     /// Restarts nats-server on the same port with an empty JetStream store.
     pub async fn restart_nats_with_empty_store(&mut self) {
-        self.services("restart_nats_with_empty_store").nats.restart_with_empty_store().await;
+        self.own_nats("restart_nats_with_empty_store").restart_with_empty_store().await;
     }
 
     /// Restarts nats-server on the same port with its store directory kept (kills it
     /// first if it still runs): streams, consumers and messages on disk survive.
     pub async fn restart_nats_keeping_store(&mut self) {
-        self.services("restart_nats_keeping_store").nats.restart_keeping_store().await;
+        self.own_nats("restart_nats_keeping_store").restart_keeping_store().await;
     }
 
     /// kill -9 of control-plane replica `i` (by PID); its client stays in place and
@@ -737,7 +808,9 @@ impl TestEnv {
         let mut ports: Vec<(String, u16)> =
             self.control_planes.iter().enumerate().map(|(i, cp)| (format!("control-plane-{i}"), cp.port)).collect();
         if let Some(services) = &self.services {
-            ports.push(("nats".into(), services.nats.port));
+            if let Some(nats) = &services.nats {
+                ports.push(("nats".into(), nats.port));
+            }
             let db = reqwest::Url::parse(&services.db.url)
                 .unwrap_or_else(|e| panic!("DATABASE_URL is not a URL ({e}): {}", services.db.url));
             ports.push(("postgres".into(), db.port().unwrap_or(5432)));
@@ -936,7 +1009,10 @@ impl TestEnv {
                     // the default `./data` would be the test process's working directory.
                     .env("DATA_DIR", self.dir.join(format!("data-cp{i}")))
                     .env("DATABASE_URL", self.database_url_for_processes(&services.db.url))
-                    .env("NATS_URL", services.nats.url())
+                    .env("NATS_URL", &services.nats_access.url)
+                    .env("NATS_TLS_CA", &services.nats_access.tls_ca)
+                    .env("NATS_AUTH_CALLOUT_SEED", &services.nats_access.callout_seed)
+                    .env("NATS_SUBJECT_PREFIX", self.options.nats_subject_prefix.as_deref().unwrap_or(""))
                     .env("S3_ENDPOINT", &self.dev.s3_endpoint)
                     .env("S3_BUCKET", &services.bucket)
                     .env("S3_REGION", &self.dev.s3_region)
@@ -1043,8 +1119,8 @@ impl TestEnv {
         // Runners first, so no job is started on the way down; NATS last.
         self.runners.iter_mut().for_each(|r| stop(&mut r.process));
         self.control_planes.iter_mut().for_each(|cp| stop(&mut cp.process));
-        if let Some(services) = self.services.as_mut() {
-            stop(&mut services.nats.process);
+        if let Some(nats) = self.services.as_mut().and_then(|s| s.nats.as_mut()) {
+            stop(&mut nats.process);
         }
         stopped
     }
@@ -1053,8 +1129,17 @@ impl TestEnv {
 impl Services {
     async fn start(dev: &DevEnv, dir: &Path, options: &TestEnvOptions) -> Self {
         let max_payload = options.nats_max_payload.as_deref().unwrap_or(nats::DEFAULT_MAX_PAYLOAD);
-        let token = options.credentials_in_urls.as_deref();
-        let nats = NatsServer::start(&dev.nats_server_bin, &dir.join("nats"), max_payload, token).await;
+        let password = options.credentials_in_urls.as_deref();
+        let (nats, nats_access) = match &options.shared_nats {
+            Some(access) => (None, access.clone()),
+            None => {
+                let nats =
+                    NatsServer::start(&dev.nats_server_bin, &dev.tls_dir, &dir.join("nats"), max_payload, password)
+                        .await;
+                let access = nats.access();
+                (Some(nats), access)
+            }
+        };
         let private_pg = if options.private_postgres {
             Some(PrivatePostgres::start(&dir.join("logs").join("postgres.log")).await)
         } else {
@@ -1066,7 +1151,7 @@ impl Services {
         };
         let s3 = s3::client(dev);
         let bucket = format!("t-{}", uuid::Uuid::new_v4().simple());
-        Self { nats, db, private_pg, s3, bucket }
+        Self { nats, nats_access, db, private_pg, s3, bucket }
     }
 }
 

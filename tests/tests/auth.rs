@@ -750,9 +750,10 @@ async fn behind_https_the_cookie_is_secure_and_changes_come_from_the_public_orig
 }
 
 /// Issue 16: credentials given in a service URL or variable never reach the start-up
-/// logs (nor anything else the processes print while running a job): nats-server
-/// requires a token that rides in `NATS_URL`, `DATABASE_URL` carries a password, and
-/// the S3 keys are variables. Each shows redacted (`***`) where the URL is printed.
+/// logs (nor anything else the processes print while running a job): the control
+/// plane's NATS password rides in `NATS_URL`, `DATABASE_URL` carries a password, the S3
+/// keys and the auth-callout seed are variables, a runner has a registration token and
+/// then its own secret. Each shows redacted (`***`) where the URL is printed.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_logs_print_no_credential_given_in_a_url_or_variable() {
     let secret = format!("tok{}", uuid::Uuid::new_v4().simple());
@@ -767,13 +768,23 @@ async fn the_logs_print_no_credential_given_in_a_url_or_variable() {
     };
     let control_plane = read(env.control_plane_log_path(0));
     let runner = read(env.runner_log_path(0));
+    let runner_secret = env.runner_credentials(0).secret;
+    let seed = std::env::var("NATS_AUTH_CALLOUT_SEED").unwrap_or_default();
+    let seed_used = env.nats_access().callout_seed;
     for (name, log) in [("control plane", &control_plane), ("runner", &runner)] {
         // (The access key id is a name, like a user name, and may show.)
-        for credential in [secret.as_str(), env.dev.aws_secret_access_key.as_str()] {
+        let credentials = [
+            secret.as_str(),
+            env.dev.aws_secret_access_key.as_str(),
+            env.registration_token(),
+            runner_secret.as_str(),
+            seed_used.as_str(),
+        ];
+        for credential in credentials.into_iter().chain((!seed.is_empty()).then_some(seed.as_str())) {
             assert!(!log.contains(credential), "the {name}'s log shows a credential:\n{log}");
         }
     }
-    assert!(control_plane.contains("nats jetstream at nats://***@127.0.0.1:"), "{control_plane}");
+    assert!(control_plane.contains("nats jetstream at nats://control-plane:***@127.0.0.1:"), "{control_plane}");
     assert!(control_plane.contains("postgres://postgres:***@127.0.0.1:"), "{control_plane}");
 }
 

@@ -65,11 +65,6 @@ fn i64_of(value: &Value, what: &str) -> i64 {
     value.as_i64().unwrap_or_else(|| panic!("{what} is not an integer: {value}"))
 }
 
-/// A pids limit of "none" as Docker reports it: absent, 0 or -1 depending on the version.
-fn pids_unlimited(value: &Value) -> bool {
-    value.is_null() || value.as_i64().is_some_and(|p| p <= 0)
-}
-
 fn assert_hardened(inspect: &Value, what: &str) {
     let host = &inspect["HostConfig"];
     assert_eq!(host["CapDrop"], json!(["ALL"]), "{what}: CapDrop: {:#}", host["CapDrop"]);
@@ -164,22 +159,26 @@ in_both_modes! {
                 "[resources] of `limited` under changed defaults"
             );
         }
-        // 0 lifts each limit.
+        // 0 leaves each limit to the runner's defaults: a job never runs unlimited. (The
+        // single node's embedded runner reads the runner settings from the node's env.)
         {
-            let env = TestEnv::start(
-                options
-                    .control_plane_env("CONTAINER_MEMORY_MB", "0")
-                    .control_plane_env("CONTAINER_CPUS", "0")
-                    .control_plane_env("CONTAINER_PIDS_LIMIT", "0"),
-            )
-            .await;
+            let runner_defaults =
+                [("RUNNER_DEFAULT_MEMORY_MB", "300"), ("RUNNER_DEFAULT_CPU_MILLIS", "700"), ("RUNNER_DEFAULT_PIDS", "150")];
+            let mut options = options
+                .control_plane_env("CONTAINER_MEMORY_MB", "0")
+                .control_plane_env("CONTAINER_CPUS", "0")
+                .control_plane_env("CONTAINER_PIDS_LIMIT", "0");
+            for (key, value) in runner_defaults {
+                options = options.control_plane_env(key, value).runner_env(key, value);
+            }
+            let env = TestEnv::start(options).await;
             let plain = env.run_pipeline("sleeper", &[]).await;
             let inspect = inspect_running(&env, &plain.id).await;
-            assert_hardened(&inspect, "sleeper (limits lifted)");
+            assert_hardened(&inspect, "sleeper (limits left to the runner)");
             let (memory, nano_cpus, pids) = limits(&inspect);
-            assert_eq!(i64_of(&memory, "Memory"), 0, "CONTAINER_MEMORY_MB=0 lifts the memory limit");
-            assert_eq!(i64_of(&nano_cpus, "NanoCpus"), 0, "CONTAINER_CPUS=0 lifts the CPU limit");
-            assert!(pids_unlimited(&pids), "CONTAINER_PIDS_LIMIT=0 lifts the pids limit, got PidsLimit {pids}");
+            assert_eq!(i64_of(&memory, "Memory"), 300 * 1024 * 1024, "CONTAINER_MEMORY_MB=0: RUNNER_DEFAULT_MEMORY_MB");
+            assert_eq!(i64_of(&nano_cpus, "NanoCpus"), 700_000_000, "CONTAINER_CPUS=0: RUNNER_DEFAULT_CPU_MILLIS");
+            assert_eq!(i64_of(&pids, "PidsLimit"), 150, "CONTAINER_PIDS_LIMIT=0: RUNNER_DEFAULT_PIDS");
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use tests::checks::assert_finished;
 use tests::expected::{BIG_OUTPUT_LAST_LINE_BYTES, BIG_OUTPUT_YES_BYTES, big_output_digest};
-use tests::{LogLine, TestEnv, in_both_modes};
+use tests::{LogLine, TestEnv, TestEnvOptions, in_both_modes};
 
 const RUN: Duration = Duration::from_secs(90);
 
@@ -167,4 +167,49 @@ async fn assert_limited(response: reqwest::Response, limit: &str, max: u64) {
     assert_eq!(body["error"]["type"], "TooManyStreams", "{body}");
     assert_eq!(body["error"]["details"]["limit"], limit, "{body}");
     assert_eq!(body["error"]["details"]["max"], max, "{body}");
+}
+
+/// A batch a cut-off runner publishes after its attempt ended (archived, subject purged)
+/// does not stay until the stream's age limit: the sweeper purges the subject again
+/// `LATE_LOG_PURGE_AFTER_SECONDS` after the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_batch_on_an_ended_attempts_log_subject_is_purged_by_the_sweeper() {
+    let env = TestEnv::start(
+        TestEnvOptions::default()
+            .control_plane_env("LATE_LOG_PURGE_AFTER_SECONDS", "10")
+            .control_plane_env("SWEEP_INTERVAL_SECONDS", "1"),
+    )
+    .await;
+    let run = env.run_pipeline("quick", &[("FASTFLOW_MARK", "late")]).await;
+    let finished = env.wait_final(&run.id, RUN).await;
+    assert_finished(&finished, "success", None);
+
+    // Play the runner (with its credentials): one more batch on the attempt's subject, well
+    // before the purge is due. Checked through the control plane's connection.
+    let runner = env.runner_credentials(0);
+    let client = env.connect_nats_as_runner(0).await;
+    let js = async_nats::jetstream::new(client);
+    let subject = format!("logs.{}.1.{}", run.id, runner.runner_id);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Ff-First-Line", "2");
+    headers.insert("Ff-Token", "1");
+    let ack = js.publish_with_headers(subject.clone(), headers, "late line\n".into()).await.expect("publish");
+    ack.await.expect("the late batch is stored");
+    let admin = async_nats::jetstream::new(env.connect_nats_as_control_plane().await);
+    let stream = admin.get_stream("FASTFLOW_LOGS").await.expect("the logs stream");
+    let held = |found: Result<_, async_nats::jetstream::stream::LastRawMessageError>| match found {
+        Ok(_) => true,
+        Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => false,
+        Err(e) => panic!("reading the subject failed: {e}"),
+    };
+    assert!(held(stream.get_last_raw_message_by_subject(&subject).await), "the late batch is on the subject");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while held(stream.get_last_raw_message_by_subject(&subject).await) {
+        assert!(std::time::Instant::now() < deadline, "the late batch was not purged within 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The run itself is untouched: its archived log still reads as before.
+    let log = String::from_utf8_lossy(&env.logs(&run.id).await).into_owned();
+    assert!(log.contains("ran late") && !log.contains("late line"), "{log}");
 }

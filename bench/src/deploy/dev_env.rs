@@ -15,6 +15,9 @@ pub struct DevEnv {
     pub aws_access_key_id: String,
     pub aws_secret_access_key: String,
     pub nats_server_bin: PathBuf,
+    /// `FASTFLOW_TLS_DIR`: the dev certificates (`ca.pem`, `server-cert.pem`,
+    /// `server-key.pem`) the bench's nats-server serves TLS with.
+    pub tls_dir: PathBuf,
     /// Directory holding the release `control-plane` and `runner-agent` binaries.
     pub bin_dir: PathBuf,
 }
@@ -27,6 +30,7 @@ const REQUIRED: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "NATS_SERVER_BIN",
+    "FASTFLOW_TLS_DIR",
 ];
 
 impl DevEnv {
@@ -45,6 +49,15 @@ impl DevEnv {
         if !nats_server_bin.is_file() {
             bail!("NATS_SERVER_BIN={} is not a file", nats_server_bin.display());
         }
+        let tls_dir = PathBuf::from(get("FASTFLOW_TLS_DIR"));
+        for file in ["ca.pem", "server-cert.pem", "server-key.pem"] {
+            if !tls_dir.join(file).is_file() {
+                bail!(
+                    "FASTFLOW_TLS_DIR={} holds no {file}: run `scripts/dev-deps.sh up` (it makes the dev certificates)",
+                    tls_dir.display()
+                );
+            }
+        }
         Ok(Self {
             database_url: get("DATABASE_URL"),
             pg_admin_url: get("FASTFLOW_PG_ADMIN_URL"),
@@ -53,6 +66,7 @@ impl DevEnv {
             aws_access_key_id: get("AWS_ACCESS_KEY_ID"),
             aws_secret_access_key: get("AWS_SECRET_ACCESS_KEY"),
             nats_server_bin,
+            tls_dir,
             bin_dir: bin_dir(var("FASTFLOW_BIN_DIR"))?,
         })
     }

@@ -6,6 +6,14 @@
 //!   (SQLite in its DATA_DIR, archived logs as files in its LOGS_DIR, in-process bus and the
 //!   embedded runner, configured by the RUNNER_* variables).
 //!
+//! The distributed configuration is secured as production is: its nats-server requires
+//! TLS and authenticates every client but the control plane through the control plane's
+//! auth callout (see `nats`). After the control plane is up, the harness creates one
+//! reusable runner registration token through the API (as an admin would); every
+//! `runner-agent` it starts enrolls with it (NATS_URL without credentials, NATS_TLS_CA,
+//! RUNNER_REGISTRATION_TOKEN) into a fresh RUNNER_DATA_DIR, and so does the harness
+//! itself when it plays a runner ([`Deployment::enroll_harness_runner`]).
+//!
 //! Everything is on 127.0.0.1 and under `/tmp/fastflow-bench/<id>`, so it never disturbs
 //! tests running on the same machine.
 //!
@@ -15,6 +23,7 @@
 //! the harness carries that token, as a script's would.
 
 mod dev_env;
+mod nats;
 mod postgres;
 mod process;
 pub mod s3;
@@ -24,16 +33,24 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use shared::nats_settings::NatsSettings;
+use shared::subjects::Subjects;
 
 pub use dev_env::DevEnv;
+use nats::BenchNats;
 pub use postgres::BenchDatabase;
 use process::{ChildProcess, free_port};
 
 use crate::api::Api;
 use crate::digest::{Digest, DigestBuilder};
 
-/// Variables of the harness's environment that a runner must not need.
+/// Variables of the harness's environment that a runner must not need (env.sh holds the
+/// shared dev services' settings, the control plane's NATS credentials and callout key
+/// among them). NATS_URL and NATS_TLS_CA are set to the deployment's own.
 const RUNNER_MUST_NOT_SEE: &[&str] = &[
+    "NATS_AUTH_CALLOUT_SEED",
+    "NATS_AUTH_CALLOUT_SEED_FILE",
+    "NATS_AUTH_CALLOUT_ACCOUNT",
     "DATABASE_URL",
     "FASTFLOW_PG_ADMIN_URL",
     "S3_ENDPOINT",
@@ -41,11 +58,33 @@ const RUNNER_MUST_NOT_SEE: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
 ];
-/// Variables that would turn a single node into (part of) a distributed deployment.
-const SINGLE_NODE_MUST_NOT_SEE: &[&str] = &["DATABASE_URL", "NATS_URL", "FASTFLOW_PG_ADMIN_URL"];
+/// Variables that would turn a single node into (part of) a distributed deployment
+/// (every `NATS_*`, `S3_*` and `AWS_*` variable is removed too).
+const SINGLE_NODE_MUST_NOT_SEE: &[&str] = &["DATABASE_URL", "FASTFLOW_PG_ADMIN_URL"];
 /// Settings of the runner (or the single node's embedded runner) that only the harness sets.
-const RUNNER_SETTINGS: &[&str] = &["RUNNER_ID", "RUNNER_CONCURRENCY", "RUNNER_DATA_DIR", "RUNNER_BENCH_NOOP_EXECUTOR"];
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+const RUNNER_SETTINGS: &[&str] = &[
+    "RUNNER_ID",
+    "RUNNER_POOL",
+    "RUNNER_CONCURRENCY",
+    "RUNNER_DATA_DIR",
+    "RUNNER_REGISTRATION_TOKEN",
+    "RUNNER_BENCH_NOOP_EXECUTOR",
+];
+/// NATS settings of the harness's environment that would change how a process of the
+/// deployment talks to the deployment's own nats-server: only the harness sets them
+/// (none but NATS_URL and NATS_TLS_CA, and the control plane's callout seed).
+const NATS_SETTINGS: &[&str] = &[
+    "NATS_URL",
+    "NATS_TLS_CA",
+    "NATS_TLS_CERT",
+    "NATS_TLS_KEY",
+    "NATS_ALLOW_PLAINTEXT",
+    "NATS_SUBJECT_PREFIX",
+    "NATS_AUTH_CALLOUT_SEED",
+    "NATS_AUTH_CALLOUT_SEED_FILE",
+    "NATS_AUTH_CALLOUT_ACCOUNT",
+];
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The harness's user and the name of its API token.
 const BENCH_USER: &str = "bench";
 const BENCH_TOKEN_NAME: &str = "bench";
@@ -89,8 +128,17 @@ pub struct RunnerSettings {
 pub struct Services {
     pub bucket: String,
     pub db: BenchDatabase,
-    pub nats_url: String,
-    nats: ChildProcess,
+    nats: BenchNats,
+}
+
+/// The harness enrolled as a runner and connected as it (see
+/// [`Deployment::enroll_harness_runner`]).
+pub struct HarnessRunner {
+    /// Authenticated as `runner_id`, replies under its own inbox.
+    pub client: async_nats::Client,
+    pub runner_id: String,
+    pub pool: String,
+    pub subjects: Subjects,
 }
 
 pub struct Deployment {
@@ -110,6 +158,8 @@ pub struct Deployment {
     pub runner_id: String,
     /// The API token every request sends (made with the CLI before the first start).
     token: String,
+    /// The reusable runner registration token (distributed only; made through the API).
+    registration_token: String,
 }
 
 impl Deployment {
@@ -131,19 +181,26 @@ impl Deployment {
             runner_count: 0,
             runner_id: String::new(),
             token: String::new(),
+            registration_token: String::new(),
         };
         let settings = RunnerSettings { concurrency: runner_concurrency, noop: false };
         match mode {
             Mode::Distributed => {
-                let (nats, nats_url) = start_nats(&deployment.dev, &deployment.dir).await?;
+                let nats = BenchNats::start(&deployment.dev, &deployment.dir).await?;
                 let db =
                     BenchDatabase::create(&deployment.dev.pg_admin_url, &deployment.dev.database_url, &deployment.id)
                         .await?;
                 let bucket = format!("bench-{}", deployment.id);
-                deployment.services = Some(Services { bucket, db, nats_url, nats });
+                deployment.services = Some(Services { bucket, db, nats });
                 deployment.create_credentials().await?;
                 deployment.start_control_plane(None)?;
                 deployment.wait_control_plane().await?;
+                // As an admin enrolls runners: one reusable token for every runner of the run.
+                deployment.registration_token = deployment
+                    .api
+                    .create_registration_token(&serde_json::json!({ "single_use": false }))
+                    .await
+                    .context("creating the runners' registration token")?;
                 deployment.restart_runner_with(settings).await?;
             }
             Mode::SingleNode => {
@@ -210,7 +267,9 @@ impl Deployment {
         self.restart_runner_with(RunnerSettings { concurrency, noop: false }).await
     }
 
-    /// Distributed: stops the current runner (if any) and starts a fresh one. Single node:
+    /// Distributed: stops the current runner (if any) and starts a fresh one, which
+    /// enrolls with the registration token into its own new RUNNER_DATA_DIR (a runner
+    /// refuses a RUNNER_ID other than the one its data dir is enrolled as). Single node:
     /// restarts the node (same DATA_DIR and LOGS_DIR), whose embedded runner takes the
     /// settings. Either way the runner gets a new RUNNER_ID and is registered on return.
     pub async fn restart_runner_with(&mut self, settings: RunnerSettings) -> anyhow::Result<()> {
@@ -220,15 +279,16 @@ impl Deployment {
         match self.mode {
             Mode::Distributed => {
                 self.stop_runner();
-                let data_dir = self.dir.join(format!("runner-{n}"));
-                std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
-                let nats_url = self.services.as_ref().map(|s| s.nats_url.clone()).unwrap_or_default();
+                let nats = &self.services.as_ref().context("a distributed deployment without its services")?.nats;
+                let data_dir = self.fresh_data_dir(&format!("runner-{n}"))?;
                 let mut command = Command::new(self.dev.binary("runner-agent")?);
-                for name in RUNNER_MUST_NOT_SEE.iter().chain(RUNNER_SETTINGS) {
+                for name in RUNNER_MUST_NOT_SEE.iter().chain(RUNNER_SETTINGS).chain(NATS_SETTINGS) {
                     command.env_remove(name);
                 }
                 command
-                    .env("NATS_URL", nats_url)
+                    .env("NATS_URL", nats.client_url())
+                    .env("NATS_TLS_CA", &nats.tls_ca)
+                    .env("RUNNER_REGISTRATION_TOKEN", &self.registration_token)
                     .env("RUNNER_ID", &runner_id)
                     .env("RUNNER_CONCURRENCY", settings.concurrency.to_string())
                     .env("RUNNER_DATA_DIR", &data_dir)
@@ -248,6 +308,56 @@ impl Deployment {
         }
         self.runner_id = runner_id;
         self.wait_runner_registered().await
+    }
+
+    /// A new, empty runner data dir `<deployment>/<name>` (an enrolled runner's
+    /// credentials file is never reused by another RUNNER_ID).
+    fn fresh_data_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let data_dir = self.dir.join(name);
+        if data_dir.exists() {
+            std::fs::remove_dir_all(&data_dir).with_context(|| format!("cannot empty {}", data_dir.display()))?;
+        }
+        std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+        Ok(data_dir)
+    }
+
+    /// Distributed: the harness enrolls as a new runner of the default pool with the
+    /// registration token, as `runner-agent` does at its first start (the
+    /// `runner_agent::enrollment` code, into a fresh data dir), and connects to NATS as
+    /// that runner. It may then do what the NATS server lets a runner do: read its pool's
+    /// offers and send requests on its own subjects (`ff.r.<runner_id>.<op>`).
+    pub async fn enroll_harness_runner(&mut self) -> anyhow::Result<HarnessRunner> {
+        let nats = &self.services.as_ref().context("the harness plays a runner only in distributed mode")?.nats;
+        let (url, tls_ca) = (nats.client_url(), nats.tls_ca.clone());
+        let n = self.runner_count;
+        self.runner_count += 1;
+        let runner_id = format!("bench-{}-h{n}", self.id);
+        let data_dir = self.fresh_data_dir(&format!("harness-runner-{n}"))?;
+        let settings = NatsSettings {
+            tls_ca: Some(tls_ca),
+            tls_client: None,
+            allow_plaintext: false,
+            subjects: Subjects::new(None),
+        };
+        let wanted = runner_agent::enrollment::Wanted {
+            data_dir: &data_dir,
+            registration_token: Some(&self.registration_token),
+            runner_id: &runner_id,
+            runner_id_from_env: true,
+            pool: None,
+        };
+        let creds = runner_agent::enrollment::load_or_enroll(&url, &settings, &wanted)
+            .await
+            .with_context(|| format!("enrolling the harness as runner {runner_id}"))?;
+        let client = runner_agent::link::nats::connect_options(&settings, &creds.runner_id)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .user_and_password(creds.runner_id.clone(), creds.secret.clone())
+            .name(format!("fastflow-bench-{}", creds.runner_id))
+            .connection_timeout(Duration::from_secs(10))
+            .connect(&url)
+            .await
+            .with_context(|| format!("connecting to the bench NATS as runner {}", creds.runner_id))?;
+        Ok(HarnessRunner { client, runner_id: creds.runner_id, pool: creds.pool, subjects: settings.subjects })
     }
 
     /// Kills the `runner-agent` (distributed only; the single node's runner cannot be
@@ -299,7 +409,7 @@ impl Deployment {
     fn start_control_plane(&mut self, runner: Option<(&str, RunnerSettings)>) -> anyhow::Result<()> {
         let port = free_port()?;
         let mut command = Command::new(self.dev.binary("control-plane")?);
-        for name in RUNNER_SETTINGS {
+        for name in RUNNER_SETTINGS.iter().chain(NATS_SETTINGS) {
             command.env_remove(name);
         }
         command
@@ -335,14 +445,20 @@ impl Deployment {
     }
 
     /// Where the control plane (and the CLI) keeps its state: the bench services
-    /// (distributed), or `DATA_DIR`/`LOGS_DIR` in the bench dir with every service
-    /// variable removed (single node).
+    /// (distributed; NATS with the control plane's user and password, the CA of the
+    /// server's certificate and the auth-callout key), or `DATA_DIR`/`LOGS_DIR` in the
+    /// bench dir with every service variable removed (single node).
     fn store_env(&self, command: &mut Command) -> anyhow::Result<()> {
         match &self.services {
             Some(services) => {
+                for name in NATS_SETTINGS {
+                    command.env_remove(name);
+                }
                 command
                     .env("DATABASE_URL", &services.db.url)
-                    .env("NATS_URL", &services.nats_url)
+                    .env("NATS_URL", services.nats.control_plane_url())
+                    .env("NATS_TLS_CA", &services.nats.tls_ca)
+                    .env("NATS_AUTH_CALLOUT_SEED", services.nats.callout_seed())
                     .env("S3_ENDPOINT", &self.dev.s3_endpoint)
                     .env("S3_BUCKET", &services.bucket)
                     .env("S3_REGION", &self.dev.s3_region)
@@ -355,7 +471,7 @@ impl Deployment {
                 }
                 for (name, _) in std::env::vars_os() {
                     let name = name.to_string_lossy();
-                    if name.starts_with("S3_") || name.starts_with("AWS_") {
+                    if name.starts_with("S3_") || name.starts_with("AWS_") || name.starts_with("NATS_") {
                         command.env_remove(name.as_ref());
                     }
                 }
@@ -448,43 +564,8 @@ async fn file_digest(path: &Path) -> anyhow::Result<Digest> {
     }
 }
 
-async fn start_nats(dev: &DevEnv, dir: &Path) -> anyhow::Result<(ChildProcess, String)> {
-    let nats_dir = dir.join("nats");
-    std::fs::create_dir_all(&nats_dir).with_context(|| format!("cannot create {}", nats_dir.display()))?;
-    // Log batches and code bundles can exceed NATS's 1 MB default payload.
-    let config = nats_dir.join("nats.conf");
-    std::fs::write(&config, "max_payload: 8MB\n").context("cannot write nats.conf")?;
-    let port = free_port()?;
-    let monitor = free_port()?;
-    let mut command = Command::new(&dev.nats_server_bin);
-    command.arg("-c").arg(&config).arg("-js").arg("-sd").arg(nats_dir.join("store")).args([
-        "-a",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-m",
-        &monitor.to_string(),
-    ]);
-    let mut process = ChildProcess::spawn("nats-server", command, &nats_dir.join("nats-server.log"))?;
-    let http = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{monitor}/healthz?js-enabled-only=true");
-    let started = Instant::now();
-    loop {
-        if let Some(status) = process.exited() {
-            bail!("nats-server exited during start-up ({status})");
-        }
-        if http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
-            return Ok((process, format!("nats://127.0.0.1:{port}")));
-        }
-        if started.elapsed() > START_TIMEOUT {
-            bail!("nats-server not ready after {START_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Writes `content` to a new file only its owner can read.
-fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()

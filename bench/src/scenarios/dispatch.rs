@@ -14,9 +14,11 @@
 //!   its runner stopped (its offers live in the process, and a restart re-offers at most
 //!   500 queued runs per sweep), so it has only this phase.
 //! * Distributed, extra: the harness itself plays the runner over the NATS protocol
-//!   (`shared::protocol`): fetch offers, `ff.claim` (64 in flight), ack, `ff.exit` with a
-//!   zero-line exit. That is the control plane + NATS + Postgres + S3 without the runner's
-//!   one-claim-at-a-time loop.
+//!   (`shared::protocol`), enrolled as a runner of its own with the deployment's
+//!   registration token and connected with its credentials, as `runner-agent` is: fetch
+//!   offers from the pool's consumer, claim on `ff.r.<runner>.claim` (64 in flight), ack,
+//!   report a zero-line exit on `ff.r.<runner>.exit`. That is the control plane + NATS +
+//!   Postgres + S3 without the runner's claim loop.
 //!
 //! Each repetition (`dispatch_reps`) runs every phase once, in the order above, so noise
 //! hits all of them; the rows show median [min–max] over the repetitions.
@@ -31,11 +33,11 @@ use futures::StreamExt;
 use shared::protocol::{
     AttemptRef, ClaimReply, ClaimRequest, ExitOutcome, ExitReply, ExitReport, JobOffer, JobSpec, LogTotals,
 };
-use shared::subjects;
+use shared::subjects::{self, RunnerOp, Subjects};
 use tokio::sync::Semaphore;
 
 use crate::api::{Api, Run};
-use crate::deploy::{Mode, RunnerSettings};
+use crate::deploy::{HarnessRunner, Mode, RunnerSettings};
 use crate::report::Row;
 use crate::stats::Summary;
 
@@ -49,7 +51,6 @@ const PIPELINE: &str = "dispatch";
 const MIN_NOOP_SLOTS: usize = 256;
 const MAX_NOOP_SLOTS: usize = 10_000;
 const SUBMIT_IN_FLIGHT: usize = 64;
-const RUNNER_ID: &str = "bench-noop-runner";
 const IN_FLIGHT: usize = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -216,14 +217,14 @@ async fn submit(api: &Api, n: usize) -> anyhow::Result<Vec<String>> {
     results.into_iter().map(|r| r.map(|run| run.id)).collect()
 }
 
-/// The harness plays the runner (control plane + NATS + Postgres + S3 only). Leaves the
-/// runner stopped.
+/// The harness plays the runner (control plane + NATS + Postgres + S3 only), enrolled as
+/// a new runner of the default pool. Leaves the runner stopped.
 async fn harness_as_runner(ctx: &mut Ctx, n: usize, out: &mut Harness) -> anyhow::Result<()> {
     ctx.deployment.stop_runner();
-    let nats_url = ctx.deployment.services.as_ref().map(|s| s.nats_url.clone()).context("no NATS")?;
-    let nats = async_nats::connect(&nats_url).await.context("connecting to the bench NATS")?;
-    let js = jetstream::new(nats.clone());
-    let noop = NoopRunner { nats, consumer: pool_consumer(&js).await? };
+    let runner = ctx.deployment.enroll_harness_runner().await?;
+    let js = jetstream::new(runner.client.clone());
+    let consumer = pool_consumer(&js, &runner.subjects, &runner.pool).await?;
+    let noop = NoopRunner { link: Arc::new(Link::from(runner)), consumer };
     let api = ctx.api().clone();
 
     submit(&api, n).await?;
@@ -234,16 +235,23 @@ async fn harness_as_runner(ctx: &mut Ctx, n: usize, out: &mut Harness) -> anyhow
     let started = Instant::now();
     out.rejected += noop.report_exits(jobs).await?;
     out.exits.push(n as f64 / started.elapsed().as_secs_f64());
+    // Offers of this pool stay with the durable consumer: the next runner reads them.
+    let _ = noop.link.nats.clone().drain().await;
     ctx.deployment.check_alive()
 }
 
-/// The pool's durable consumer, configured as the real runner configures it.
-async fn pool_consumer(js: &jetstream::Context) -> anyhow::Result<consumer::PullConsumer> {
-    let stream = js.get_stream(subjects::JOBS_STREAM).await.context("the jobs stream")?;
-    let name = subjects::pool_consumer(subjects::DEFAULT_POOL);
+/// The pool's durable consumer, configured as the real runner configures it
+/// (runner-agent's `link/nats.rs`; the NATS server lets a runner create exactly this one).
+async fn pool_consumer(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    pool: &str,
+) -> anyhow::Result<consumer::PullConsumer> {
+    let stream = js.get_stream(subjects.jobs_stream()).await.context("the jobs stream")?;
+    let name = subjects::pool_consumer(pool);
     let config = consumer::pull::Config {
         durable_name: Some(name.clone()),
-        filter_subject: subjects::job_offers_of_pool(subjects::DEFAULT_POOL),
+        filter_subject: subjects.job_offers_of_pool(pool),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(30),
         max_ack_pending: 10_000,
@@ -252,8 +260,27 @@ async fn pool_consumer(js: &jetstream::Context) -> anyhow::Result<consumer::Pull
     stream.get_or_create_consumer(&name, config).await.context("the pool consumer")
 }
 
-struct NoopRunner {
+/// The harness's NATS connection as an enrolled runner, and where its requests go.
+struct Link {
     nats: async_nats::Client,
+    runner_id: String,
+    claim_subject: String,
+    exit_subject: String,
+}
+
+impl From<HarnessRunner> for Link {
+    fn from(runner: HarnessRunner) -> Self {
+        Self {
+            claim_subject: runner.subjects.runner_request(&runner.runner_id, RunnerOp::Claim),
+            exit_subject: runner.subjects.runner_request(&runner.runner_id, RunnerOp::Exit),
+            nats: runner.client,
+            runner_id: runner.runner_id,
+        }
+    }
+}
+
+struct NoopRunner {
+    link: Arc<Link>,
     consumer: consumer::PullConsumer,
 }
 
@@ -274,10 +301,10 @@ impl NoopRunner {
                 let msg = msg.map_err(|e| anyhow::anyhow!("fetching an offer: {e}"))?;
                 offers += 1;
                 let permit = slots.clone().acquire_owned().await.context("semaphore closed")?;
-                let nats = self.nats.clone();
+                let link = self.link.clone();
                 pending.push(tokio::spawn(async move {
                     let offer: JobOffer = serde_json::from_slice(&msg.payload).context("malformed offer")?;
-                    let reply = claim(&nats, &offer).await;
+                    let reply = claim(&link, &offer).await;
                     let _ = msg.ack().await;
                     drop(permit);
                     reply
@@ -298,8 +325,8 @@ impl NoopRunner {
     async fn report_exits(&self, jobs: Vec<JobSpec>) -> anyhow::Result<usize> {
         let replies: Vec<anyhow::Result<ExitReply>> = futures::stream::iter(jobs)
             .map(|job| {
-                let nats = self.nats.clone();
-                async move { exit(&nats, &job).await }
+                let link = self.link.clone();
+                async move { exit(&link, &job).await }
             })
             .buffer_unordered(IN_FLIGHT)
             .collect()
@@ -316,22 +343,25 @@ impl NoopRunner {
     }
 }
 
-async fn claim(nats: &async_nats::Client, offer: &JobOffer) -> anyhow::Result<ClaimReply> {
-    let request = ClaimRequest { run_id: offer.run_id, attempt: offer.attempt, runner_id: RUNNER_ID.into() };
-    let reply = request_json(nats, subjects::CLAIM, &request).await?;
+/// One claim on the runner's own subject (the control plane takes the runner id from it,
+/// not from the body).
+async fn claim(link: &Link, offer: &JobOffer) -> anyhow::Result<ClaimReply> {
+    let request = ClaimRequest { run_id: offer.run_id, attempt: offer.attempt, runner_id: link.runner_id.clone() };
+    let reply = request_json(&link.nats, &link.claim_subject, &request).await?;
     serde_json::from_slice(&reply).context("malformed claim reply")
 }
 
-async fn exit(nats: &async_nats::Client, job: &JobSpec) -> anyhow::Result<ExitReply> {
+/// A zero-output exit report, from the runner holding the attempt.
+async fn exit(link: &Link, job: &JobSpec) -> anyhow::Result<ExitReply> {
     let report = ExitReport {
         attempt: AttemptRef { run_id: job.run_id, attempt: job.attempt, fencing_token: job.fencing_token },
-        runner_id: RUNNER_ID.into(),
+        runner_id: link.runner_id.clone(),
         outcome: ExitOutcome::Exited { exit_code: 0 },
         log: LogTotals::default(),
         timed_out: false,
         cancelled: false,
     };
-    let reply = request_json(nats, subjects::EXIT, &report).await?;
+    let reply = request_json(&link.nats, &link.exit_subject, &report).await?;
     serde_json::from_slice(&reply).context("malformed exit reply")
 }
 

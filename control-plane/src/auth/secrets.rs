@@ -19,6 +19,10 @@ pub const TOKEN_PREFIX: &str = "ff_";
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

@@ -28,6 +28,35 @@ pub enum Error {
     CorruptSpool { path: String, message: String },
 }
 
+/// Byte and age limits of the NATS streams (`NATS_*_MAX_*`), applied at start and by
+/// every sweep (an existing stream with other limits is updated to these). Offers and
+/// live logs refuse a publish past their bytes (`discard: new`): older messages are
+/// never dropped to make room, since a live log is the only copy until it is archived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamBounds {
+    pub jobs_max_bytes: i64,
+    pub jobs_max_age: std::time::Duration,
+    pub logs_max_bytes: i64,
+    pub logs_max_age: std::time::Duration,
+    pub code_max_bytes: i64,
+    pub code_max_age: std::time::Duration,
+}
+
+impl Default for StreamBounds {
+    fn default() -> Self {
+        const MIB: i64 = 1024 * 1024;
+        const DAY: u64 = 86_400;
+        StreamBounds {
+            jobs_max_bytes: 256 * MIB,
+            jobs_max_age: std::time::Duration::from_secs(DAY),
+            logs_max_bytes: 8 * 1024 * MIB,
+            logs_max_age: std::time::Duration::from_secs(7 * DAY),
+            code_max_bytes: 1024 * MIB,
+            code_max_age: std::time::Duration::from_secs(7 * DAY),
+        }
+    }
+}
+
 /// One published log batch as stored: its first line number and the fencing
 /// token it was written under (absent on a malformed NATS message).
 #[derive(Debug, Clone)]
@@ -125,6 +154,21 @@ impl Bus {
         match self {
             Bus::Nats(b) => b.purge_log(run_id, attempt).await,
             Bus::Local(b) => b.purge_log(run_id, attempt).await,
+        }
+    }
+
+    /// Purges the live logs of these ended attempts where something is left (late
+    /// batches of a runner that was cut off); how many were purged.
+    pub async fn purge_late_logs(&self, attempts: &[(Uuid, i32)]) -> Result<usize, Error> {
+        match self {
+            Bus::Nats(b) => b.purge_logs_present(attempts).await,
+            Bus::Local(b) => {
+                // A spool file's removal is as cheap as a check.
+                for &(run_id, attempt) in attempts {
+                    b.purge_log(run_id, attempt).await?;
+                }
+                Ok(0)
+            }
         }
     }
 

@@ -4,16 +4,32 @@
 //! NATS only delivers; Postgres decides. Every stream and bucket is (re)created
 //! idempotently, so a NATS server that lost its store heals on the next sweep.
 
-use super::{Error, RawBatch};
+use super::{Error, RawBatch, StreamBounds};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, object_store, stream};
 use bytes::Bytes;
 use futures::StreamExt;
 use shared::log_batch::{FENCING_TOKEN_HEADER, FIRST_LINE_HEADER};
+use shared::nats_settings::NatsSettings;
 use shared::protocol::{CancelNotice, CodeBundleRef, JobOffer};
-use shared::subjects;
+use shared::subjects::Subjects;
 use std::time::Duration;
 use uuid::Uuid;
+
+/// `have` with `wanted`'s limits (bytes, age, message size, discard policy), if any differ.
+fn with_limits(have: &stream::Config, wanted: &stream::Config) -> Option<stream::Config> {
+    let same = have.max_bytes == wanted.max_bytes
+        && have.max_age == wanted.max_age
+        && have.max_message_size == wanted.max_message_size
+        && have.discard == wanted.discard;
+    (!same).then(|| stream::Config {
+        max_bytes: wanted.max_bytes,
+        max_age: wanted.max_age,
+        max_message_size: wanted.max_message_size,
+        discard: wanted.discard,
+        ..have.clone()
+    })
+}
 
 /// NATS's errors leave this module as the seam's `Error::Broker`, boxed: callers
 /// above the seam never see a NATS type.
@@ -21,20 +37,42 @@ fn nats<E: Into<async_nats::Error>>(context: &'static str) -> impl FnOnce(E) -> 
     move |e| Error::Broker { context, source: e.into() }
 }
 
+fn nats_err(context: &'static str) -> impl FnOnce(String) -> Error {
+    move |e| Error::Broker { context, source: e.into() }
+}
+
 #[derive(Clone)]
 pub struct NatsBus {
     url: String,
+    subjects: Subjects,
     client: async_nats::Client,
     js: jetstream::Context,
     /// The code bucket's handle, kept once looked up: the lookup is a JetStream API round
     /// trip, and `ensure_bundle` runs on every claim. Only a shortcut: when a check through
     /// it fails, `ensure_bundle` takes the full path (look up or create, check, upload).
     code_handle: std::sync::Arc<std::sync::Mutex<Option<object_store::ObjectStore>>>,
+    bounds: StreamBounds,
 }
 
+/// Largest offer message the jobs stream takes: an offer is a run id and an attempt
+/// number in JSON (~70 bytes).
+const OFFER_MAX_BYTES: i32 = 4096;
+
 impl NatsBus {
-    pub async fn connect(url: &str) -> Result<NatsBus, Error> {
-        let client = with_url_credentials(async_nats::ConnectOptions::new(), url)
+    /// Connects with the credentials of `url` (the control plane is one of the NATS
+    /// server's own users), over TLS as `nats` says.
+    pub async fn connect(url: &str, settings: &NatsSettings, bounds: StreamBounds) -> Result<NatsBus, Error> {
+        let mut options = with_url_credentials(async_nats::ConnectOptions::new(), url);
+        if let Some(ca) = &settings.tls_ca {
+            if !ca.is_file() {
+                return Err(nats_err("NATS_TLS_CA")(format!("{} is not a readable file", ca.display())));
+            }
+            options = options.require_tls(true).add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &settings.tls_client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        let client = options
             .name("fastflow-control-plane")
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
@@ -42,9 +80,21 @@ impl NatsBus {
             .await
             .map_err(nats("connect"))?;
         let js = jetstream::new(client.clone());
-        let bus = NatsBus { url: url.to_owned(), client, js, code_handle: Default::default() };
+        let bus = NatsBus {
+            url: url.to_owned(),
+            subjects: settings.subjects.clone(),
+            client,
+            js,
+            code_handle: Default::default(),
+            bounds,
+        };
         bus.ensure_streams().await?;
         Ok(bus)
+    }
+
+    /// The deployment's NATS names.
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -55,44 +105,92 @@ impl NatsBus {
         format!("nats jetstream at {}", shared::service_url::redact_url(&self.url))
     }
 
-    /// Creates the jobs and logs streams and the code bucket if missing.
+    /// Creates the jobs and logs streams and the code bucket if missing, and gives
+    /// each its limits (updating one created with others: `get_or_create` does not).
     pub async fn ensure_streams(&self) -> Result<(), Error> {
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: subjects::JOBS_STREAM.into(),
-                subjects: vec!["jobs.>".into()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .map_err(nats("create jobs stream"))?;
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: subjects::LOGS_STREAM.into(),
-                subjects: vec!["logs.>".into()],
-                retention: stream::RetentionPolicy::Limits,
-                storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(120),
-                // Archived attempts are purged at once; this only bounds leftovers.
-                max_age: Duration::from_secs(7 * 24 * 3600),
-                ..Default::default()
-            })
-            .await
-            .map_err(nats("create logs stream"))?;
+        let b = self.bounds;
+        self.bounded_stream(stream::Config {
+            name: self.subjects.jobs_stream(),
+            subjects: vec![self.subjects.jobs_stream_subjects()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            max_bytes: b.jobs_max_bytes,
+            // An offer aged out is offered again by the sweeper (`reoffer_stale`).
+            max_age: b.jobs_max_age,
+            max_message_size: OFFER_MAX_BYTES,
+            // Past the bytes an offer is refused (the sweeper re-offers it later), not
+            // an older one dropped.
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await?;
+        self.bounded_stream(stream::Config {
+            name: self.subjects.logs_stream(),
+            subjects: vec![self.subjects.logs_stream_subjects()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            // Archived attempts are purged at once, late batches by the sweeper
+            // (`runs::purge_late_logs`); the age only bounds leftovers.
+            max_age: b.logs_max_age,
+            max_bytes: b.logs_max_bytes,
+            // The server's `max_payload` bounds a batch; the runner sizes them by it.
+            max_message_size: -1,
+            // A live log is the only copy until archived: past the bytes the runner's
+            // publish fails (it retries, holding the job's output), nothing is dropped.
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await?;
         self.code_store().await?;
+        self.bound_code_bucket().await?;
+        Ok(())
+    }
+
+    /// Gets or creates the stream, then updates its limits if they differ from `wanted`'s.
+    async fn bounded_stream(&self, wanted: stream::Config) -> Result<(), Error> {
+        let stream = self.js.get_or_create_stream(wanted.clone()).await.map_err(nats("create stream"))?;
+        if let Some(updated) = with_limits(&stream.cached_info().config, &wanted) {
+            self.js.update_stream(updated).await.map_err(nats("update stream limits"))?;
+            tracing::info!(stream = %wanted.name, max_bytes = wanted.max_bytes, max_age_secs = wanted.max_age.as_secs(),
+                "stream limits updated");
+        }
+        Ok(())
+    }
+
+    /// The code bucket's stream (`OBJ_<bucket>`) with the configured limits.
+    async fn bound_code_bucket(&self) -> Result<(), Error> {
+        let name = self.subjects.code_stream();
+        let stream = self.js.get_stream(&name).await.map_err(nats("get code bucket"))?;
+        let have = &stream.cached_info().config;
+        let wanted = stream::Config {
+            max_bytes: self.bounds.code_max_bytes,
+            max_age: self.bounds.code_max_age,
+            max_message_size: have.max_message_size,
+            // A bundle past the bytes is refused (the claim fails and is retried), not
+            // an older one dropped while a runner may be fetching it.
+            discard: stream::DiscardPolicy::New,
+            ..have.clone()
+        };
+        if let Some(updated) = with_limits(have, &wanted) {
+            self.js.update_stream(updated).await.map_err(nats("update code bucket limits"))?;
+            tracing::info!(stream = %name, max_bytes = wanted.max_bytes, max_age_secs = wanted.max_age.as_secs(),
+                "stream limits updated");
+        }
         Ok(())
     }
 
     async fn code_store(&self) -> Result<object_store::ObjectStore, Error> {
-        let store = match self.js.get_object_store(subjects::CODE_BUCKET).await {
+        let store = match self.js.get_object_store(self.subjects.code_bucket()).await {
             Ok(store) => store,
             Err(_) => self
                 .js
                 .create_object_store(object_store::Config {
-                    bucket: subjects::CODE_BUCKET.into(),
+                    bucket: self.subjects.code_bucket(),
                     storage: stream::StorageType::File,
+                    max_bytes: self.bounds.code_max_bytes,
+                    max_age: self.bounds.code_max_age,
                     ..Default::default()
                 })
                 .await
@@ -102,6 +200,15 @@ impl NatsBus {
         Ok(store)
     }
 
+    /// Whether a stored bundle is far enough from the bucket's age limit. A bundle
+    /// older than half of it is uploaded again, so one in use never ages out under a
+    /// runner (`ensure_bundle`).
+    fn fresh(&self, info: &object_store::ObjectInfo) -> bool {
+        let Some(modified) = info.modified else { return true };
+        let age = chrono::Utc::now().timestamp().saturating_sub(modified.unix_timestamp());
+        u64::try_from(age).unwrap_or(0) < self.bounds.code_max_age.as_secs() / 2
+    }
+
     /// Offers an attempt to the runners of a pool. The first offer is
     /// de-duplicated by NATS on `run_id:attempt`; a re-offer passes a `nonce` so
     /// the de-duplication window does not swallow it (extra offers are harmless:
@@ -109,11 +216,11 @@ impl NatsBus {
     pub async fn offer(&self, pool: &str, run_id: Uuid, attempt: i32, nonce: Option<&str>) -> Result<(), Error> {
         let payload = serde_json::to_vec(&JobOffer { run_id, attempt }).map_err(nats("encode offer"))?;
         let publish = jetstream::message::PublishMessage::build().payload(payload.into()).message_id(match nonce {
-            None => subjects::offer_msg_id(run_id, attempt),
-            Some(nonce) => format!("{}:{nonce}", subjects::offer_msg_id(run_id, attempt)),
+            None => shared::subjects::offer_msg_id(run_id, attempt),
+            Some(nonce) => format!("{}:{nonce}", shared::subjects::offer_msg_id(run_id, attempt)),
         });
         self.js
-            .send_publish(subjects::job_offer(pool, run_id), publish)
+            .send_publish(self.subjects.job_offer(pool, run_id), publish)
             .await
             .map_err(nats("publish offer"))?
             .await
@@ -124,8 +231,8 @@ impl NatsBus {
     /// Whether the jobs stream still holds an offer for this run.
     pub async fn has_offer(&self, pool: &str, run_id: Uuid) -> Result<bool, Error> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
-        let stream = self.js.get_stream(subjects::JOBS_STREAM).await.map_err(nats("get jobs stream"))?;
-        match stream.get_last_raw_message_by_subject(&subjects::job_offer(pool, run_id)).await {
+        let stream = self.js.get_stream(self.subjects.jobs_stream()).await.map_err(nats("get jobs stream"))?;
+        match stream.get_last_raw_message_by_subject(&self.subjects.job_offer(pool, run_id)).await {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
             Err(e) => Err(nats("look up offer")(e)),
@@ -141,15 +248,17 @@ impl NatsBus {
     {
         let cached = self.code_handle.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(store) = cached
-            && store.info(&code.digest).await.is_ok()
+            && let Ok(info) = store.info(&code.digest).await
+            && self.fresh(&info)
         {
             return Ok(true);
         }
         let store = self.code_store().await?;
-        if store.info(&code.digest).await.is_ok() {
+        let stored = store.info(&code.digest).await.ok();
+        if stored.as_ref().is_some_and(|info| self.fresh(info)) {
             return Ok(true);
         }
-        let Some(data) = load().await else { return Ok(false) };
+        let Some(data) = load().await else { return Ok(stored.is_some()) };
         store.put(code.digest.as_str(), &mut data.as_slice()).await.map_err(nats("upload code bundle"))?;
         Ok(true)
     }
@@ -157,20 +266,55 @@ impl NatsBus {
     /// Tells the runner holding an attempt to stop it (best effort; heartbeats repeat it).
     pub async fn notify_cancel(&self, runner_id: &str, notice: &CancelNotice) -> Result<(), Error> {
         let payload = serde_json::to_vec(notice).map_err(nats("encode cancel"))?;
-        self.client.publish(subjects::runner_cancel(runner_id), payload.into()).await.map_err(nats("publish cancel"))
+        self.client
+            .publish(self.subjects.runner_cancel(runner_id), payload.into())
+            .await
+            .map_err(nats("publish cancel"))
     }
 
     /// Wakes every log stream following this run (best effort; they also poll).
     pub async fn notify_finished(&self, run_id: Uuid) {
-        if let Err(e) = self.client.publish(subjects::run_finished(run_id), bytes::Bytes::new()).await {
+        if let Err(e) = self.client.publish(self.subjects.run_finished(run_id), bytes::Bytes::new()).await {
             tracing::warn!(%run_id, error = %e, "could not publish run-finished event");
         }
     }
 
     pub async fn purge_log(&self, run_id: Uuid, attempt: i32) -> Result<(), Error> {
-        let stream = self.js.get_stream(subjects::LOGS_STREAM).await.map_err(nats("get logs stream"))?;
-        stream.purge().filter(subjects::log_subject(run_id, attempt)).await.map_err(nats("purge log"))?;
+        let stream = self.js.get_stream(self.subjects.logs_stream()).await.map_err(nats("get logs stream"))?;
+        stream
+            .purge()
+            .filter(self.subjects.log_subjects_of_attempt(run_id, attempt))
+            .await
+            .map_err(nats("purge log"))?;
         Ok(())
+    }
+
+    /// Purges the live log subjects of these (ended) attempts that hold a message: one
+    /// listing of the stream's subjects, then one purge per subject found.
+    pub async fn purge_logs_present(&self, attempts: &[(Uuid, i32)]) -> Result<usize, Error> {
+        if attempts.is_empty() {
+            return Ok(0);
+        }
+        let stream = self.js.get_stream(self.subjects.logs_stream()).await.map_err(nats("get logs stream"))?;
+        // Subjects end in the publishing runner's id: what is kept is the attempt's part.
+        let mut present = std::collections::HashSet::new();
+        let mut listed =
+            stream.info_with_subjects(self.subjects.logs_stream_subjects()).await.map_err(nats("list log subjects"))?;
+        while let Some(subject) = listed.next().await {
+            let subject = subject.map_err(nats("list log subjects"))?.0;
+            if let Some((attempt_part, _runner)) = subject.rsplit_once('.') {
+                present.insert(attempt_part.to_owned());
+            }
+        }
+        let mut purged = 0;
+        for &(run_id, attempt) in attempts {
+            let filter = self.subjects.log_subjects_of_attempt(run_id, attempt);
+            if present.contains(filter.trim_end_matches(".*")) {
+                stream.purge().filter(filter).await.map_err(nats("purge log"))?;
+                purged += 1;
+            }
+        }
+        Ok(purged)
     }
 
     pub async fn health(&self) -> Result<(), Error> {
@@ -182,22 +326,28 @@ impl NatsBus {
 
     pub async fn finished_events(&self, run_id: Uuid) -> Result<FinishedEvents, Error> {
         let subscriber =
-            self.client.subscribe(subjects::run_finished(run_id)).await.map_err(nats("subscribe to run events"))?;
+            self.client.subscribe(self.subjects.run_finished(run_id)).await.map_err(nats("subscribe to run events"))?;
         Ok(FinishedEvents { subscriber })
     }
 
     pub async fn log_cursor(&self, run_id: Uuid, attempt: i32) -> Result<LogCursor, Error> {
-        let stream = self.js.get_stream(subjects::LOGS_STREAM).await.map_err(nats("get logs stream"))?;
-        Ok(LogCursor { stream, subject: subjects::log_subject(run_id, attempt), next_seq: 1, gets: 0, streaming: None })
+        let stream = self.js.get_stream(self.subjects.logs_stream()).await.map_err(nats("get logs stream"))?;
+        Ok(LogCursor {
+            stream,
+            subject: self.subjects.log_subjects_of_attempt(run_id, attempt),
+            next_seq: 1,
+            gets: 0,
+            streaming: None,
+        })
     }
 
     /// An ordered consumer from the start of the subject (ephemeral: the server
     /// drops it when the reader goes away).
     pub async fn follow_log(&self, run_id: Uuid, attempt: i32) -> Result<LogFollower, Error> {
-        let stream = self.js.get_stream(subjects::LOGS_STREAM).await.map_err(nats("get logs stream"))?;
+        let stream = self.js.get_stream(self.subjects.logs_stream()).await.map_err(nats("get logs stream"))?;
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: subjects::log_subject(run_id, attempt),
+                filter_subject: self.subjects.log_subjects_of_attempt(run_id, attempt),
                 deliver_policy: consumer::DeliverPolicy::All,
                 max_batch: FOLLOW_BATCH,
                 ..Default::default()

@@ -3,6 +3,7 @@
 
 mod allowed_hosts;
 mod public_url;
+mod streams;
 
 use crate::object_store::S3Settings;
 pub use allowed_hosts::{AllowedHosts, SettingError};
@@ -18,6 +19,62 @@ pub enum Error {
     Invalid { name: &'static str, value: String, message: String },
     #[error(transparent)]
     Runner(#[from] runner_agent::config::Error),
+}
+
+/// How the control plane talks to NATS beyond `NATS_URL`.
+#[derive(Clone)]
+pub struct NatsSecurity {
+    pub settings: shared::nats_settings::NatsSettings,
+    /// `NATS_AUTH_CALLOUT_SEED` (or the file `NATS_AUTH_CALLOUT_SEED_FILE` names): the
+    /// account nkey seed (`SA…`) whose public key the NATS server's `auth_callout
+    /// { issuer }` names. The control plane answers the server's authentication
+    /// requests with permissions signed by it (see `runner_identity::callout`).
+    pub callout_seed: String,
+    /// `NATS_AUTH_CALLOUT_ACCOUNT`: the server's account runners are placed in (the
+    /// control plane's own; default `FASTFLOW`).
+    pub callout_account: String,
+}
+
+impl std::fmt::Debug for NatsSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSecurity").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl NatsSecurity {
+    fn from_source(url: &str, src: &Source<'_>) -> Result<NatsSecurity, Error> {
+        let settings = shared::nats_settings::NatsSettings::from_source(url, &|name| src.get(name))
+            .map_err(|e| Error::Invalid { name: e.name, value: e.value, message: e.message })?;
+        let seed = match (src.get("NATS_AUTH_CALLOUT_SEED"), src.get("NATS_AUTH_CALLOUT_SEED_FILE")) {
+            (Some(seed), _) => seed.trim().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(&path).map(|s| s.trim().to_owned()).map_err(|e| {
+                Error::Invalid { name: "NATS_AUTH_CALLOUT_SEED_FILE", value: path.clone(), message: e.to_string() }
+            })?,
+            (None, None) => {
+                return Err(Error::Invalid {
+                    name: "NATS_AUTH_CALLOUT_SEED",
+                    value: String::new(),
+                    message: "with NATS_URL, the control plane authenticates runners through the NATS server's \
+                              auth callout: set it to the account seed whose public key the server's \
+                              `auth_callout { issuer }` names (`control-plane nats-setup` prints both and an \
+                              example server configuration)"
+                        .into(),
+                });
+            }
+        };
+        match nkeys::KeyPair::from_seed(&seed) {
+            Ok(key) if key.public_key().starts_with('A') => Ok(NatsSecurity {
+                settings,
+                callout_seed: seed,
+                callout_account: src.string("NATS_AUTH_CALLOUT_ACCOUNT", "FASTFLOW"),
+            }),
+            _ => Err(Error::Invalid {
+                name: "NATS_AUTH_CALLOUT_SEED",
+                value: "***".into(),
+                message: "expected an account nkey seed (starting with SA)".into(),
+            }),
+        }
+    }
 }
 
 /// What happens to a new run when a concurrency limit is reached.
@@ -73,6 +130,8 @@ pub struct Config {
     pub logs_dir: PathBuf,
     /// `NATS_URL`: runners are separate processes; unset: in-process bus and embedded runner.
     pub nats_url: Option<String>,
+    /// With `NATS_URL`: TLS, subject prefix and the auth-callout key.
+    pub nats: Option<NatsSecurity>,
     /// Set when `S3_ENDPOINT` or `S3_BUCKET` is: archived logs go to S3 instead of `LOGS_DIR`.
     pub s3: Option<S3Settings>,
     /// The embedded runner's settings (`RUNNER_*`, `CONTAINER_*`), without `NATS_URL` only.
@@ -124,6 +183,11 @@ pub struct Config {
     pub public_url: Option<PublicUrl>,
     /// `SESSION_IDLE_TIMEOUT`, `SESSION_MAX_AGE`.
     pub sessions: SessionSettings,
+    /// `NATS_*_MAX_BYTES`, `NATS_*_MAX_AGE_SECONDS`: the NATS streams' limits.
+    pub stream_bounds: crate::bus::StreamBounds,
+    /// `LATE_LOG_PURGE_AFTER_SECONDS`: an ended attempt's live log subject is purged
+    /// again this long after the end, and 30 minutes later (late batches).
+    pub late_log_purge_after: Duration,
 }
 
 /// Reads a variable through a lookup function (the process environment in `main`,
@@ -198,6 +262,10 @@ impl Config {
             });
         }
         let nats_url = src.get("NATS_URL");
+        let nats = match &nats_url {
+            None => None,
+            Some(url) => Some(NatsSecurity::from_source(url, src)?),
+        };
         let s3 = if src.get("S3_ENDPOINT").is_some() || src.get("S3_BUCKET").is_some() {
             let s3 = S3Settings {
                 endpoint: src.get("S3_ENDPOINT"),
@@ -260,7 +328,10 @@ impl Config {
                 message,
             })?,
         };
+        let default_timeout = src.optional_seconds("CONTAINER_TIMEOUT")?;
         Ok(Config {
+            stream_bounds: streams::bounds(src, default_timeout)?,
+            late_log_purge_after: streams::late_log_purge_after(src)?,
             sessions,
             allowed_hosts,
             trusted_proxies,
@@ -270,6 +341,7 @@ impl Config {
             logs_dir: PathBuf::from(src.string("LOGS_DIR", "./logs")),
             data_dir,
             nats_url,
+            nats,
             s3,
             embedded_runner,
             pipelines_dir: PathBuf::from(src.string("PIPELINES_DIR", "./pipelines")),
@@ -302,7 +374,7 @@ impl Config {
                     });
                 }
             },
-            default_timeout: src.optional_seconds("CONTAINER_TIMEOUT")?,
+            default_timeout,
             no_runner_timeout: match src.get("NO_RUNNER_TIMEOUT_SECONDS") {
                 None => Some(Duration::from_secs(300)),
                 Some(_) => src.optional_seconds("NO_RUNNER_TIMEOUT_SECONDS")?.map(Duration::from_secs),
@@ -368,7 +440,7 @@ impl Config {
 }
 
 /// `CONTAINER_MEMORY_MB` (2048), `CONTAINER_CPUS` (2), `CONTAINER_PIDS_LIMIT` (1024);
-/// `0` lifts a limit.
+/// `0` leaves the limit to the runner (its `RUNNER_DEFAULT_*`: a job always has limits).
 fn default_resources(src: &Source<'_>) -> Result<shared::protocol::Resources, Error> {
     let memory: u64 = src.parsed("CONTAINER_MEMORY_MB", 2048, "a number of MiB")?;
     let cpus: f64 = src.parsed("CONTAINER_CPUS", 2.0, "a number of CPUs such as 1.5")?;
@@ -376,13 +448,13 @@ fn default_resources(src: &Source<'_>) -> Result<shared::protocol::Resources, Er
     let bad =
         |name: &'static str, value: String, message: &str| Error::Invalid { name, value, message: message.into() };
     if memory != 0 && memory < 6 {
-        return Err(bad("CONTAINER_MEMORY_MB", memory.to_string(), "must be 0 (no limit) or at least 6"));
+        return Err(bad("CONTAINER_MEMORY_MB", memory.to_string(), "must be 0 (the runner's default) or at least 6"));
     }
     if !(cpus.is_finite() && cpus >= 0.0) {
-        return Err(bad("CONTAINER_CPUS", cpus.to_string(), "must be 0 (no limit) or a positive number"));
+        return Err(bad("CONTAINER_CPUS", cpus.to_string(), "must be 0 (the runner's default) or a positive number"));
     }
     if pids != 0 && pids < 16 {
-        return Err(bad("CONTAINER_PIDS_LIMIT", pids.to_string(), "must be 0 (no limit) or at least 16"));
+        return Err(bad("CONTAINER_PIDS_LIMIT", pids.to_string(), "must be 0 (the runner's default) or at least 16"));
     }
     Ok(shared::protocol::Resources {
         memory_mb: (memory > 0).then_some(memory),
@@ -455,8 +527,16 @@ mod tests {
         let cfg = load(&[("S3_ENDPOINT", "http://127.0.0.1:9000")]).expect("valid config");
         assert_eq!(cfg.s3.as_ref().map(|s| s.bucket.as_str()), Some("fastflow-logs"));
         assert!(cfg.nats_url.is_none() && cfg.database_url.starts_with("sqlite://"));
-        let cfg = load(&[("NATS_URL", "nats://127.0.0.1:4222")]).expect("valid config");
+        let seed = nkeys::KeyPair::new_account().seed().expect("seed");
+        let nats = [
+            ("NATS_URL", "nats://127.0.0.1:4222"),
+            ("NATS_TLS_CA", "/ca.pem"),
+            ("NATS_AUTH_CALLOUT_SEED", seed.as_str()),
+        ];
+        let cfg = load(&nats).expect("valid config");
         assert!(cfg.embedded_runner.is_none() && cfg.s3.is_none());
+        assert!(cfg.nats.as_ref().is_some_and(|n| n.callout_account == "FASTFLOW"));
+        assert!(!format!("{:?}", cfg.nats).contains(&seed), "the seed is not in Debug output");
         let cfg = load(&[("DATABASE_URL", "postgres://u@h/db"), ("DATA_DIR", "/srv/ff")]).expect("valid config");
         assert_eq!(cfg.database_url, "postgres://u@h/db");
         assert_eq!(cfg.embedded_runner.map(|r| r.data_dir), Some(PathBuf::from("/srv/ff/runner")));
@@ -496,7 +576,18 @@ mod tests {
         assert!(err.starts_with("RUN_LEASE_SECONDS:") && err.contains("RUNNER_SELF_FENCE_SECONDS"), "{err}");
         let err = load(&[("RUN_LEASE_SECONDS", "8")]).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.starts_with("RUN_LEASE_SECONDS:"), "{err}");
-        assert!(load(&[("RUN_LEASE_SECONDS", "8"), ("NATS_URL", "nats://h:4222")]).is_ok(), "runners check their own");
+        let seed = nkeys::KeyPair::new_account().seed().expect("seed");
+        let distributed =
+            [("RUN_LEASE_SECONDS", "8"), ("NATS_URL", "tls://h:4222"), ("NATS_AUTH_CALLOUT_SEED", seed.as_str())];
+        assert!(load(&distributed).is_ok(), "runners check their own");
+        // Distributed mode needs the callout key, and a key of the right kind.
+        let err = load(&[("NATS_URL", "tls://h:4222")]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("NATS_AUTH_CALLOUT_SEED:"), "{err}");
+        let user_seed = nkeys::KeyPair::new_user().seed().expect("seed");
+        let err = load(&[("NATS_URL", "tls://h:4222"), ("NATS_AUTH_CALLOUT_SEED", user_seed.as_str())]).err();
+        assert!(err.is_some_and(|e| e.to_string().contains("account nkey seed")));
+        let err = load(&[("NATS_URL", "nats://h:4222"), ("NATS_AUTH_CALLOUT_SEED", seed.as_str())]).err();
+        assert!(err.is_some_and(|e| e.to_string().contains("NATS_ALLOW_PLAINTEXT=1")));
     }
 
     #[test]

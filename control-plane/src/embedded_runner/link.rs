@@ -64,7 +64,7 @@ impl ControlLink for LocalLink {
     }
 
     async fn claim_batch(&self, runner_id: &str, offers: &[JobOffer]) -> Result<Vec<ClaimReply>, LinkError> {
-        runs::claim_batch(&self.ctx, runner_id, offers, None).await.map_err(|e| LinkError::new("claim", e))
+        runs::claim_batch(&self.ctx, runner_id, None, offers, None).await.map_err(|e| LinkError::new("claim", e))
     }
 
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<HeartbeatReply, LinkError> {

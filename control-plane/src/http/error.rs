@@ -4,7 +4,7 @@
 //! generic message.
 
 use crate::auth::{self, Role};
-use crate::{pipelines, runs, store};
+use crate::{pipelines, runner_identity, runs, store};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -272,6 +272,21 @@ impl From<auth::Error> for Error {
                 Error::TooManyLoginAttempts { retry_after_seconds: millis.div_ceil(1000).max(1) }
             }
             auth::Error::Hashing(_) | auth::Error::Io { .. } | auth::Error::Store(_) => Error::internal(e),
+        }
+    }
+}
+
+impl From<runner_identity::Error> for Error {
+    fn from(e: runner_identity::Error) -> Self {
+        use runner_identity::Error as E;
+        match e {
+            E::ExpiryInPast => Error::invalid("expires_at", e.to_string()),
+            E::InvalidPool => Error::invalid("pool", e.to_string()),
+            E::InvalidDescription => Error::invalid("description", e.to_string()),
+            E::InvalidRunnerId => Error::invalid("runner_id", e.to_string()),
+            E::UnknownRunner(_) => Error::NotFound(e.to_string()),
+            E::Refused(_) => Error::invalid("token", e.to_string()),
+            E::Store(_) => Error::internal(e),
         }
     }
 }

@@ -277,7 +277,7 @@ impl Follower {
             tokio::select! {
                 batch = batches.next() => match batch {
                     Some(Ok(batch)) => {
-                        let lines = live::decode_batch(&batch, run.fencing_token)?;
+                        let lines = live::decode_batch(&batch, run.fencing_token);
                         if self.send_lines(lines).await.is_err() {
                             return Ok(Err(Disconnected));
                         }

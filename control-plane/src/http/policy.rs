@@ -61,6 +61,11 @@ pub const POLICY: &[RoutePolicy] = &[
     route(Method::PUT, "/api/v1/users/{id}", ADMIN),
     route(Method::DELETE, "/api/v1/users/{id}", ADMIN),
     route(Method::GET, "/api/v1/audit", ADMIN),
+    // Enrolling and revoking runners.
+    route(Method::GET, "/api/v1/runners/registration-tokens", ADMIN),
+    route(Method::POST, "/api/v1/runners/registration-tokens", ADMIN),
+    route(Method::DELETE, "/api/v1/runners/registration-tokens/{id}", ADMIN),
+    route(Method::DELETE, "/api/v1/runners/{id}", ADMIN),
 ];
 
 /// What the table says about a request, given the route pattern the router matched.

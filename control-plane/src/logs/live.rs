@@ -9,22 +9,32 @@ use uuid::Uuid;
 pub enum Error {
     #[error(transparent)]
     Bus(#[from] bus::Error),
-    #[error("corrupt log batch: {0}")]
-    Corrupt(String),
 }
 
-/// Decodes a batch into numbered lines. Batches written under another fencing
-/// token (a runner that lost the attempt) are ignored: `Ok(vec![])`.
-pub fn decode_batch(batch: &RawBatch, token: i64) -> Result<Vec<LogLine>, Error> {
-    let Some(first) = batch.first_line else {
-        return Err(Error::Corrupt(format!("missing {} header", log_batch::FIRST_LINE_HEADER)));
-    };
+/// Decodes a batch into numbered lines. Batches written under another fencing token (a
+/// runner that lost the attempt, or anyone else: the token is the holder's secret) are
+/// ignored, and so is a batch that cannot be read (no line number, a broken record): it
+/// is logged and dropped, and the run's log goes on without it, never stalls on it.
+pub fn decode_batch(batch: &RawBatch, token: i64) -> Vec<LogLine> {
     if batch.token != Some(token) {
-        return Ok(Vec::new());
+        if batch.token.is_none() {
+            tracing::warn!(bytes = batch.payload.len(), "dropping a log batch without a fencing token header");
+        }
+        return Vec::new();
     }
+    let Some(first) = batch.first_line else {
+        tracing::warn!(header = log_batch::FIRST_LINE_HEADER, "dropping a log batch without a line number");
+        return Vec::new();
+    };
     let mut lines = Vec::new();
     for (i, record) in log_batch::records(&batch.payload).enumerate() {
-        let record = record.map_err(|e| Error::Corrupt(e.to_string()))?;
+        let record = match record {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(first_line = first, error = %e, "dropping the rest of a malformed log batch");
+                break;
+            }
+        };
         lines.push(LogLine {
             number: first + i as u64,
             stream: record.stream,
@@ -32,7 +42,7 @@ pub fn decode_batch(batch: &RawBatch, token: i64) -> Result<Vec<LogLine>, Error>
             bytes: batch.payload.slice_ref(record.bytes),
         });
     }
-    Ok(lines)
+    lines
 }
 
 /// Reads what the bus holds now for one attempt, batch by batch, in order,
@@ -51,7 +61,7 @@ impl SnapshotReader {
     /// The next lines, or `None` once everything stored so far was read.
     pub async fn next_lines(&mut self) -> Result<Option<Vec<LogLine>>, Error> {
         while let Some(batch) = self.cursor.next_batch().await? {
-            let lines = self.fresh(decode_batch(&batch, self.token)?);
+            let lines = self.fresh(decode_batch(&batch, self.token));
             if !lines.is_empty() {
                 return Ok(Some(lines));
             }

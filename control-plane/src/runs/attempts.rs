@@ -64,6 +64,10 @@ pub async fn finish(ctx: &Context, report: &ExitReport) -> ExitReply {
     if run.status.is_final() {
         return ExitReply::Accepted;
     }
+    if run.runner_id.as_deref() != Some(report.runner_id.as_str()) {
+        tracing::warn!(run_id = %at.run_id, sender = %report.runner_id, "exit report from a runner that does not hold the attempt");
+        return ExitReply::Rejected { reason: "this runner does not hold the attempt".into() };
+    }
     let archived = match archive::archive(&ctx.bus, &ctx.objects, at, Some(report.log)).await {
         Ok(a) => a,
         Err(e) => {

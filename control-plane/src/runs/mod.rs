@@ -24,7 +24,8 @@ mod repair;
 pub use attempts::finish;
 pub use leases::heartbeat;
 pub use repair::{
-    ReofferError, end_unheld_on_start, expire_leases, expire_logs, expire_timeouts, fail_unrunnable, reoffer_stale,
+    LatePurges, ReofferError, end_unheld_on_start, expire_leases, expire_logs, expire_timeouts, fail_unrunnable,
+    purge_late_logs, reoffer_stale,
 };
 
 const MAX_PARAMS: usize = 64;
@@ -226,8 +227,14 @@ pub async fn cancel(ctx: &Context, id: Uuid, force: bool) -> Result<Run, Error> 
 
 /// A runner's claim: one conditional update decides; the code bundle is made
 /// available before the grant so the runner can always fetch it.
-pub async fn claim(ctx: &Context, run_id: Uuid, attempt: i32, runner_id: &str) -> Result<ClaimReply, Error> {
-    let mut replies = claim_batch(ctx, runner_id, &[JobOffer { run_id, attempt }], None).await?;
+pub async fn claim(
+    ctx: &Context,
+    run_id: Uuid,
+    attempt: i32,
+    runner_id: &str,
+    pool: Option<&str>,
+) -> Result<ClaimReply, Error> {
+    let mut replies = claim_batch(ctx, runner_id, pool, &[JobOffer { run_id, attempt }], None).await?;
     Ok(replies.pop().unwrap_or_else(|| ClaimReply::Refused { reason: "not decided".into() }))
 }
 
@@ -238,10 +245,12 @@ const JOB_OVERHEAD_BYTES: usize = 512;
 /// distinct code bundle checked once, and the claims made in one transaction.
 /// The replies follow the offers' order. With `max_reply_bytes`, only the
 /// offers whose jobs fit are decided; the reply is shorter than the request
-/// and the runner offers the rest again.
+/// and the runner offers the rest again. With `pool` (the runner's enrolled pool),
+/// runs of other pools are refused.
 pub async fn claim_batch(
     ctx: &Context,
     runner_id: &str,
+    pool: Option<&str>,
     offers: &[JobOffer],
     max_reply_bytes: Option<usize>,
 ) -> Result<Vec<ClaimReply>, Error> {
@@ -260,6 +269,13 @@ pub async fn claim_batch(
         };
         if run.status != RunStatus::Queued || run.attempt != offer.attempt {
             replies.push(refused(format!("run is {} (attempt {})", run.status, run.attempt)));
+            continue;
+        }
+        if let Some(pool) = pool
+            && run.pool != pool
+        {
+            tracing::warn!(run_id = %run.id, runner_id, pool, run_pool = %run.pool, "claim of another pool's run refused");
+            replies.push(refused("the run is for another pool".into()));
             continue;
         }
         let template = match template_of(run) {

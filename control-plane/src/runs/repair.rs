@@ -5,7 +5,7 @@ use super::Error;
 use super::attempts::end_attempt;
 use crate::context::Context;
 use crate::logs::archive;
-use crate::store::runs::{Outcome, Run};
+use crate::store::runs::{EndedAttempt, Outcome, Run};
 use crate::{bus, store};
 use shared::protocol::{AttemptRef, CancelNotice};
 use shared::{FailureReason, RunStatus};
@@ -128,6 +128,48 @@ pub async fn expire_logs(ctx: &Context) -> Result<usize, Error> {
         tracing::info!(count = expired.len(), "expired archived logs");
     }
     Ok(expired.len())
+}
+
+/// Attempts whose live log the sweeper purges once more, per sweep and pass at most.
+const LATE_PURGE_BATCH: i64 = 500;
+/// The second, later purge after an attempt's end (a runner cut off from NATS for a
+/// while re-sends its unacknowledged batches when it gets back).
+const LATE_PURGE_SECOND: Duration = Duration::from_secs(30 * 60);
+/// How far back a replica that just started looks for ended attempts, past each delay.
+const LATE_PURGE_LOOKBACK: Duration = Duration::from_secs(30 * 60);
+
+/// Where this replica's purges of late log batches stand: two passes over the ended
+/// attempts, `LATE_LOG_PURGE_AFTER_SECONDS` and 30 minutes after their end, each
+/// continuing where it stopped (in memory: a restarted replica looks back 30 minutes).
+pub struct LatePurges {
+    passes: [(Duration, Option<EndedAttempt>); 2],
+}
+
+impl LatePurges {
+    pub fn new(first_after: Duration) -> LatePurges {
+        LatePurges { passes: [(first_after, None), (LATE_PURGE_SECOND.max(first_after), None)] }
+    }
+}
+
+/// Purges the live log subjects of attempts that ended a while ago: an attempt's
+/// subject is purged when it ends, but a batch its runner (cut off, fenced, or just
+/// slow to learn the attempt was taken over) publishes afterwards would otherwise stay
+/// until the stream's age limit. Cheap: one indexed listing per pass, one listing of
+/// the stream's subjects, and a purge only where a batch is left.
+pub async fn purge_late_logs(ctx: &Context, late: &mut LatePurges) -> Result<usize, ReofferError> {
+    let mut purged = 0;
+    for (delay, cursor) in &mut late.passes {
+        let ended =
+            ctx.store.ended_attempts(cursor.as_ref(), *delay, *delay + LATE_PURGE_LOOKBACK, LATE_PURGE_BATCH).await?;
+        let Some(last) = ended.last().cloned() else { continue };
+        let attempts: Vec<(uuid::Uuid, i32)> = ended.iter().map(|a| (a.run_id, a.attempt)).collect();
+        purged += ctx.bus.purge_late_logs(&attempts).await?;
+        *cursor = Some(last);
+    }
+    if purged > 0 {
+        tracing::info!(purged, "purged live log batches published after their attempt ended");
+    }
+    Ok(purged)
 }
 
 /// Re-offers queued runs whose offer is gone from NATS (lost message, wiped store).

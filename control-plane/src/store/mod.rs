@@ -121,6 +121,7 @@ pub mod bundles;
 pub mod policy;
 mod postgres;
 mod rows;
+pub mod runner_identity;
 pub mod runners;
 pub mod runs;
 mod sqlite;
@@ -151,6 +152,9 @@ pub enum Error {
     /// A unique value is taken (`what`: "username", "token name", …).
     #[error("{what} already exists")]
     Conflict { what: &'static str },
+    /// The database did not answer in time (a caller's own patience ran out).
+    #[error("the database did not answer within {0:?}")]
+    Timeout(std::time::Duration),
     /// The change would leave no enabled admin.
     #[error("the last enabled admin cannot be demoted, disabled or deleted")]
     LastAdmin,

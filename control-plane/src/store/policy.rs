@@ -156,9 +156,17 @@ const RETRY_RESETS: &str = "status = {status.queued}, attempt = attempt + 1, run
      waiting_reason = {waiting.retry_backoff}";
 
 /// What a granted claim sets besides the lease and start time (the backend's clock):
-/// running, for this runner (`$3` in both backends), with a fresh fencing token.
-const GRANT: &str =
-    "status = {status.running}, runner_id = $3, fencing_token = fencing_token + 1, waiting_reason = null";
+/// running, for this runner (`$3` in both backends), with a fresh fencing token
+/// (`{fresh_token}`, per backend).
+const GRANT: &str = "status = {status.running}, runner_id = $3, fencing_token = {fresh_token}, waiting_reason = null";
+
+/// A fresh fencing token: 63 random bits, not a counter. The token is the holder's
+/// secret (its log batches and reports carry it): a runner that knows a run's attempt
+/// number cannot guess it. Postgres: from `gen_random_uuid()` (the OS CSPRNG); SQLite:
+/// `random()` (its CSPRNG, seeded by the OS), for the single node's in-process runner.
+const FRESH_TOKEN_POSTGRES: &str =
+    "(('x' || substr(md5(gen_random_uuid()::text), 1, 16))::bit(64)::bigint & 9223372036854775807)";
+const FRESH_TOKEN_SQLITE: &str = "(random() & 9223372036854775807)";
 
 /// Quotes a stored string as an SQL literal (the values are fixed lowercase words).
 fn quoted(s: &str) -> String {
@@ -184,12 +192,15 @@ fn placeholders() -> Vec<(String, String)> {
     all
 }
 
-/// An SQL statement with its policy placeholders filled in: `{retry_resets}`, `{grant}`,
+/// An SQL statement with its policy placeholders filled in: `{retry_resets}`, `{grant.postgres}`, `{grant.sqlite}`,
 /// `{finals}` and `{active}` (status lists), `{status.<s>}`, `{reason.<r>}`,
 /// `{waiting.<w>}`, `{trigger.<t>}` and `{role.<r>}` (quoted literals). Literals, not binds, so the
 /// planners can match the partial indexes on status. Used through `sql!`, once per statement.
 pub(crate) fn fill(template: &str) -> String {
-    let mut out = template.replace("{retry_resets}", RETRY_RESETS).replace("{grant}", GRANT);
+    let mut out = template
+        .replace("{retry_resets}", RETRY_RESETS)
+        .replace("{grant.postgres}", &GRANT.replace("{fresh_token}", FRESH_TOKEN_POSTGRES))
+        .replace("{grant.sqlite}", &GRANT.replace("{fresh_token}", FRESH_TOKEN_SQLITE));
     for (placeholder, text) in placeholders() {
         out = out.replace(&placeholder, &text);
     }
@@ -304,6 +315,7 @@ mod tests {
             assert!(resets.contains(column), "{column} in {resets}");
         }
         assert!(!fill(COUNT_ACTIVE).contains('{'));
-        assert!(fill("{grant}").contains("fencing_token = fencing_token + 1"));
+        assert!(fill("{grant.sqlite}").contains("fencing_token = (random()"));
+        assert!(fill("{grant.postgres}").contains("gen_random_uuid()"));
     }
 }

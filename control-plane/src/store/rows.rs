@@ -6,8 +6,9 @@
 use super::audit::AuditEvent;
 use super::auth::{ApiToken, LoginFailure, Session, User};
 use super::policy;
+use super::runner_identity::{Enrollment, RegistrationToken};
 use super::runners::RunnerInfo;
-use super::runs::{AttemptRecord, Run};
+use super::runs::{AttemptRecord, EndedAttempt, Run};
 use super::transfer::{RunRecord, TokenRecord};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
@@ -184,6 +185,16 @@ impl<'r, R: Row + Columns> FromRow<'r, R> for AttemptRecord {
     }
 }
 
+impl<'r, R: Row + Columns> FromRow<'r, R> for EndedAttempt {
+    fn from_row(row: &'r R) -> Result<Self> {
+        Ok(EndedAttempt {
+            run_id: row.uuid("run_id")?,
+            attempt: row.int("attempt")?,
+            finished_at: row.time("finished_at")?,
+        })
+    }
+}
+
 impl<'r, R: Row + Columns> FromRow<'r, R> for RunnerInfo {
     fn from_row(row: &'r R) -> Result<Self> {
         Ok(RunnerInfo {
@@ -245,6 +256,36 @@ impl<'r, R: Row + Columns> FromRow<'r, R> for ApiToken {
             created_at: row.time("created_at")?,
             last_used_at: row.opt_time("last_used_at")?,
             expires_at: row.opt_time("expires_at")?,
+            revoked_at: row.opt_time("revoked_at")?,
+        })
+    }
+}
+
+impl<'r, R: Row + Columns> FromRow<'r, R> for RegistrationToken {
+    fn from_row(row: &'r R) -> Result<Self> {
+        Ok(RegistrationToken {
+            id: row.uuid("id")?,
+            description: row.text("description")?,
+            pool: row.opt_text("pool")?,
+            single_use: row.boolean("single_use")?,
+            expires_at: row.opt_time("expires_at")?,
+            created_by: row.opt_uuid("created_by")?,
+            created_at: row.time("created_at")?,
+            uses: row.int("uses")?,
+            last_used_at: row.opt_time("last_used_at")?,
+            revoked_at: row.opt_time("revoked_at")?,
+        })
+    }
+}
+
+impl<'r, R: Row + Columns> FromRow<'r, R> for Enrollment {
+    fn from_row(row: &'r R) -> Result<Self> {
+        Ok(Enrollment {
+            runner_id: row.text("runner_id")?,
+            pool: row.text("pool")?,
+            secret_hash: row.text("secret_hash")?,
+            registration_token_id: row.opt_uuid("registration_token_id")?,
+            enrolled_at: row.time("enrolled_at")?,
             revoked_at: row.opt_time("revoked_at")?,
         })
     }

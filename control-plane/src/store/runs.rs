@@ -119,6 +119,15 @@ pub enum ClaimResult {
     Gone,
 }
 
+/// An ended attempt in the order `ended_attempts` lists them (end time, run, attempt);
+/// the last one listed is where the next listing continues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedAttempt {
+    pub run_id: Uuid,
+    pub attempt: i32,
+    pub finished_at: DateTime<Utc>,
+}
+
 /// One finished attempt, as listed in a run's `attempts`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AttemptRecord {
@@ -252,6 +261,19 @@ impl Store {
             return Ok(Vec::new());
         }
         dispatch!(self.expire_logs(keep_runs, max_age, limit))
+    }
+
+    /// Attempts that ended at least `ended_before` ago, oldest first, after `after` (the
+    /// last one of the previous listing) or, without it, those that ended within
+    /// `lookback`: the sweeper purges their live log subjects once more (late batches).
+    pub async fn ended_attempts(
+        &self,
+        after: Option<&EndedAttempt>,
+        ended_before: Duration,
+        lookback: Duration,
+        limit: i64,
+    ) -> Result<Vec<EndedAttempt>, Error> {
+        dispatch!(self.ended_attempts(after, ended_before, lookback, limit))
     }
 
     /// Fails queued runs that waited longer than `after` while no runner of

@@ -3,6 +3,7 @@
 //! log batches to the logs stream, code bundles from the object store.
 
 use super::{ControlLink, LinkError, LogAck, Offer, OfferHandle};
+use crate::enrollment::Credentials;
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -10,11 +11,12 @@ use futures::stream::BoxStream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared::log_batch::{FENCING_TOKEN_HEADER, FIRST_LINE_HEADER};
+use shared::nats_settings::NatsSettings;
 use shared::protocol::{
     AttemptRef, CancelNotice, ClaimBatchReply, ClaimBatchRequest, ClaimReply, CodeBundleRef, ExitReply, ExitReport,
     Heartbeat, HeartbeatReply, JobOffer,
 };
-use shared::subjects;
+use shared::subjects::{self, RunnerOp, Subjects};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::Mutex;
@@ -28,43 +30,66 @@ const OFFER_ACK_WAIT: Duration = Duration::from_secs(30);
 pub struct NatsLink {
     client: async_nats::Client,
     js: jetstream::Context,
+    subjects: Subjects,
+    runner_id: String,
     /// The pool's durable consumer, created on first use and after failures.
     consumer: Mutex<Option<consumer::PullConsumer>>,
 }
 
-/// async-nats ignores the user info of a URL: the user and password, or the token, of
-/// `NATS_URL` are given to it as options.
-fn with_url_credentials(options: async_nats::ConnectOptions, url: &str) -> async_nats::ConnectOptions {
-    use shared::service_url::{Credentials, credentials};
-    match credentials(url) {
-        Some(Credentials::UserPassword { user, password }) => options.user_and_password(user, password),
-        Some(Credentials::Token(token)) => options.token(token),
-        None => options,
+/// Connect options for `user` (a runner id, or `enroll-<nonce>` while enrolling): TLS as
+/// configured, and replies under the user's own inbox prefix, the only inbox the NATS
+/// server lets this connection read.
+pub fn connect_options(nats: &NatsSettings, user: &str) -> Result<async_nats::ConnectOptions, LinkError> {
+    let mut options = async_nats::ConnectOptions::new().custom_inbox_prefix(nats.subjects.inbox_prefix(user));
+    if let Some(ca) = &nats.tls_ca {
+        if !ca.is_file() {
+            return Err(LinkError::new("NATS_TLS_CA", format!("{} is not a readable file", ca.display())));
+        }
+        options = options.require_tls(true).add_root_certificates(ca.clone());
     }
+    if let Some((cert, key)) = &nats.tls_client {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    Ok(options)
 }
 
 impl NatsLink {
-    pub async fn connect(url: &str, runner_id: &str) -> Result<NatsLink, LinkError> {
-        let client = with_url_credentials(async_nats::ConnectOptions::new(), url)
-            .name(format!("fastflow-runner-{runner_id}"))
+    /// Connects as the enrolled runner `creds` (see `enrollment`).
+    pub async fn connect(url: &str, nats: &NatsSettings, creds: &Credentials) -> Result<NatsLink, LinkError> {
+        let client = connect_options(nats, &creds.runner_id)?
+            .user_and_password(creds.runner_id.clone(), creds.secret.clone())
+            .name(format!("fastflow-runner-{}", creds.runner_id))
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
+            .event_callback(|event| async move {
+                // Permission violations and auth errors show in the runner's log.
+                if let async_nats::Event::ServerError(e) = event {
+                    tracing::warn!(error = %e, "NATS server error");
+                }
+            })
             .connect(url)
             .await
             .map_err(|e| LinkError::new("connect", e))?;
         let js = jetstream::new(client.clone());
-        Ok(NatsLink { client, js, consumer: Mutex::new(None) })
+        Ok(NatsLink {
+            client,
+            js,
+            subjects: nats.subjects.clone(),
+            runner_id: creds.runner_id.clone(),
+            consumer: Mutex::new(None),
+        })
     }
 
     async fn request<Req: Serialize + Sync, Rep: DeserializeOwned>(
         &self,
         context: &'static str,
-        subject: &'static str,
+        op: RunnerOp,
         body: &Req,
         timeout: Duration,
     ) -> Result<Rep, LinkError> {
         let payload = serde_json::to_vec(body).map_err(|e| LinkError::new(context, e))?;
         let request = async_nats::Request::new().payload(payload.into()).timeout(Some(timeout));
+        let subject = self.subjects.runner_request(&self.runner_id, op);
         let reply = self.client.send_request(subject, request).await.map_err(|e| LinkError::new(context, e))?;
         serde_json::from_slice(&reply.payload).map_err(|e| LinkError::new(context, format!("unreadable reply: {e}")))
     }
@@ -74,14 +99,14 @@ impl NatsLink {
         if let Some(c) = cached.as_ref() {
             return Ok(c.clone());
         }
-        let stream = self.js.get_stream(subjects::JOBS_STREAM).await?;
+        let stream = self.js.get_stream(self.subjects.jobs_stream()).await?;
         let name = subjects::pool_consumer(pool);
         let created = stream
             .get_or_create_consumer(
                 &name,
                 consumer::pull::Config {
                     durable_name: Some(name.clone()),
-                    filter_subject: subjects::job_offers_of_pool(pool),
+                    filter_subject: self.subjects.job_offers_of_pool(pool),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: OFFER_ACK_WAIT,
                     max_ack_pending: 10_000,
@@ -167,7 +192,7 @@ impl ControlLink for NatsLink {
 
     async fn claim_batch(&self, runner_id: &str, offers: &[JobOffer]) -> Result<Vec<ClaimReply>, LinkError> {
         let request = ClaimBatchRequest { runner_id: runner_id.to_owned(), offers: offers.to_vec() };
-        let reply: ClaimBatchReply = self.request("claim", subjects::CLAIM_BATCH, &request, CLAIM_TIMEOUT).await?;
+        let reply: ClaimBatchReply = self.request("claim", RunnerOp::ClaimBatch, &request, CLAIM_TIMEOUT).await?;
         if reply.replies.len() > offers.len() {
             return Err(LinkError::new("claim", "more replies than offers"));
         }
@@ -175,17 +200,17 @@ impl ControlLink for NatsLink {
     }
 
     async fn heartbeat(&self, beat: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
-        self.request("heartbeat", subjects::HEARTBEAT, beat, super::HEARTBEAT_TIMEOUT).await
+        self.request("heartbeat", RunnerOp::Heartbeat, beat, super::HEARTBEAT_TIMEOUT).await
     }
 
     async fn report_exit(&self, report: &ExitReport) -> Result<ExitReply, LinkError> {
-        self.request("exit report", subjects::EXIT, report, EXIT_REPORT_TIMEOUT).await
+        self.request("exit report", RunnerOp::Exit, report, EXIT_REPORT_TIMEOUT).await
     }
 
     async fn cancel_notices(&self, runner_id: &str) -> Result<BoxStream<'static, CancelNotice>, LinkError> {
         let sub = self
             .client
-            .subscribe(subjects::runner_cancel(runner_id))
+            .subscribe(self.subjects.runner_cancel(runner_id))
             .await
             .map_err(|e| LinkError::new("cancel subscription", e))?;
         Ok(sub
@@ -203,7 +228,7 @@ impl ControlLink for NatsLink {
 
     async fn fetch_bundle(&self, code: &CodeBundleRef, max_bytes: u64) -> Result<Vec<u8>, LinkError> {
         let err = |e: &dyn std::fmt::Display| LinkError::new("code bundle", e);
-        let store = self.js.get_object_store(subjects::CODE_BUCKET).await.map_err(|e| err(&e))?;
+        let store = self.js.get_object_store(self.subjects.code_bucket()).await.map_err(|e| err(&e))?;
         let object = store.get(&code.digest).await.map_err(|e| err(&e))?;
         let mut data = Vec::with_capacity(code.size.min(max_bytes) as usize);
         object.take(max_bytes + 1).read_to_end(&mut data).await.map_err(|e| err(&e))?;
@@ -217,76 +242,72 @@ impl ControlLink for NatsLink {
     async fn publish_log(&self, at: &AttemptRef, first_line: u64, payload: Bytes) -> Result<LogAck, LinkError> {
         let publish = jetstream::message::PublishMessage::build()
             .payload(payload)
-            .message_id(format!("{}:{}:{first_line}", at.run_id, at.attempt))
+            .message_id(subjects::log_batch_msg_id(at.run_id, at.attempt, at.fencing_token, first_line))
             .header(FIRST_LINE_HEADER, first_line.to_string().as_str())
             .header(FENCING_TOKEN_HEADER, at.fencing_token.to_string().as_str());
         let ack = self
             .js
-            .send_publish(subjects::log_subject(at.run_id, at.attempt), publish)
+            .send_publish(self.subjects.log_subject(at.run_id, at.attempt, &self.runner_id), publish)
             .await
             .map_err(|e| LinkError::new("publish log batch", e))?;
         Ok(Box::pin(async move { ack.await.map(|_| ()).map_err(|e| LinkError::new("log batch ack", e)) }))
     }
 
-    /// Reads every batch the subject holds up to its last message now, keeping
-    /// those of this attempt's fencing token.
+    /// Reads every batch this runner's subject of the attempt holds now, keeping those
+    /// of this attempt's fencing token. An ordered consumer of the runner's own subject
+    /// (the only one it may read): it counts what is pending when created, and that
+    /// many messages are read.
     async fn published_log(
         &self,
         at: &AttemptRef,
     ) -> Result<BoxStream<'static, Result<(u64, Bytes), LinkError>>, LinkError> {
-        use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let err = |e: &dyn std::fmt::Display| LinkError::new("reading the published log", e);
-        let subject = subjects::log_subject(at.run_id, at.attempt);
-        let stream = self.js.get_stream(subjects::LOGS_STREAM).await.map_err(|e| err(&e))?;
-        let last = match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(msg) => msg.sequence,
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
-                return Ok(futures::stream::empty().boxed());
-            }
-            Err(e) => return Err(err(&e)),
-        };
+        let subject = self.subjects.log_subject(at.run_id, at.attempt, &self.runner_id);
+        let stream = self.js.get_stream(self.subjects.logs_stream()).await.map_err(|e| err(&e))?;
+        // A named consumer with this one filter: the server lets the runner create
+        // consumers only on its own log subjects (the name and filter are in the API
+        // subject); it goes away by itself a minute after its last use.
         let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
+            .create_consumer(consumer::pull::Config {
+                name: Some(format!("resume-{}", uuid::Uuid::new_v4().simple())),
                 filter_subject: subject,
                 deliver_policy: consumer::DeliverPolicy::All,
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(60),
                 ..Default::default()
             })
             .await
             .map_err(|e| err(&e))?;
+        let pending = consumer.cached_info().num_pending;
+        if pending == 0 {
+            return Ok(futures::stream::empty().boxed());
+        }
         let messages = consumer.messages().await.map_err(|e| err(&e))?;
         let token = at.fencing_token.to_string();
-        // Ends after the message that was last when we started.
-        let batches = futures::stream::unfold((messages, false), move |(mut messages, done)| {
+        // Ends after the messages that were pending when we started.
+        let batches = futures::stream::unfold((messages, pending), move |(mut messages, left)| {
             let token = token.clone();
             async move {
-                if done {
-                    return None;
-                }
-                loop {
+                let mut left = left;
+                while left > 0 {
                     let msg = match messages.next().await {
                         Some(Ok(msg)) => msg,
-                        Some(Err(e)) => return Some((Err(err(&e)), (messages, true))),
+                        Some(Err(e)) => return Some((Err(err(&e)), (messages, 0))),
                         None => {
                             let e = LinkError::new("reading the published log", "ended before its last message");
-                            return Some((Err(e), (messages, true)));
+                            return Some((Err(e), (messages, 0)));
                         }
                     };
-                    let sequence = match msg.info() {
-                        Ok(info) => info.stream_sequence,
-                        Err(e) => return Some((Err(err(&e)), (messages, true))),
-                    };
+                    left -= 1;
                     let header =
                         |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
-                    let is_last = sequence >= last;
                     if header(FENCING_TOKEN_HEADER).as_deref() == Some(token.as_str())
                         && let Some(first) = header(FIRST_LINE_HEADER).and_then(|v| v.parse::<u64>().ok())
                     {
-                        return Some((Ok((first, msg.payload.clone())), (messages, is_last)));
-                    }
-                    if is_last {
-                        return None;
+                        return Some((Ok((first, msg.payload.clone())), (messages, left)));
                     }
                 }
+                None
             }
         });
         Ok(batches.boxed())

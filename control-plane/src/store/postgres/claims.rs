@@ -49,7 +49,7 @@ impl PgStore {
         let ids: Vec<Uuid> = claims.iter().map(|c| c.run_id).collect();
         let attempts: Vec<i32> = claims.iter().map(|c| c.attempt).collect();
         let granted = sqlx::query_as::<_, Run>(sql!(
-            "update runs set {grant}, lease_expires_at = now() + make_interval(secs => $4), started_at = now()
+            "update runs set {grant.postgres}, lease_expires_at = now() + make_interval(secs => $4), started_at = now()
              from unnest($1::uuid[], $2::int4[]) as wanted(wanted_id, wanted_attempt)
              where id = wanted_id and attempt = wanted_attempt
                and status = {status.queued} and (not_before is null or not_before <= now())
@@ -83,7 +83,7 @@ impl PgStore {
             }
         }
         let run = sqlx::query_as::<_, Run>(sql!(
-            "update runs set {grant}, lease_expires_at = now() + make_interval(secs => $4), started_at = now()
+            "update runs set {grant.postgres}, lease_expires_at = now() + make_interval(secs => $4), started_at = now()
              where id = $1 and attempt = $2 and status = {status.queued} and (not_before is null or not_before <= now())
              returning ",
             run_columns!()

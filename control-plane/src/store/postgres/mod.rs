@@ -12,6 +12,7 @@ mod audit;
 mod auth;
 mod bundles;
 mod claims;
+mod runner_identity;
 mod runners;
 mod runs;
 mod sweeps;

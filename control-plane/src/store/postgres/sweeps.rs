@@ -4,7 +4,7 @@
 use super::{PgStore, secs};
 use crate::store::Error;
 use crate::store::policy::sql;
-use crate::store::runs::Run;
+use crate::store::runs::{EndedAttempt, Run};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -77,6 +77,47 @@ impl PgStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
+        Ok(rows)
+    }
+
+    pub(in crate::store) async fn ended_attempts(
+        &self,
+        after: Option<&EndedAttempt>,
+        ended_before: Duration,
+        lookback: Duration,
+        limit: i64,
+    ) -> Result<Vec<EndedAttempt>, Error> {
+        // Two statements rather than `($n is null or …)`, so each uses the index.
+        let rows = match after {
+            Some(a) => {
+                sqlx::query_as::<_, EndedAttempt>(
+                    "select run_id, attempt, finished_at from run_attempts
+                     where (finished_at, run_id, attempt) > ($1, $2, $3)
+                       and finished_at <= now() - make_interval(secs => $4)
+                     order by finished_at, run_id, attempt limit $5",
+                )
+                .bind(a.finished_at)
+                .bind(a.run_id)
+                .bind(a.attempt)
+                .bind(secs(ended_before))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query_as::<_, EndedAttempt>(
+                    "select run_id, attempt, finished_at from run_attempts
+                     where finished_at > now() - make_interval(secs => $1)
+                       and finished_at <= now() - make_interval(secs => $2)
+                     order by finished_at, run_id, attempt limit $3",
+                )
+                .bind(secs(lookback))
+                .bind(secs(ended_before))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
         Ok(rows)
     }
 

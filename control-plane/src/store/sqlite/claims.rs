@@ -34,7 +34,7 @@ impl SqliteStore {
             }
         }
         let run = sqlx::query_as::<_, Run>(sql!(
-            "update runs set {grant}, lease_expires_at = $4, started_at = $5
+            "update runs set {grant.sqlite}, lease_expires_at = $4, started_at = $5
              where id = $1 and attempt = $2 and status = {status.queued} and (not_before is null or not_before <= $5)
              returning ",
             run_columns!()

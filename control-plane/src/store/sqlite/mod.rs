@@ -28,6 +28,7 @@ mod auth;
 mod batch;
 mod bundles;
 mod claims;
+mod runner_identity;
 mod runners;
 mod runs;
 mod sweeps;

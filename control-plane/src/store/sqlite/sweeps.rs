@@ -5,7 +5,7 @@ use super::{SqliteStore, ago, micros, now};
 use crate::store::Error;
 use crate::store::policy::sql;
 use crate::store::rows::id_attempt_text;
-use crate::store::runs::Run;
+use crate::store::runs::{EndedAttempt, Run};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -73,6 +73,45 @@ impl SqliteStore {
         .fetch_all(&self.writer)
         .await?;
         id_attempt_text(&rows, "log_key")
+    }
+
+    pub(in crate::store) async fn ended_attempts(
+        &self,
+        after: Option<&EndedAttempt>,
+        ended_before: Duration,
+        lookback: Duration,
+        limit: i64,
+    ) -> Result<Vec<EndedAttempt>, Error> {
+        // Two statements rather than `($n is null or …)`, so each uses the index.
+        let rows = match after {
+            Some(a) => {
+                sqlx::query_as::<_, EndedAttempt>(
+                    "select run_id, attempt, finished_at from run_attempts
+                     where (finished_at, run_id, attempt) > ($1, $2, $3) and finished_at <= $4
+                     order by finished_at, run_id, attempt limit $5",
+                )
+                .bind(a.finished_at.timestamp_micros())
+                .bind(super::text(a.run_id))
+                .bind(a.attempt)
+                .bind(ago(ended_before))
+                .bind(limit)
+                .fetch_all(&self.reader)
+                .await?
+            }
+            None => {
+                sqlx::query_as::<_, EndedAttempt>(
+                    "select run_id, attempt, finished_at from run_attempts
+                     where finished_at > $1 and finished_at <= $2
+                     order by finished_at, run_id, attempt limit $3",
+                )
+                .bind(ago(lookback))
+                .bind(ago(ended_before))
+                .bind(limit)
+                .fetch_all(&self.reader)
+                .await?
+            }
+        };
+        Ok(rows)
     }
 
     pub(in crate::store) async fn fail_unrunnable(
