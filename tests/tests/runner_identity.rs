@@ -279,9 +279,15 @@ async fn a_poisoned_batch_mid_run_is_dropped_and_the_log_stays_exact() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_deployments_with_different_prefixes_share_one_nats_server_apart() {
-    let blue = TestEnv::start(TestEnvOptions::default().nats_subject_prefix("blue")).await;
-    let green =
-        TestEnv::start(TestEnvOptions::default().nats_subject_prefix("green").shared_nats(blue.nats_access())).await;
+    // Small stream limits: NATS reserves each deployment's limits on the one server's disk.
+    let small = || {
+        TestEnvOptions::default()
+            .control_plane_env("NATS_LOGS_MAX_BYTES", "256MiB")
+            .control_plane_env("NATS_CODE_MAX_BYTES", "64MiB")
+            .control_plane_env("NATS_JOBS_MAX_BYTES", "16MiB")
+    };
+    let blue = TestEnv::start(small().nats_subject_prefix("blue")).await;
+    let green = TestEnv::start(small().nats_subject_prefix("green").shared_nats(blue.nats_access())).await;
     let mut runs = Vec::new();
     for i in 0..20 {
         let mark = format!("prefix-{i}");

@@ -24,6 +24,9 @@ use tokio::sync::Mutex;
 const FETCH_EXPIRY: Duration = Duration::from_secs(5);
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 const EXIT_REPORT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Wait before connecting again after NATS refused the connection (a revoked runner keeps
+/// trying at this pace; it is refused each time).
+const REFUSED_RETRY: Duration = Duration::from_secs(2);
 /// Offers stay invisible to other runners this long while one decides.
 const OFFER_ACK_WAIT: Duration = Duration::from_secs(30);
 
@@ -56,20 +59,48 @@ pub fn connect_options(nats: &NatsSettings, user: &str) -> Result<async_nats::Co
 impl NatsLink {
     /// Connects as the enrolled runner `creds` (see `enrollment`).
     pub async fn connect(url: &str, nats: &NatsSettings, creds: &Credentials) -> Result<NatsLink, LinkError> {
+        let (refused_tx, mut refused) = tokio::sync::mpsc::unbounded_channel();
         let client = connect_options(nats, &creds.runner_id)?
             .user_and_password(creds.runner_id.clone(), creds.secret.clone())
             .name(format!("fastflow-runner-{}", creds.runner_id))
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
-            .event_callback(|event| async move {
-                // Permission violations and auth errors show in the runner's log.
-                if let async_nats::Event::ServerError(e) = event {
-                    tracing::warn!(error = %e, "NATS server error");
+            // Reconnect after the control planes: a restarted server asks them about this
+            // runner (auth callout), and refuses it when none has subscribed again yet.
+            .reconnect_delay_callback(|attempts| Duration::from_millis(2000 + 500 * (attempts.min(16) as u64)))
+            .event_callback(move |event| {
+                let refused_tx = refused_tx.clone();
+                async move {
+                    // Permission violations and auth errors show in the runner's log.
+                    if let async_nats::Event::ServerError(e) = event {
+                        tracing::warn!(error = %e, "NATS server error");
+                        if matches!(e, async_nats::ServerError::AuthorizationViolation) {
+                            let _ = refused_tx.send(());
+                        }
+                    }
                 }
             })
             .connect(url)
             .await
             .map_err(|e| LinkError::new("connect", e))?;
+        // A server that restarted may ask the control plane about this runner before the
+        // control plane is back (auth callout): the connection is refused. async-nats
+        // usually connects again by itself; where it stays disconnected, it is told to
+        // (only then: a needless forced reconnect was seen to lose JetStream acks).
+        let reconnecting = client.clone();
+        tokio::spawn(async move {
+            while refused.recv().await.is_some() {
+                tokio::time::sleep(REFUSED_RETRY).await;
+                while refused.try_recv().is_ok() {}
+                if reconnecting.connection_state() == async_nats::connection::State::Connected {
+                    continue;
+                }
+                tracing::info!("NATS refused this runner's connection; connecting again");
+                if reconnecting.force_reconnect().await.is_err() {
+                    return;
+                }
+            }
+        });
         let js = jetstream::new(client.clone());
         Ok(NatsLink {
             client,
