@@ -19,10 +19,6 @@ pub const TOKEN_PREFIX: &str = "ff_";
 pub struct Secret(String);
 
 impl Secret {
-    pub fn new(value: String) -> Secret {
-        Secret(value)
-    }
-
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -51,7 +47,12 @@ pub fn new_session_id() -> Secret {
 
 /// A new API token: `ff_` + 256 random bits, base64url (46 characters in all).
 pub fn new_api_token() -> Secret {
-    Secret(format!("{TOKEN_PREFIX}{}", random_base64(32)))
+    new_prefixed_secret(TOKEN_PREFIX)
+}
+
+/// `prefix` + 256 random bits, base64url: a credential a scanner can recognise by its prefix.
+pub fn new_prefixed_secret(prefix: &str) -> Secret {
+    Secret(format!("{prefix}{}", random_base64(32)))
 }
 
 /// A new per-session CSRF token (256 random bits, base64url).

@@ -61,13 +61,6 @@ pub struct CreatedToken {
     pub info: RegistrationToken,
 }
 
-fn random_secret(prefix: &str) -> Secret {
-    // 256 random bits, as API tokens.
-    let body = secrets::new_api_token().into_inner();
-    let body = body.strip_prefix(secrets::TOKEN_PREFIX).unwrap_or(&body).to_owned();
-    Secret::new(format!("{prefix}{body}"))
-}
-
 pub async fn create_registration_token(store: &Store, req: &NewTokenRequest<'_>) -> Result<CreatedToken, Error> {
     let description = req.description.trim();
     if description.chars().count() > MAX_DESCRIPTION || description.chars().any(char::is_control) {
@@ -79,7 +72,7 @@ pub async fn create_registration_token(store: &Store, req: &NewTokenRequest<'_>)
     if req.expires_at.is_some_and(|at| at <= Utc::now()) {
         return Err(Error::ExpiryInPast);
     }
-    let token = random_secret(REGISTRATION_TOKEN_PREFIX);
+    let token = secrets::new_prefixed_secret(REGISTRATION_TOKEN_PREFIX);
     let info = store
         .create_registration_token(&NewRegistrationToken {
             id: Uuid::now_v7(),
@@ -134,7 +127,7 @@ pub async fn enroll(
     if !token.starts_with(REGISTRATION_TOKEN_PREFIX) {
         return Err(Error::Refused(Refusal::UnknownToken));
     }
-    let secret = random_secret(RUNNER_SECRET_PREFIX);
+    let secret = secrets::new_prefixed_secret(RUNNER_SECRET_PREFIX);
     let enrollment = store
         .enroll_runner(&NewEnrollment {
             token_hash: &secrets::hash_secret(token),
